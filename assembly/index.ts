@@ -1,0 +1,15 @@
+// The kernel module: pure compute on pointers into one host-planned memory. No allocation, no imports but the memory.
+// Like ggml's type traits, each weight type has one file with the same operations: matmul and dequant_row.
+
+export { matmul_f32, dequant_row_f32 } from './f32';
+export { matmul_f16, dequant_row_f16 } from './f16';
+export { quantize_q8_0, matmul_q8_0, dequant_row_q8_0 } from './q8_0';
+export { matmul_q4_0, dequant_row_q4_0 } from './q4_0';
+export { rmsnorm, rope, silu_mul, add, softmax } from './ops';
+export { attention } from './attention';
+export { round_to_f16 } from './common';
+
+/** End of the module's static data (Mathf's tables); the host's arena starts above it. */
+export function heap_base(): usize {
+  return __heap_base;
+}

@@ -1,0 +1,247 @@
+/**
+ * edgellm: Llama-family GGUF models in WebAssembly. A small facade over the engine: loadModel() reads and plans,
+ * Model runs tokenize → forward → sample.
+ */
+import { EdgeLLMError } from './errors.js';
+import { openSource, type ModelSource, type ByteSource } from './gguf/source.js';
+import { readGGUF, type GGUFFile } from './gguf/reader.js';
+import { typeName } from './gguf/types.js';
+import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
+import { compileKernels, instantiateKernels, STATIC_RESERVE, type WasmInput } from './runtime/kernels.js';
+import { readLlamaConfig, type LlamaConfig } from './model/config.js';
+import { planWeights, loadWeights } from './model/weights.js';
+import { Llama, planRunState } from './model/llama.js';
+import { KVCache } from './kv/cache.js';
+import { LlamaTokenizer } from './tokenizer/index.js';
+import { generate, prefill, checkAborted, type GenerateOptions, type GenerationStats } from './generate/generate.js';
+import { yieldToEventLoop } from './generate/yield.js';
+
+export { EdgeLLMError, type ErrorCode } from './errors.js';
+export type { ModelSource } from './gguf/source.js';
+export type { GenerateOptions, GenerationStats } from './generate/generate.js';
+export type { SamplingOptions } from './generate/sampler.js';
+export type { LlamaConfig } from './model/config.js';
+
+export interface LoadOptions {
+  /** Tokens of KV cache to plan for (default: the model's context_length, capped at 4096). */
+  contextLength?: number;
+  /** Prompt tokens per forward batch (default 32). */
+  batchSize?: number;
+  /** Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it. */
+  memoryBudget?: string | number;
+  /** Download and weight-loading progress. */
+  onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
+  signal?: AbortSignal;
+  /** The kernel module, if not at its default location (bytes, a compiled module, or a URL). */
+  wasm?: WasmInput;
+}
+
+export interface ModelInfo extends LlamaConfig {
+  /** KV positions planned */
+  context: number;
+  batchSize: number;
+  tiedOutput: boolean;
+  fileSize: number;
+  ggufVersion: number;
+  tensorCount: number;
+  /** tensor count per ggml type, e.g. { Q4_0: 43, F32: 13 } */
+  tensorTypes: Record<string, number>;
+  /** wasm linear memory planned, in bytes */
+  memoryBytes: number;
+}
+
+export interface ScoreResult {
+  /** logprobs[i] = log p(ids[i+1] | ids[0..i]), full log-softmax in f64 */
+  logprobs: Float64Array;
+  /** mean negative log-likelihood over the scored tokens */
+  nll: number;
+  tokensScored: number;
+}
+
+const DEFAULT_MAX_CONTEXT = 4096;
+
+export async function loadModel(src: ModelSource, options: LoadOptions = {}): Promise<Model> {
+  const { onProgress, signal } = options;
+  const source = await openSource(src, {
+    signal,
+    onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })),
+  });
+  try {
+    const gguf = await readGGUF(source);
+    const config = readLlamaConfig(gguf);
+    const tokenizer = LlamaTokenizer.fromGGUF(gguf);
+    if (tokenizer.vocabSize !== config.vocab) {
+      throw new EdgeLLMError('BAD_METADATA', `tokenizer.ggml.tokens has ${tokenizer.vocabSize} entries but token_embd.weight has ${config.vocab} rows`);
+    }
+    const context = options.contextLength ?? Math.min(config.contextLength, DEFAULT_MAX_CONTEXT);
+    if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
+    const batchSize = options.batchSize ?? 32;
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
+
+    // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
+    const arena = new Arena(STATIC_RESERVE);
+    const { weights, pending } = planWeights(gguf, config, arena);
+    const kv = new KVCache(arena, config, context);
+    const state = planRunState(arena, config, batchSize, context);
+    if (options.memoryBudget !== undefined) {
+      const budget = parseBytes(options.memoryBudget, 'memoryBudget');
+      if (arena.totalBytes > budget) throw budgetError(arena, budget, kv.bytesPerToken, context);
+    }
+
+    const module = await compileKernels(options.wasm);
+    checkAborted(signal);
+    const memory = arena.createMemory();
+    const kernels = await instantiateKernels(module, memory);
+    if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
+    await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+    const llama = new Llama(config, weights, kv, state, kernels, memory, batchSize);
+    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, context, batchSize);
+  } finally {
+    await source.close();
+  }
+}
+
+function budgetError(arena: Arena, budget: number, kvPerToken: number, context: number): EdgeLLMError {
+  const over = arena.totalBytes - budget;
+  const fitContext = Math.floor(context - over / kvPerToken);
+  const hint = fitContext >= 16 ? `a context of ${fitContext} tokens would fit` : 'the weights alone do not fit; use a smaller or more quantized model';
+  return new EdgeLLMError('BUDGET', `the plan needs ${formatBytes(arena.totalBytes)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
+}
+
+export class Model {
+  readonly info: ModelInfo;
+  private busy = false;
+  private disposed = false;
+
+  constructor(
+    private llama: Llama,
+    private readonly tokenizer: LlamaTokenizer,
+    gguf: GGUFFile,
+    private readonly regions: Region[],
+    memoryBytes: number,
+    context: number,
+    batchSize: number,
+  ) {
+    const tensorTypes: Record<string, number> = {};
+    for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
+    this.info = {
+      ...llama.config,
+      context,
+      batchSize,
+      tiedOutput: llama.weights.tied,
+      fileSize: gguf.fileSize,
+      ggufVersion: gguf.version,
+      tensorCount: gguf.tensors.length,
+      tensorTypes,
+      memoryBytes,
+    };
+  }
+
+  tokenize(text: string, opts: { bos?: boolean; eos?: boolean } = {}): number[] {
+    this.live();
+    if (typeof text !== 'string') throw new EdgeLLMError('BAD_ARGUMENT', `tokenize needs a string, got ${typeof text}`);
+    return this.tokenizer.encode(text, opts);
+  }
+
+  detokenize(ids: ArrayLike<number>): string {
+    this.live();
+    return this.tokenizer.decode(ids);
+  }
+
+  /** Streams generated text. A prompt string is tokenized with BOS (per the model); an id array is used as is. */
+  generate(prompt: string | number[], opts: GenerateOptions = {}): AsyncIterable<string> {
+    const model = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        const ids = model.promptIds(prompt);
+        yield* model.exclusive(() => generate(model.llama, model.tokenizer, ids, opts));
+      },
+    };
+  }
+
+  async complete(prompt: string | number[], opts: GenerateOptions = {}): Promise<string> {
+    let out = '';
+    for await (const chunk of this.generate(prompt, opts)) out += chunk;
+    return out;
+  }
+
+  /** Teacher-forced logits for every position of ids: a [ids.length × vocab] array, row i predicting ids[i+1]. */
+  async evaluate(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    const vocab = this.llama.config.vocab;
+    const out = new Float32Array(ids.length * vocab);
+    await this.forEachLogits(ids, opts.signal, (row, logits) => out.set(logits, row * vocab));
+    return out;
+  }
+
+  /** Teacher-forced log-probabilities of each next token of ids (e.g. for perplexity), without keeping all logits. */
+  async score(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<ScoreResult> {
+    const logprobs = new Float64Array(Math.max(0, ids.length - 1));
+    await this.forEachLogits(ids, opts.signal, (row, logits) => {
+      if (row + 1 < ids.length) logprobs[row] = logSoftmaxAt(logits, ids[row + 1]);
+    });
+    let sum = 0;
+    for (const lp of logprobs) sum -= lp;
+    return { logprobs, nll: logprobs.length ? sum / logprobs.length : 0, tokensScored: logprobs.length };
+  }
+
+  /** The memory plan: every region of wasm memory and its size. */
+  memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
+    return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
+  }
+
+  /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */
+  dispose(): void {
+    this.disposed = true;
+    (this as { llama: Llama | undefined }).llama = undefined;
+  }
+
+  private promptIds(prompt: string | number[]): number[] {
+    this.live();
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
+    if (Array.isArray(prompt) && prompt.every((id) => Number.isInteger(id) && id >= 0 && id < this.llama.config.vocab)) return prompt.slice();
+    throw new EdgeLLMError('BAD_ARGUMENT', 'a prompt is a string or an array of token ids within the vocabulary');
+  }
+
+  private async forEachLogits(ids: ArrayLike<number>, signal: AbortSignal | undefined, fn: (row: number, logits: Float32Array) => void): Promise<void> {
+    this.live();
+    if (ids.length > this.llama.kv.ctx) throw new EdgeLLMError('CONTEXT_FULL', `${ids.length} tokens exceed the context of ${this.llama.kv.ctx}`);
+    const run = async function* (llama: Llama) {
+      const vocab = llama.config.vocab;
+      for (let pos = 0; pos < ids.length; pos += llama.maxBatch) {
+        checkAborted(signal);
+        const batch = Array.prototype.slice.call(ids, pos, pos + llama.maxBatch) as number[];
+        const at = llama.forward(batch, pos, true);
+        for (let t = 0; t < batch.length; t++) fn(pos + t, llama.heap.subarray(at + t * vocab, at + (t + 1) * vocab));
+        await yieldToEventLoop();
+      }
+    };
+    for await (const _ of this.exclusive(() => run(this.llama)));
+  }
+
+  /** One KV cache, so one computation at a time. */
+  private async *exclusive<T>(body: () => AsyncGenerator<T>): AsyncGenerator<T> {
+    this.live();
+    if (this.busy) throw new EdgeLLMError('BAD_ARGUMENT', 'the model is already generating; await the running call first (one model runs one sequence at a time)');
+    this.busy = true;
+    try {
+      yield* body();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private live(): void {
+    if (this.disposed) throw new EdgeLLMError('DISPOSED', 'the model was disposed');
+  }
+}
+
+/** log softmax(logits)[target], in f64 with the max subtracted. */
+export function logSoftmaxAt(logits: Float32Array, target: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  return logits[target] - max - Math.log(sum);
+}
+
+export { prefill };
