@@ -13,7 +13,7 @@ export function rmsnorm(out: usize, x: usize, w: usize, n: i32, ntok: i32, eps: 
       const v = load<f32>(xt + (<usize>i << 2));
       ss += <f64>(v * v);
     }
-    const scale = f32x4.splat(<f32>1.0 / Mathf.sqrt(<f32>(ss / <f64>n) + eps));
+    const scale = f32x4.splat(<f32>1.0 / Mathf.sqrt(<f32>(ss / <f64>n + <f64>eps)));
     for (let i = 0; i < n; i += 4) {
       const o = <usize>i << 2;
       v128.store(ot + o, f32x4.mul(f32x4.mul(v128.load(xt + o), scale), v128.load(w + o)));
@@ -66,18 +66,18 @@ export function add(a: usize, b: usize, n: i32): void {
   }
 }
 
-/** In-place softmax of n floats, max-subtracted. */
+/** In-place softmax of n floats, max-subtracted; the sum runs in f64 (as ggml's) so long rows keep their small terms. */
 export function softmax(x: usize, n: i32): void {
   let m = -Infinity as f32;
   for (let i = 0; i < n; i++) m = max(m, load<f32>(x + (<usize>i << 2)));
-  let sum: f32 = 0;
+  let sum: f64 = 0;
   for (let i = 0; i < n; i++) {
     const p = x + (<usize>i << 2);
     const e = Mathf.exp(load<f32>(p) - m);
     store<f32>(p, e);
-    sum += e;
+    sum += <f64>e;
   }
-  const inv = <f32>1.0 / sum;
+  const inv = <f32>(1.0 / sum);
   for (let i = 0; i < n; i++) {
     const p = x + (<usize>i << 2);
     store<f32>(p, load<f32>(p) * inv);

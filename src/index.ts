@@ -3,7 +3,7 @@
  * Model runs tokenize → forward → sample.
  */
 import { EdgeLLMError } from './errors.js';
-import { openSource, type ModelSource, type ByteSource } from './gguf/source.js';
+import { openSource, type ModelSource } from './gguf/source.js';
 import { readGGUF, type GGUFFile } from './gguf/reader.js';
 import { typeName } from './gguf/types.js';
 import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
@@ -13,7 +13,7 @@ import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
 import { KVCache } from './kv/cache.js';
 import { LlamaTokenizer } from './tokenizer/index.js';
-import { generate, prefill, checkAborted, type GenerateOptions, type GenerationStats } from './generate/generate.js';
+import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
 
 export { EdgeLLMError, type ErrorCode } from './errors.js';
@@ -56,6 +56,22 @@ export interface ScoreResult {
   /** mean negative log-likelihood over the scored tokens */
   nll: number;
   tokensScored: number;
+}
+
+export interface PerplexityWindow {
+  firstToken: number;
+  nll: number;
+  ppl: number;
+  tokensScored: number;
+}
+
+export interface PerplexityResult {
+  ppl: number;
+  nll: number;
+  tokensScored: number;
+  textTokens: number;
+  window: number;
+  windows: PerplexityWindow[];
 }
 
 const DEFAULT_MAX_CONTEXT = 4096;
@@ -184,6 +200,36 @@ export class Model {
     return { logprobs, nll: logprobs.length ? sum / logprobs.length : 0, tokensScored: logprobs.length };
   }
 
+  /**
+   * Perplexity as llama.cpp's reference measures it: the text is tokenized without BOS; each window is BOS + the next
+   * window−1 tokens, consecutive and non-overlapping; every next-token position is scored by full log-softmax.
+   */
+  async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow) => void } = {}): Promise<PerplexityResult> {
+    const window = opts.window ?? Math.min(2048, this.llama.kv.ctx);
+    if (!Number.isSafeInteger(window) || window < 2 || window > this.llama.kv.ctx) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `window must be an integer in 2..${this.llama.kv.ctx} (the planned context), got ${window}`);
+    }
+    const ids = this.tokenize(text, { bos: false, eos: false });
+    const available = Math.floor(ids.length / (window - 1));
+    const count = opts.windows ?? available;
+    if (!Number.isSafeInteger(count) || count < 1 || count > available) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `the text has ${ids.length} tokens: room for ${available} windows of ${window}, asked for ${count}`);
+    }
+    const windows: PerplexityWindow[] = [];
+    let nllSum = 0, scored = 0;
+    for (let w = 0; w < count; w++) {
+      const first = w * (window - 1);
+      const seq = [this.tokenizer.bos, ...ids.slice(first, first + window - 1)];
+      const r = await this.score(seq, opts);
+      const win = { firstToken: first, nll: r.nll, ppl: Math.exp(r.nll), tokensScored: r.tokensScored };
+      windows.push(win);
+      opts.onWindow?.(win);
+      nllSum += r.nll * r.tokensScored;
+      scored += r.tokensScored;
+    }
+    return { ppl: Math.exp(nllSum / scored), nll: nllSum / scored, tokensScored: scored, textTokens: ids.length, window, windows };
+  }
+
   /** The memory plan: every region of wasm memory and its size. */
   memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
     return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
@@ -192,7 +238,7 @@ export class Model {
   /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */
   dispose(): void {
     this.disposed = true;
-    (this as { llama: Llama | undefined }).llama = undefined;
+    this.llama = undefined as unknown as Llama;
   }
 
   private promptIds(prompt: string | number[]): number[] {
@@ -244,4 +290,3 @@ export function logSoftmaxAt(logits: Float32Array, target: number): number {
   return logits[target] - max - Math.log(sum);
 }
 
-export { prefill };

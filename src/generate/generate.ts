@@ -59,7 +59,8 @@ export async function* generate(
   if (promptIds.length === 0) throw new EdgeLLMError('BAD_ARGUMENT', 'the prompt is empty and the model adds no BOS token: nothing to condition on');
   const sampler = new Sampler(opts, llama.config.vocab);
   const stops = new StopMatcher(opts.stop ?? []);
-  const text = tokenizer.decoder();
+  // keep the first piece's leading space, so prompt + generated text reads as one text
+  const text = tokenizer.decoder({ stripLeadingSpace: false });
   const history = promptIds.slice();
   const { signal } = opts;
 

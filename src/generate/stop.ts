@@ -25,16 +25,22 @@ export class StopMatcher {
     this.stops = [...new Set(stops.filter((s) => s.length > 0))];
   }
 
-  /** Feed newly decoded text; returns { emit: text safe to emit now, stopped: boolean }. Holds back any suffix that could be the start of a stop string; when a stop string appears, emits only the text before it and reports stopped. */
+  /** Feed newly decoded text; returns { emit: text safe to emit now, stopped: boolean }. Holds back any suffix that could be the start of a stop string; when a stop string appears, emits only the text before it and reports stopped. After that, every push reports stopped and emits nothing. */
   push(text: string): { emit: string; stopped: boolean } {
     if (this.stopped) return { emit: '', stopped: true };
     const buf = this.held + text;
 
-    // The earliest match wins. Nothing before `held` can start a match: it was emitted only after no stop prefix fit.
+    // The match that ends first wins (on a tie, the longer one), as if the text had arrived one character at a
+    // time: so where the tokenizer splits the text never changes the result. Nothing already emitted can be part of
+    // a match: text is emitted only once no stop string can start in it.
     let at = -1;
+    let end = Infinity;
     for (const s of this.stops) {
       const i = buf.indexOf(s);
-      if (i >= 0 && (at < 0 || i < at)) at = i;
+      if (i >= 0 && (i + s.length < end || (i + s.length === end && i < at))) {
+        at = i;
+        end = i + s.length;
+      }
     }
     if (at >= 0) {
       this.stopped = true;

@@ -41,7 +41,7 @@ export function compileKernels(wasm?: WasmInput): Promise<WebAssembly.Module> {
   return p;
 }
 
-async function fetchBytes(url: URL): Promise<Uint8Array> {
+async function fetchBytes(url: URL): Promise<Uint8Array<ArrayBuffer>> {
   try {
     if (url.protocol === 'file:') {
       const fs = await import('node:fs/promises');

@@ -125,7 +125,7 @@ export class LlamaTokenizer {
   private readonly scores: Float32Array;
   private readonly types: Int32Array;
   private readonly eogIds: Set<number>;
-  /** Text → id for the tokens that text may become (normal, user-defined). */
+  /** Text → id for the tokens text may become: all but unknown, control, unused and byte tokens. */
   private readonly textToId = new Map<string, number>();
   /** Longest key of textToId in UTF-16 units: longer candidate merges are skipped without a lookup. */
   private readonly maxTokenLength: number;

@@ -1,0 +1,6 @@
+export * from './types.js';
+export * from './source.js';
+export * from './reader.js';
+export * from './writer.js';
+export * from './f16.js';
+export * from './quantize.js';
