@@ -137,7 +137,7 @@ describe('Rng', () => {
 describe('validateSamplingOptions', () => {
   it('fills in the defaults: greedy, with the usual filters ready for temperature > 0', () => {
     const o = validateSamplingOptions({});
-    expect({ ...o, seed: 0 }).toEqual({ temperature: 0, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1.1, repeatLastN: 64, seed: 0 });
+    expect({ ...o, seed: 0 }).toEqual({ temperature: 0, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1, repeatLastN: 64, seed: 0 });
     expect(Number.isInteger(o.seed) && o.seed >= 0 && o.seed < 2 ** 32).toBe(true);
   });
 

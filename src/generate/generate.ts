@@ -11,6 +11,8 @@ export interface GenerateOptions extends SamplingOptions {
   /** Generation ends before the first occurrence of any of these strings, which are not emitted. */
   stop?: string[];
   signal?: AbortSignal;
+  /** Called with each generated token id, before its text is yielded. */
+  onToken?: (id: number) => void;
   /** Called once at the end with timings. */
   onStats?: (stats: GenerationStats) => void;
 }
@@ -78,6 +80,7 @@ export async function* generate(
     }
     history.push(id);
     generated++;
+    opts.onToken?.(id);
     const { emit, stopped } = stops.push(text.push(id));
     if (emit) yield emit;
     if (stopped) {

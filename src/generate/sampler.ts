@@ -6,8 +6,9 @@ import { Rng } from './rng.js';
  * repetition penalty → top-k → top-p → min-p → temperature → draw.
  *
  * Defaults: temperature 0, i.e. greedy, so that output is reproducible unless the caller asks for randomness.
- * The other defaults (topK 40, topP 0.95, minP 0.05) only matter once temperature > 0; repeatPenalty 1.1 over
- * the last 64 tokens applies in greedy mode too.
+ * The other defaults (topK 40, topP 0.95, minP 0.05) only matter once temperature > 0. The repetition penalty is off
+ * by default (1.0, as in current llama.cpp), so greedy decoding reproduces llama.cpp's greedy tokens; when set, it looks
+ * at the last repeatLastN (64) tokens and applies in greedy mode too.
  */
 export interface SamplingOptions {
   /** 0 = greedy argmax (default). Higher is more random. */
@@ -18,7 +19,7 @@ export interface SamplingOptions {
   topP?: number;
   /** Drop tokens less likely than minP times the most likely one; 0 = off. Default 0.05. */
   minP?: number;
-  /** Penalize tokens seen in the last repeatLastN tokens; 1 = off. Default 1.1. */
+  /** Penalize tokens seen in the last repeatLastN tokens; 1 = off (default). */
   repeatPenalty?: number;
   /** How far back the repetition penalty looks; 0 = off. Default 64. */
   repeatLastN?: number;
@@ -31,7 +32,7 @@ export const DEFAULT_SAMPLING: Readonly<Omit<Required<SamplingOptions>, 'seed'>>
   topK: 40,
   topP: 0.95,
   minP: 0.05,
-  repeatPenalty: 1.1,
+  repeatPenalty: 1,
   repeatLastN: 64,
 });
 

