@@ -1,0 +1,29 @@
+// Bundles the TypeScript host with esbuild (dist/index.js, dist/cli.js) and emits .d.ts with tsc.
+// The wasm stays in build/ beside dist/, and the bundle is told where: ../build/edgellm.wasm.
+import { build } from 'esbuild';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, rmSync } from 'node:fs';
+
+if (!existsSync('build/edgellm.wasm')) {
+  console.error('build/edgellm.wasm is missing: run `npm run build:wasm` first');
+  process.exit(1);
+}
+rmSync('dist', { recursive: true, force: true });
+const common = {
+  bundle: true,
+  format: 'esm',
+  target: 'es2022',
+  sourcemap: true,
+  define: { __EDGELLM_WASM__: JSON.stringify('../build/edgellm.wasm') },
+  logLevel: 'warning',
+};
+await build({ ...common, entryPoints: ['src/index.ts'], outfile: 'dist/index.js', platform: 'neutral', external: ['node:*'] });
+await build({
+  ...common,
+  entryPoints: ['src/cli.ts'],
+  outfile: 'dist/cli.js',
+  platform: 'node',
+  banner: { js: '#!/usr/bin/env node' },
+});
+chmodSync('dist/cli.js', 0o755);
+execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json'], { stdio: 'inherit' });

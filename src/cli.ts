@@ -1,0 +1,1 @@
+console.error("edgellm CLI: not yet written"); process.exit(1);
