@@ -46,25 +46,30 @@
   return reinterpret<f32>(reinterpret<u32>(mag) | ((h & 0x8000) << 16));
 }
 
-/**
- * f32 to the nearest f16 and back (round to nearest even), as GGML_FP32_TO_FP16 does. ggml stores block scales as
- * f16, so an activation block scale must be rounded exactly the same way to reproduce llama.cpp's numbers.
- */
-export function round_to_f16(x: f32): f32 {
+/** f32 to the bits of the nearest f16 (round to nearest even), as GGML_FP32_TO_FP16. */
+export function f32_to_f16_bits(x: f32): u32 {
   const bits = reinterpret<u32>(x);
-  const sign = bits & 0x80000000;
+  const sign = (bits >> 16) & 0x8000;
   const abs = bits & 0x7fffffff;
   let h: u32;
   if (abs >= 0x47800000) {
     // overflow to inf (or nan stays nan)
     h = abs > 0x7f800000 ? 0x7e00 : 0x7c00;
   } else if (abs < 0x38800000) {
-    // subnormal f16: let the FPU round by adding a magic number (0.5 in f32 has the right ulp)
+    // subnormal f16: let the FPU round by adding a magic number (0.5 in f32 has the right ulp, 2^-24)
     const f = reinterpret<f32>(abs) + reinterpret<f32>(0x3f000000);
     h = reinterpret<u32>(f) - 0x3f000000;
   } else {
     const mantOdd = (abs >> 13) & 1;
     h = (abs + 0xc8000fff + mantOdd) >> 13; // rebias exponent (-112 << 23) and round half to even
   }
-  return f16_to_f32(h | (sign >> 16));
+  return h | sign;
+}
+
+/**
+ * f32 to the nearest f16 and back. ggml stores block scales as f16, so an activation block scale must be rounded
+ * exactly the same way to reproduce llama.cpp's numbers.
+ */
+export function round_to_f16(x: f32): f32 {
+  return f16_to_f32(f32_to_f16_bits(x));
 }

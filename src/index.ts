@@ -11,7 +11,7 @@ import { compileKernels, instantiateKernels, STATIC_RESERVE, type WasmInput } fr
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
-import { KVCache } from './kv/cache.js';
+import { KVCache, type KVType } from './kv/cache.js';
 import { LlamaTokenizer } from './tokenizer/index.js';
 import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
@@ -21,10 +21,13 @@ export type { ModelSource } from './gguf/source.js';
 export type { GenerateOptions, GenerationStats } from './generate/generate.js';
 export type { SamplingOptions } from './generate/sampler.js';
 export type { LlamaConfig } from './model/config.js';
+export type { KVType } from './kv/cache.js';
 
 export interface LoadOptions {
   /** Tokens of KV cache to plan for (default: the model's context_length, capped at 4096). */
   contextLength?: number;
+  /** KV cache entry type: 'f32' (default, the reference) or 'f16' (half the memory; llama.cpp's default). */
+  kv?: { type?: KVType };
   /** Prompt tokens per forward batch (default 32). */
   batchSize?: number;
   /** Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it. */
@@ -39,6 +42,7 @@ export interface LoadOptions {
 export interface ModelInfo extends LlamaConfig {
   /** KV positions planned */
   context: number;
+  kvType: KVType;
   batchSize: number;
   tiedOutput: boolean;
   fileSize: number;
@@ -97,7 +101,7 @@ export async function loadModel(src: ModelSource, options: LoadOptions = {}): Pr
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
     const arena = new Arena(STATIC_RESERVE);
     const { weights, pending } = planWeights(gguf, config, arena);
-    const kv = new KVCache(arena, config, context);
+    const kv = new KVCache(arena, config, context, options.kv?.type);
     const state = planRunState(arena, config, batchSize, context);
     if (options.memoryBudget !== undefined) {
       const budget = parseBytes(options.memoryBudget, 'memoryBudget');
@@ -143,6 +147,7 @@ export class Model {
     this.info = {
       ...llama.config,
       context,
+      kvType: llama.kv.type,
       batchSize,
       tiedOutput: llama.weights.tied,
       fileSize: gguf.fileSize,

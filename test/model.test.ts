@@ -88,14 +88,25 @@ for (const type of ['q8_0', 'q4_0', 'f16']) {
 
 describe.skipIf(!have)('tiny-260k vs llama.cpp', () => {
   const ref = have ? json('tiny-260k-llamacpp.json') : {};
-  for (const type of ['f32', 'q8_0']) {
-    it(`${type}: 60 greedy tokens identical`, async () => {
+  // llama.cpp keeps its KV cache in f16. With f16 KV we reproduce all 60 tokens of both files. With our f32 reference
+  // KV, q8_0 parts ways at token 36, where llama.cpp's choice leads ours by 0.09 logits: the dim-64, head-dim-8 model
+  // is that sensitive to the cache's rounding, so both are asserted and the f32 divergence point is logged.
+  for (const [type, kv] of [['f32', 'f32'], ['f32', 'f16'], ['q8_0', 'f16']] as const) {
+    it(`${type} with ${kv} KV: 60 greedy tokens identical`, async () => {
       const r = ref[`tiny-260k-${type}`];
-      const model = await loadModel(modelPath(`tiny-260k-${type}.gguf`));
+      const model = await loadModel(modelPath(`tiny-260k-${type}.gguf`), { kv: { type: kv } });
       expect(model.tokenize(r.prompt)).toEqual(r.ids);
       const ids = await greedyIds(model, r.ids, 60);
       expect(ids).toEqual(r.greedy_ids);
       expect(model.detokenize(ids)).toBe(r.greedy_text);
     });
   }
+  it('q8_0 with f32 KV: follows llama.cpp until the f16 cache rounding decides a close call', async () => {
+    const r = ref['tiny-260k-q8_0'];
+    const model = await loadModel(modelPath('tiny-260k-q8_0.gguf'));
+    const ids = await greedyIds(model, r.ids, 60);
+    const firstDiff = ids.findIndex((id, i) => id !== r.greedy_ids[i]);
+    console.log(`tiny-260k-q8_0, f32 KV: ${firstDiff < 0 ? 'all 60 match' : `diverges from llama.cpp (f16 KV) at token ${firstDiff}`}`);
+    expect(firstDiff < 0 || firstDiff >= 30).toBe(true);
+  });
 });

@@ -1,9 +1,19 @@
+import { EdgeLLMError } from '../errors.js';
 import type { Arena } from '../plan/arena.js';
+import type { Kernels } from '../runtime/kernels.js';
 import type { LlamaConfig } from '../model/config.js';
 
 /**
- * The KV cache: f32 keys and values, per layer [nKvHeads][ctx][headDim], each KV head's run contiguous (the shape a
- * KV page takes). The model appends into it; attention reads it through keys()/values().
+ * Entry types. f32 is the reference; f16 halves the memory and is llama.cpp's default cache type, so its numbers
+ * (and greedy tokens) come closest to llama.cpp's.
+ */
+export type KVType = 'f32' | 'f16';
+export const KV_TYPES: readonly KVType[] = ['f32', 'f16'];
+const BYTES: Record<KVType, number> = { f32: 4, f16: 2 };
+
+/**
+ * The KV cache: keys and values per layer as [nKvHeads][ctx][headDim], each KV head's run contiguous (the shape a KV
+ * page takes). The model appends into it; attention reads it through keys()/values().
  */
 export class KVCache {
   readonly bytesPerToken: number;
@@ -11,11 +21,12 @@ export class KVCache {
   private readonly vBase: number;
   private readonly layerBytes: number;
 
-  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number) {
-    this.layerBytes = c.nKvHeads * ctx * c.headDim * 4;
+  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, readonly type: KVType = 'f32') {
+    if (!KV_TYPES.includes(type)) throw new EdgeLLMError('BAD_ARGUMENT', `kv.type must be one of ${KV_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
+    this.layerBytes = c.nKvHeads * ctx * c.headDim * BYTES[type];
     this.kBase = arena.reserve('kv.keys', c.nLayers * this.layerBytes);
     this.vBase = arena.reserve('kv.values', c.nLayers * this.layerBytes);
-    this.bytesPerToken = 2 * c.nLayers * c.nKvHeads * c.headDim * 4;
+    this.bytesPerToken = 2 * c.nLayers * c.nKvHeads * c.headDim * BYTES[type];
   }
 
   keys(layer: number): number {
@@ -26,18 +37,11 @@ export class KVCache {
     return this.vBase + layer * this.layerBytes;
   }
 
-  /** Stores ntok tokens' keys and values ([ntok][nKvHeads·headDim] at k and v) at positions pos..pos+ntok-1. */
-  append(heap: Float32Array, layer: number, k: number, v: number, pos: number, ntok: number): void {
+  /** Stores ntok tokens' keys and values ([ntok][nKvHeads·headDim] f32 at k and v) at positions pos..pos+ntok-1. */
+  append(kernels: Kernels, layer: number, k: number, v: number, pos: number, ntok: number): void {
+    const store = this.type === 'f16' ? kernels.kv_store_f16 : kernels.kv_store_f32;
     const { nKvHeads, headDim } = this.c;
-    const kvDim = nKvHeads * headDim;
-    for (const [src, base] of [[k, this.keys(layer)], [v, this.values(layer)]]) {
-      for (let t = 0; t < ntok; t++) {
-        for (let g = 0; g < nKvHeads; g++) {
-          const from = (src >> 2) + t * kvDim + g * headDim;
-          const to = (base >> 2) + (g * this.ctx + pos + t) * headDim;
-          heap.copyWithin(to, from, from + headDim);
-        }
-      }
-    }
+    store(this.keys(layer), k, nKvHeads, headDim, this.ctx, pos, ntok);
+    store(this.values(layer), v, nKvHeads, headDim, this.ctx, pos, ntok);
   }
 }

@@ -3,6 +3,7 @@ import { GGMLType } from '../gguf/types.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
+import { attendFull } from '../attention/full.js';
 import type { LlamaConfig } from './config.js';
 import type { LlamaWeights, Matrix } from './weights.js';
 
@@ -113,11 +114,8 @@ export class Llama {
       this.matmul(L.wv, s.xb, s.v, B);
       k.rope(s.q, nHeads, headDim, c.nRot, B, s.rope, pos0);
       k.rope(s.k, nKvHeads, headDim, c.nRot, B, s.rope, pos0);
-      this.kv.append(this.heap, l, s.k, s.v, pos0, B);
-      for (let t = 0; t < B; t++) {
-        k.attention(s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, this.kv.keys(l), this.kv.values(l), s.scores,
-          nHeads, nKvHeads, headDim, this.kv.ctx, pos0 + t + 1, 1 / Math.sqrt(headDim));
-      }
+      this.kv.append(k, l, s.k, s.v, pos0, B);
+      for (let t = 0; t < B; t++) attendFull(k, c, this.kv, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, s.scores, pos0 + t + 1);
       this.prepareInput(s.xb2, this.qDim, B, L.wo);
       this.matmul(L.wo, s.xb2, s.xb, B);
       k.add(s.x, s.xb, B * dim);

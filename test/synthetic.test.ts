@@ -1,0 +1,177 @@
+// The wasm kernels against a plain f64 forward pass (test/util/reference.ts) on small synthetic models: every shape
+// family the loader accepts (GQA ratios, head dims, ffn widths, tied/untied) and every weight type, alone and mixed.
+import { describe, expect, it } from 'vitest';
+import { loadModel } from '../src/index.js';
+import { GGMLType } from '../src/gguf/types.js';
+import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
+import { referenceForward } from './util/reference.js';
+
+const { F32, F16, Q8_0, Q4_0 } = GGMLType;
+
+/** Seeded token ids (mulberry32), so a failure reproduces exactly. */
+function seededIds(n: number, vocab: number, seed: number): number[] {
+  let a = seed >>> 0;
+  const ids: number[] = [];
+  for (let i = 0; i < n; i++) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    ids.push(((t ^ (t >>> 14)) >>> 0) % vocab);
+  }
+  return ids;
+}
+
+interface Errors {
+  /** max |Δlogit| over all positions, divided by the largest |reference logit| */
+  relMax: number;
+  /** smallest per-row cosine similarity */
+  minCos: number;
+  /** positions whose argmax differs */
+  argmaxMiss: number;
+}
+
+function compare(got: Float32Array, ref: Float64Array[], vocab: number): Errors {
+  let maxDiff = 0, scale = 0, minCos = 1, argmaxMiss = 0;
+  ref.forEach((row, p) => {
+    let dot = 0, na = 0, nb = 0, ga = 0, ra = 0;
+    for (let i = 0; i < vocab; i++) {
+      const g = got[p * vocab + i], r = row[i];
+      maxDiff = Math.max(maxDiff, Math.abs(g - r));
+      scale = Math.max(scale, Math.abs(r));
+      dot += g * r;
+      na += g * g;
+      nb += r * r;
+      if (g > got[p * vocab + ga]) ga = i;
+      if (r > row[ra]) ra = i;
+    }
+    minCos = Math.min(minCos, dot / Math.sqrt(na * nb));
+    if (ga !== ra) argmaxMiss++;
+  });
+  return { relMax: maxDiff / scale, minCos, argmaxMiss };
+}
+
+const fmt = (e: Errors) => `rel max|Δ| ${e.relMax.toExponential(2)}, min cos ${e.minCos.toFixed(7)}, argmax misses ${e.argmaxMiss}`;
+
+/*
+ * Tolerances, from the arithmetic and from measurement (the measured values are printed on every run):
+ *
+ * - F32/F16 weights: the runtime and the reference read the same stored values; they differ only in f32 vs f64
+ *   arithmetic (accumulation over ≤ 256 terms, rmsnorm, softmax, rope table rounded once to f32). Each step adds a
+ *   relative error of a few ulp (6e-8); through 2 layers and the classifier that compounds to the 1e-7–1e-6 measured.
+ *   Bound: 5e-5, ~50× the measured worst, still 4 orders of magnitude below what a real bug gives.
+ * - Q8_0/Q4_0 weights: the runtime also rounds every activation vector to int8 per 32-block (like llama.cpp's
+ *   vec_dot_q8_0), a relative error up to 1/254 per element, ~1/(254·√3) RMS. Summed over a dot product these errors
+ *   partly cancel; measured relative max errors are ~2e-3–5e-3. Bound: 2e-2, ~4× the measured worst.
+ * - A real bug (rope pairs swapped, a wrong GQA head mapping, a KV position off by one, a wrong scale) changes the
+ *   attention pattern or the residual stream by O(1): relative errors of 0.1–1, with argmax flips and cosines < 0.99.
+ *   The "teeth" test below checks that two such deliberate mistakes fail these very bounds.
+ * Every row must also pick the same argmax and have cosine > 0.999 (float) or > 0.999 (quantized) with the reference.
+ */
+const TOL = { float: 5e-5, quantized: 2e-2 };
+const MIN_COS = { float: 0.99999, quantized: 0.999 };
+
+interface Case {
+  name: string;
+  spec: SyntheticSpec;
+}
+
+const base = { nLayers: 2, ctx: 64, seed: 7 };
+const CASES: Case[] = [
+  { name: 'GQA 1:1, head dim 32, ffn 96, F32', spec: { ...base, dim: 128, nHeads: 4, nKvHeads: 4, ffn: 96, vocab: 320, type: F32 } },
+  { name: 'GQA 3:1, head dim 48, ffn 160, F16, untied', spec: { ...base, dim: 144, nHeads: 3, nKvHeads: 1, ffn: 160, vocab: 400, type: F16, tied: false } },
+  { name: 'GQA 8:1, head dim 64 (qDim 512 ≠ dim 128), Q8_0', spec: { ...base, dim: 128, nHeads: 8, nKvHeads: 1, headDim: 64, ffn: 160, vocab: 300, type: Q8_0 } },
+  { name: 'GQA 1:1, head dim 128, ffn 192, Q4_0, untied', spec: { ...base, dim: 256, nHeads: 2, nKvHeads: 2, ffn: 192, vocab: 512, type: Q4_0, tied: false } },
+  { name: 'GQA 2:1, head dim 48, ffn 100 (F16 ffn_down), F32', spec: { ...base, dim: 96, nHeads: 2, nKvHeads: 1, ffn: 100, vocab: 300, type: F32, types: { 'blk.0.ffn_down.weight': F16, 'blk.1.ffn_down.weight': F16 } } },
+  {
+    name: 'GQA 3:1, head dim 32, mixed Q8_0/Q4_0/F16/F32, untied',
+    spec: {
+      ...base, dim: 192, nHeads: 6, nKvHeads: 2, ffn: 160, vocab: 384, type: Q4_0, tied: false,
+      types: {
+        'token_embd.weight': Q8_0, 'output.weight': F16,
+        'blk.0.attn_q.weight': F32, 'blk.0.attn_k.weight': F16, 'blk.0.attn_v.weight': Q8_0,
+        'blk.1.attn_output.weight': F16, 'blk.1.ffn_down.weight': Q8_0, 'blk.0.ffn_gate.weight': F32,
+      },
+    },
+  },
+  {
+    name: 'GQA 4:1, head dim 64, ffn 100 (F16 down, Q8_0 gate/up), mixed',
+    spec: {
+      ...base, dim: 256, nHeads: 4, nKvHeads: 1, ffn: 100, vocab: 300, type: Q8_0,
+      types: { 'blk.0.ffn_down.weight': F16, 'blk.1.ffn_down.weight': F32, 'token_embd.weight': F16 },
+    },
+  },
+];
+
+/** Whether any 2-D weight is quantized: then activations go through int8 and the looser bound applies. */
+const isQuantized = (s: SyntheticSpec) => [s.type ?? F32, ...Object.values(s.types ?? {})].some((t) => t === Q8_0 || t === Q4_0);
+
+describe('kernels vs the f64 reference', () => {
+  for (const c of CASES) {
+    it(c.name, async () => {
+      const { bytes, weights } = makeSyntheticLlama(c.spec);
+      const model = await loadModel(bytes);
+      const ids = seededIds(16, c.spec.vocab, 1234);
+      const got = await model.evaluate(ids);
+      const e = compare(got, referenceForward(c.spec, weights, ids), c.spec.vocab);
+      const kind = isQuantized(c.spec) ? 'quantized' : 'float';
+      console.log(`synthetic ${c.name}: ${fmt(e)} (bound ${TOL[kind]})`);
+      expect(e.relMax).toBeLessThan(TOL[kind]);
+      expect(e.minCos).toBeGreaterThan(MIN_COS[kind]);
+      expect(e.argmaxMiss).toBe(0);
+      model.dispose();
+    });
+  }
+});
+
+describe('batched prefill vs one token at a time', () => {
+  // The same kernels in a different grouping: every token's arithmetic is the same sequence of f32 operations
+  // whatever the batch, so the logits should be bit-identical. Measured: 0 difference for float and quantized.
+  for (const c of [CASES[1], CASES[5]]) {
+    it(c.name, async () => {
+      const { bytes } = makeSyntheticLlama(c.spec);
+      const ids = seededIds(40, c.spec.vocab, 99); // 40 > 32: two batches, the second partial
+      const batched = await (await loadModel(bytes)).evaluate(ids);
+      const odd = await (await loadModel(bytes, { batchSize: 7 })).evaluate(ids);
+      const single = await (await loadModel(bytes, { batchSize: 1 })).evaluate(ids);
+      let d1 = 0, d7 = 0;
+      for (let i = 0; i < batched.length; i++) {
+        d1 = Math.max(d1, Math.abs(batched[i] - single[i]));
+        d7 = Math.max(d7, Math.abs(batched[i] - odd[i]));
+      }
+      console.log(`batch consistency ${c.name}: max|Δ| batch 32 vs 1 = ${d1}, vs 7 = ${d7}`);
+      expect(d1).toBe(0);
+      expect(d7).toBe(0);
+    });
+  }
+});
+
+describe('the comparison has teeth', () => {
+  const c = CASES[5]; // quantized, 3:1 GQA with 2 KV heads: the looser bound, the harder case to fail
+  const ids = seededIds(16, c.spec.vocab, 1234);
+  const { bytes, weights } = makeSyntheticLlama(c.spec);
+  const check = (e: Errors) => e.relMax < TOL.quantized && e.minCos > MIN_COS.quantized && e.argmaxMiss === 0;
+
+  it('a reference with RoPE base 500000 instead of 10000 fails the bounds', async () => {
+    const got = await (await loadModel(bytes)).evaluate(ids);
+    const e = compare(got, referenceForward({ ...c.spec, ropeBase: 500000 }, weights, ids), c.spec.vocab);
+    console.log(`teeth, wrong rope base: ${fmt(e)}`);
+    expect(check(e)).toBe(false);
+  });
+
+  it('a reference with the two KV heads swapped (a wrong GQA mapping) fails the bounds', async () => {
+    const got = await (await loadModel(bytes)).evaluate(ids);
+    // Swapping KV heads 0 and 1 in both layers' k and v makes query head h read KV head 1 - h/3: a wrong mapping.
+    const hd = c.spec.dim / c.spec.nHeads;
+    const swapped = new Map(weights);
+    for (const name of ['blk.0.attn_k.weight', 'blk.0.attn_v.weight', 'blk.1.attn_k.weight', 'blk.1.attn_v.weight']) {
+      const w = weights.get(name)!, rowLen = c.spec.dim, headRows = hd * rowLen;
+      const s = new Float32Array(w.length);
+      s.set(w.subarray(0, headRows), headRows);
+      s.set(w.subarray(headRows, 2 * headRows), 0);
+      swapped.set(name, s);
+    }
+    const e = compare(got, referenceForward(c.spec, swapped, ids), c.spec.vocab);
+    console.log(`teeth, wrong GQA mapping: ${fmt(e)}`);
+    expect(check(e)).toBe(false);
+  });
+});
