@@ -1,1 +1,628 @@
-console.error("edgellm CLI: not yet written"); process.exit(1);
+/**
+ * The `edgellm` command: run a prompt, measure perplexity, or inspect a GGUF header.
+ *
+ * Output contract: stdout carries only the product (generated text, the perplexity summary, the info report), so it can
+ * be piped; everything about the run (load time, speed, progress) goes to stderr. Every failure is one line,
+ * `edgellm: error [CODE]: message`, exit 1, or exit 2 for a usage error; stacks only with EDGELLM_DEBUG=1.
+ */
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { EdgeLLMError, loadModel, type GenerateOptions, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
+import { openSource } from './gguf/source.js';
+import { readGGUF, valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
+import { readLlamaConfig, type LlamaConfig } from './model/config.js';
+import { formatBytes } from './plan/arena.js';
+
+// ───────────────────────────── argument parsing ─────────────────────────────
+
+/** A mistake in how the command was called: exit 2, and the message points to the command's help. */
+class UsageError extends Error {
+  constructor(message: string, readonly command?: string) {
+    super(message);
+  }
+}
+
+type FlagKind = 'string' | 'int' | 'number' | 'bool' | 'list';
+
+interface FlagSpec {
+  name: string;
+  short?: string;
+  kind: FlagKind;
+}
+
+interface Parsed {
+  positionals: string[];
+  flags: Map<string, string | number | boolean | string[]>;
+}
+
+const HELP_FLAG: FlagSpec = { name: 'help', short: 'h', kind: 'bool' };
+
+/** `--flag value`, `--flag=value`, `-p value`; a value may start with '-' (e.g. `--seed -1`); `--` ends the flags. */
+function parseArgs(args: string[], specs: FlagSpec[], command: string): Parsed {
+  const all = [...specs, HELP_FLAG];
+  const positionals: string[] = [];
+  const flags: Parsed['flags'] = new Map();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === '--') {
+      positionals.push(...args.slice(i + 1));
+      break;
+    }
+    if (!arg.startsWith('-') || arg === '-') {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const given = eq >= 0 ? arg.slice(0, eq) : arg;
+    const spec = given.startsWith('--') ? all.find((s) => `--${s.name}` === given) : all.find((s) => s.short && `-${s.short}` === given);
+    if (!spec) throw new UsageError(`unknown option ${given}`, command);
+    if (spec.kind === 'bool') {
+      if (eq >= 0) throw new UsageError(`${given} takes no value`, command);
+      flags.set(spec.name, true);
+      continue;
+    }
+    let raw: string;
+    if (eq >= 0) raw = arg.slice(eq + 1);
+    else if (i + 1 < args.length) raw = args[++i];
+    else throw new UsageError(`${given} needs a value`, command);
+    const value = convert(given, spec.kind, raw, command);
+    if (spec.kind === 'list') flags.set(spec.name, [...((flags.get(spec.name) as string[] | undefined) ?? []), raw]);
+    else flags.set(spec.name, value);
+  }
+  return { positionals, flags };
+}
+
+function convert(flag: string, kind: FlagKind, raw: string, command: string): string | number {
+  if (kind === 'int') {
+    if (!/^[+-]?\d+$/.test(raw.trim()) || !Number.isSafeInteger(Number(raw))) throw new UsageError(`${flag} needs an integer, got ${JSON.stringify(raw)}`, command);
+    return Number(raw);
+  }
+  if (kind === 'number') {
+    const n = Number(raw);
+    if (raw.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} needs a number, got ${JSON.stringify(raw)}`, command);
+    return n;
+  }
+  return raw;
+}
+
+function positionals(p: Parsed, names: string[], command: string): string[] {
+  if (p.positionals.length < names.length) throw new UsageError(`missing ${names[p.positionals.length]}`, command);
+  if (p.positionals.length > names.length) throw new UsageError(`unexpected argument ${JSON.stringify(p.positionals[names.length])}`, command);
+  return p.positionals;
+}
+
+const num = (p: Parsed, name: string) => p.flags.get(name) as number | undefined;
+
+// ───────────────────────────── help ─────────────────────────────
+
+const USAGE = `edgellm: run Llama-family GGUF models in WebAssembly
+
+Usage:
+  edgellm run MODEL -p PROMPT [options]       generate text from a prompt
+  edgellm perplexity MODEL TEXTFILE [options] score a text file (llama.cpp-style perplexity)
+  edgellm info MODEL [--json]                 describe a GGUF file from its header, without loading weights
+
+MODEL is a .gguf path or an http(s) URL.
+Run \`edgellm COMMAND --help\` for a command's options.
+
+Options:
+  -h, --help     show help
+  --version      print the version
+
+Set EDGELLM_DEBUG=1 to see stack traces on errors.`;
+
+const HELP: Record<string, string> = {
+  run: `Usage: edgellm run MODEL -p PROMPT [options]
+
+Streams the generated text (only that) to stdout; load time and speed go to stderr. Ctrl-C stops (exit 130).
+
+Options:
+  -p, --prompt TEXT        the prompt (required); tokenized with BOS as the model asks
+  -n, --max-tokens N       most tokens to generate (default 128)
+  --temperature T          0 = greedy (default 0)
+  --top-k K                keep the K most likely tokens, 0 = off (default 40)
+  --top-p P                nucleus sampling, 1 = off (default 0.95)
+  --min-p P                drop tokens below P × the best one, 0 = off (default 0.05)
+  --repeat-penalty R       penalize recent tokens, 1 = off (default 1)
+  --repeat-last-n N        how far back the penalty looks (default 64)
+  --seed S                 random seed (default: random)
+  --stop STR               stop before STR; repeatable
+  --ctx N                  context length to plan (default: the model's, at most 4096)
+  --batch N                prompt tokens per forward batch (default 32)
+  --kv f32|f16             KV cache entry type (default f32; f16 halves it, as llama.cpp)
+  --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB
+  -h, --help               show this help`,
+  perplexity: `Usage: edgellm perplexity MODEL TEXTFILE [options]
+
+Tokenizes the text without BOS and scores consecutive windows, each BOS + the next WINDOW-1 tokens, as llama.cpp's
+perplexity does. Progress per window on stderr; the summary on stdout.
+
+Options:
+  --window N               tokens per window, BOS included (default 2048)
+  --windows N              how many windows to score (default: as many as the text fills)
+  --batch N                tokens per forward batch (default 32)
+  --kv f32|f16             KV cache entry type (default f32)
+  --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
+  -h, --help               show this help`,
+  info: `Usage: edgellm info MODEL [options]
+
+Reads only the GGUF header: architecture and hyperparameters, tensor types, metadata and the tensor table.
+(An http(s) URL is downloaded whole first.)
+
+Options:
+  --json                   print one JSON object instead
+  --all-tensors            list every tensor even for big models (default: per-layer tensors grouped)
+  -h, --help               show this help`,
+};
+
+function version(): string {
+  // dist/cli.js sits one level below package.json, in the repo and in an installed package alike.
+  try {
+    return JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version as string;
+  } catch {
+    return 'unknown';
+  }
+}
+
+// ───────────────────────────── shared bits ─────────────────────────────
+
+/** Ctrl-C aborts the running work through its signal; a second Ctrl-C leaves at once. */
+function interruptible(): AbortController {
+  const controller = new AbortController();
+  process.on('SIGINT', () => {
+    if (controller.signal.aborted) process.exit(130);
+    controller.abort(new Error('SIGINT'));
+  });
+  return controller;
+}
+
+function stderr(line: string): void {
+  process.stderr.write(line + '\n');
+}
+
+/** Download progress on a terminal only: a redrawn line is noise in a log file. */
+function progressReporter(): LoadOptions['onProgress'] {
+  if (!process.stderr.isTTY) return undefined;
+  let last = 0;
+  return ({ phase, loaded, total }) => {
+    if (phase !== 'download') return;
+    const t = Date.now();
+    if (t - last < 200 && loaded !== total) return;
+    last = t;
+    const pct = total ? ` ${((100 * loaded) / total).toFixed(0)}%` : '';
+    process.stderr.write(`\rdownloading${pct} ${formatBytes(loaded)}${total ? ` / ${formatBytes(total)}` : ''}\x1b[K`);
+    if (loaded === total) process.stderr.write('\n');
+  };
+}
+
+async function load(source: string, opts: LoadOptions): Promise<Model> {
+  const t0 = performance.now();
+  const model = await loadModel(source, { ...opts, onProgress: progressReporter() });
+  const ms = performance.now() - t0;
+  const i = model.info;
+  const types = Object.entries(i.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ');
+  stderr(
+    `loaded ${i.name || i.architecture} in ${ms.toFixed(0)} ms: ${i.nLayers} layers, dim ${i.dim}, vocab ${i.vocab}, tensors ${types}; ` +
+      `context ${i.context}, wasm memory ${formatBytes(i.memoryBytes)}`,
+  );
+  return model;
+}
+
+/** --kv: the loader validates the value (BAD_ARGUMENT naming the choices). */
+function kvOption(p: Parsed): LoadOptions['kv'] {
+  const type = p.flags.get('kv') as string | undefined;
+  return type === undefined ? undefined : { type: type as KVType };
+}
+
+// ───────────────────────────── run ─────────────────────────────
+
+const RUN_FLAGS: FlagSpec[] = [
+  { name: 'prompt', short: 'p', kind: 'string' },
+  { name: 'max-tokens', short: 'n', kind: 'int' },
+  { name: 'temperature', kind: 'number' },
+  { name: 'top-k', kind: 'int' },
+  { name: 'top-p', kind: 'number' },
+  { name: 'min-p', kind: 'number' },
+  { name: 'repeat-penalty', kind: 'number' },
+  { name: 'repeat-last-n', kind: 'int' },
+  { name: 'seed', kind: 'int' },
+  { name: 'stop', kind: 'list' },
+  { name: 'ctx', kind: 'int' },
+  { name: 'batch', kind: 'int' },
+  { name: 'kv', kind: 'string' },
+  { name: 'memory-budget', kind: 'string' },
+];
+
+async function run(p: Parsed, controller: AbortController): Promise<void> {
+  const [source] = positionals(p, ['MODEL'], 'run');
+  const prompt = p.flags.get('prompt') as string | undefined;
+  if (prompt === undefined) throw new UsageError('missing -p/--prompt', 'run');
+  const signal = controller.signal;
+  const model = await load(source, {
+    contextLength: num(p, 'ctx'),
+    batchSize: num(p, 'batch'),
+    kv: kvOption(p),
+    memoryBudget: p.flags.get('memory-budget') as string | undefined,
+    signal,
+  });
+  const opts: GenerateOptions = {
+    maxTokens: num(p, 'max-tokens') ?? 128,
+    temperature: num(p, 'temperature'),
+    topK: num(p, 'top-k'),
+    topP: num(p, 'top-p'),
+    minP: num(p, 'min-p'),
+    repeatPenalty: num(p, 'repeat-penalty'),
+    repeatLastN: num(p, 'repeat-last-n'),
+    seed: num(p, 'seed'),
+    stop: p.flags.get('stop') as string[] | undefined,
+    signal,
+    onStats: (s) =>
+      stderr(
+        `prefill ${s.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${s.decodeTokensPerSecond.toFixed(1)} tok/s (${s.generatedTokens} tokens)` +
+          `; prompt ${s.promptTokens} tokens, stopped by ${s.stopReason}`,
+      ),
+  };
+  // Undefined options must be absent, not present-and-undefined, for the sampler's defaults to apply.
+  for (const k of Object.keys(opts) as (keyof GenerateOptions)[]) if (opts[k] === undefined) delete opts[k];
+  let wrote = false;
+  try {
+    for await (const chunk of model.generate(prompt, opts)) {
+      process.stdout.write(chunk);
+      wrote = true;
+    }
+    process.stdout.write('\n');
+  } catch (err) {
+    // End a text cut short (Ctrl-C) with its newline too, so the shell prompt starts on a fresh line.
+    if (wrote) process.stdout.write('\n');
+    throw err;
+  }
+}
+
+// ───────────────────────────── perplexity ─────────────────────────────
+
+const PPL_FLAGS: FlagSpec[] = [
+  { name: 'window', kind: 'int' },
+  { name: 'windows', kind: 'int' },
+  { name: 'batch', kind: 'int' },
+  { name: 'kv', kind: 'string' },
+  { name: 'json', kind: 'bool' },
+];
+
+async function perplexity(p: Parsed, controller: AbortController): Promise<void> {
+  const [source, textFile] = positionals(p, ['MODEL', 'TEXTFILE'], 'perplexity');
+  const window = num(p, 'window') ?? 2048;
+  if (window < 2) throw new UsageError(`--window must be at least 2, got ${window}`, 'perplexity');
+  const windowsAsked = num(p, 'windows');
+  if (windowsAsked !== undefined && windowsAsked < 1) throw new UsageError(`--windows must be at least 1, got ${windowsAsked}`, 'perplexity');
+  let text: string;
+  try {
+    text = await readFile(textFile, 'utf8');
+  } catch (err) {
+    throw new EdgeLLMError('BAD_SOURCE', `text file "${textFile}": cannot read: ${(err as Error).message}`, { cause: err });
+  }
+  // The KV cache only has to hold one window.
+  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), kv: kvOption(p), signal: controller.signal });
+  if (window > model.info.contextLength) {
+    stderr(`warning: window ${window} is longer than the model's training context of ${model.info.contextLength}`);
+  }
+  // Tokenized here too only to show "k/N" progress; the API tokenizes the same way (no BOS).
+  const textTokens = model.tokenize(text, { bos: false, eos: false }).length;
+  const total = windowsAsked ?? Math.floor(textTokens / (window - 1));
+  let done = 0, nllSum = 0, scored = 0;
+  let tWindow = performance.now();
+  const t0 = tWindow;
+  const onWindow = (w: PerplexityWindow) => {
+    done++;
+    nllSum += w.nll * w.tokensScored;
+    scored += w.tokensScored;
+    const t = performance.now();
+    stderr(
+      `window ${done}/${total} (tokens ${w.firstToken}..${w.firstToken + window - 2}): ppl ${w.ppl.toFixed(4)}, ` +
+        `running ppl ${Math.exp(nllSum / scored).toFixed(4)}, ${(window / ((t - tWindow) / 1000)).toFixed(0)} tok/s`,
+    );
+    tWindow = t;
+  };
+  const r = await model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow });
+  const seconds = (performance.now() - t0) / 1000;
+  process.stdout.write(
+    `perplexity ${r.ppl.toFixed(4)} (nll ${r.nll.toFixed(6)}) over ${r.tokensScored} tokens: ` +
+      `${r.windows.length} window${r.windows.length === 1 ? '' : 's'} of ${r.window} from ${r.textTokens} text tokens, ${seconds.toFixed(1)} s\n`,
+  );
+  if (p.flags.get('json')) {
+    const json = {
+      ppl: r.ppl,
+      nll: r.nll,
+      tokens_scored: r.tokensScored,
+      text_tokens: r.textTokens,
+      window: r.window,
+      windows: r.windows.map((w) => ({ first_token: w.firstToken, nll: w.nll, ppl: w.ppl, tokens_scored: w.tokensScored })),
+      model: source,
+      text: textFile,
+      seconds,
+    };
+    process.stdout.write(JSON.stringify(json) + '\n');
+  }
+}
+
+// ───────────────────────────── info ─────────────────────────────
+
+const INFO_FLAGS: FlagSpec[] = [
+  { name: 'json', kind: 'bool' },
+  { name: 'all-tensors', kind: 'bool' },
+];
+
+/** Past this many tensors, per-layer tensors of the same shape are shown as one row. */
+const COMPACT_TENSORS = 64;
+/** Arrays longer than this are summarized as `[N × type]`. */
+const SHORT_ARRAY = 8;
+const PREVIEW_CHARS = 60;
+
+async function info(p: Parsed, controller: AbortController): Promise<void> {
+  const [path] = positionals(p, ['MODEL'], 'info');
+  const source = await openSource(path, { signal: controller.signal });
+  let gguf: GGUFFile;
+  try {
+    gguf = await readGGUF(source);
+  } finally {
+    await source.close();
+  }
+  let config: LlamaConfig | undefined;
+  let configError: string | undefined;
+  if (gguf.has('general.architecture') && gguf.get('general.architecture') === 'llama') {
+    try {
+      config = readLlamaConfig(gguf);
+    } catch (err) {
+      if (!(err instanceof EdgeLLMError)) throw err;
+      configError = `[${err.code}] ${err.message}`;
+    }
+  }
+  const types = new Map<string, { count: number; bytes: number }>();
+  for (const t of gguf.tensors) {
+    const e = types.get(t.typeName) ?? { count: 0, bytes: 0 };
+    e.count++;
+    e.bytes += t.byteSize;
+    types.set(t.typeName, e);
+  }
+
+  if (p.flags.get('json')) {
+    const json = {
+      file: path,
+      file_size: gguf.fileSize,
+      gguf_version: gguf.version,
+      alignment: gguf.alignment,
+      data_offset: gguf.dataOffset,
+      architecture: gguf.has('general.architecture') ? jsonValue(gguf.get('general.architecture')!) : null,
+      config: config ?? null,
+      ...(configError ? { config_error: configError } : {}),
+      tensor_count: gguf.tensors.length,
+      tensor_types: Object.fromEntries(types),
+      metadata: Object.fromEntries([...gguf.metadata].map(([k, v]) => [k, jsonValue(v, typeLabel(gguf, k))])),
+      tensors: gguf.tensors.map((t) => ({ name: t.name, type: t.typeName, dims: t.dims, offset: t.offset, bytes: t.byteSize })),
+    };
+    process.stdout.write(JSON.stringify(json) + '\n');
+    return;
+  }
+
+  const out: string[] = [];
+  const totalTensorBytes = gguf.tensors.reduce((s, t) => s + t.byteSize, 0);
+  out.push(`file           ${path}`);
+  out.push(`size           ${formatBytes(gguf.fileSize)} (${gguf.fileSize} bytes)`);
+  out.push(`gguf           version ${gguf.version}, ${gguf.metadata.size} metadata keys, ${gguf.tensors.length} tensors, alignment ${gguf.alignment}, data at ${gguf.dataOffset}`);
+  out.push(`architecture   ${gguf.has('general.architecture') ? String(gguf.get('general.architecture')) : '(none)'}`);
+  if (config) {
+    out.push(`name           ${config.name || '(none)'}`);
+    out.push(`layers         ${config.nLayers}`);
+    out.push(`dim            ${config.dim}`);
+    out.push(`ffn            ${config.ffn}`);
+    out.push(`heads          ${config.nHeads} (kv ${config.nKvHeads}, head dim ${config.headDim}, rope dims ${config.nRot})`);
+    out.push(`vocab          ${config.vocab}`);
+    out.push(`context        ${config.contextLength}`);
+    out.push(`rope base      ${config.ropeBase}`);
+    out.push(`rms eps        ${f32(config.rmsEps)}`);
+    out.push(`parameters     ${formatCount(gguf.tensors.reduce((s, t) => s + t.elements, 0))}`);
+  } else if (configError) {
+    out.push(`config         not runnable: ${configError}`);
+  }
+  out.push('');
+  out.push('tensor types');
+  for (const [name, e] of [...types].sort((a, b) => b[1].bytes - a[1].bytes)) {
+    out.push(`  ${name.padEnd(8)} ${String(e.count).padStart(5)} tensors  ${formatBytes(e.bytes).padStart(10)}`);
+  }
+  out.push(`  ${'total'.padEnd(8)} ${String(gguf.tensors.length).padStart(5)} tensors  ${formatBytes(totalTensorBytes).padStart(10)}`);
+  out.push('');
+  out.push(`metadata (${gguf.metadata.size} keys)`);
+  const keyWidth = Math.min(44, Math.max(...[...gguf.metadata.keys()].map((k) => k.length), 0));
+  for (const [key, value] of gguf.metadata) {
+    const label = typeLabel(gguf, key);
+    out.push(`  ${key.padEnd(keyWidth)}  ${label.padEnd(9)} ${preview(value, gguf.typeOf(key))}`);
+  }
+  out.push('');
+  out.push(...tensorTable(gguf.tensors, !p.flags.get('all-tensors') && gguf.tensors.length > COMPACT_TENSORS));
+  process.stdout.write(out.join('\n') + '\n');
+}
+
+function typeLabel(gguf: GGUFFile, key: string): string {
+  const t = gguf.typeOf(key);
+  if (!t) return '?';
+  return t.type === GGUFValueType.ARRAY ? `[${valueTypeName(t.arrayType ?? -1)}]` : valueTypeName(t.type);
+}
+
+function isArray(v: GGUFValue): v is Exclude<GGUFValue, string | number | bigint | boolean> {
+  return Array.isArray(v) || ArrayBuffer.isView(v);
+}
+
+function preview(v: GGUFValue, type?: GGUFValueTypeInfo): string {
+  if (isArray(v)) {
+    const items = Array.from(v as ArrayLike<GGUFValue>);
+    const element = type?.arrayType;
+    if (items.length > SHORT_ARRAY) return `[${items.length} × ${element !== undefined ? valueTypeName(element) : 'value'}]`;
+    return clip(`[${items.map((x) => preview(x, element !== undefined ? { type: element } : undefined)).join(', ')}]`);
+  }
+  if (typeof v === 'string') return clip(JSON.stringify(v));
+  if (typeof v === 'number' && type?.type === GGUFValueType.FLOAT32) return f32(v);
+  return String(v);
+}
+
+/** An f32 widened to f64 prints as 0.000009999999747378752; 7 significant digits say what the file meant (1e-5). */
+function f32(v: number): string {
+  return String(Number(v.toPrecision(7)));
+}
+
+function clip(s: string): string {
+  return s.length > PREVIEW_CHARS ? `${s.slice(0, PREVIEW_CHARS - 1)}… (${s.length} chars)` : s;
+}
+
+/** JSON keeps scalars whole (bigints as numbers when safe) and summarizes long arrays like the text report does. */
+function jsonValue(v: GGUFValue, label?: string): unknown {
+  if (isArray(v)) {
+    const items = Array.from(v as ArrayLike<GGUFValue>);
+    if (items.length > SHORT_ARRAY) return `[${items.length} × ${label?.slice(1, -1) ?? 'value'}]`;
+    return items.map((x) => jsonValue(x));
+  }
+  if (typeof v === 'bigint') return Number.isSafeInteger(Number(v)) ? Number(v) : v.toString();
+  return v;
+}
+
+function tensorTable(tensors: TensorInfo[], compact: boolean): string[] {
+  type Row = { name: string; type: string; dims: string; bytes: number; count: number };
+  const rows: Row[] = [];
+  const row = (t: TensorInfo, name = t.name, count = 1): Row => ({ name, type: t.typeName, dims: `[${t.dims.join(', ')}]`, bytes: t.byteSize * count, count });
+  if (compact) {
+    // Group blk.N.<rest> by <rest>: one row per kind of layer tensor when every layer agrees on type and shape.
+    const groups = new Map<string, { layers: number[]; tensors: TensorInfo[] }>();
+    const order: (TensorInfo | string)[] = [];
+    for (const t of tensors) {
+      const m = /^blk\.(\d+)\.(.+)$/.exec(t.name);
+      if (!m) {
+        order.push(t);
+        continue;
+      }
+      let g = groups.get(m[2]);
+      if (!g) {
+        groups.set(m[2], (g = { layers: [], tensors: [] }));
+        order.push(m[2]);
+      }
+      g.layers.push(Number(m[1]));
+      g.tensors.push(t);
+    }
+    for (const item of order) {
+      if (typeof item !== 'string') {
+        rows.push(row(item));
+        continue;
+      }
+      const g = groups.get(item)!;
+      const first = g.tensors[0];
+      const uniform = g.tensors.every((t) => t.type === first.type && t.dims.join() === first.dims.join());
+      if (uniform) rows.push(row(first, `blk.{${layerRange(g.layers)}}.${item}`, g.tensors.length));
+      else for (const t of g.tensors) rows.push(row(t));
+    }
+  } else {
+    for (const t of tensors) rows.push(row(t));
+  }
+  const nameWidth = Math.max(4, ...rows.map((r) => r.name.length));
+  const dimsWidth = Math.max(4, ...rows.map((r) => r.dims.length));
+  const out = [`tensors (${tensors.length}${compact ? ', per-layer tensors grouped; --all-tensors lists each' : ''})`];
+  out.push(`  ${'name'.padEnd(nameWidth)}  ${'type'.padEnd(7)} ${'dims'.padEnd(dimsWidth)}  ${(compact ? 'total bytes' : 'bytes').padStart(12)}${compact ? '  count' : ''}`);
+  for (const r of rows) {
+    out.push(`  ${r.name.padEnd(nameWidth)}  ${r.type.padEnd(7)} ${r.dims.padEnd(dimsWidth)}  ${String(r.bytes).padStart(12)}${compact ? `  ${r.count > 1 ? `× ${r.count}` : ''}` : ''}`);
+  }
+  return out;
+}
+
+/** [0,1,2,3,5] → "0-3,5" */
+function layerRange(layers: number[]): string {
+  const s = [...layers].sort((a, b) => a - b);
+  const parts: string[] = [];
+  for (let i = 0; i < s.length; ) {
+    let j = i;
+    while (j + 1 < s.length && s[j + 1] === s[j] + 1) j++;
+    parts.push(j > i ? `${s[i]}-${s[j]}` : `${s[i]}`);
+    i = j + 1;
+  }
+  return parts.join(',');
+}
+
+function formatCount(n: number): string {
+  if (n >= 1e9) return `${(n / 1e9).toFixed(2)}B`;
+  if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
+  return String(n);
+}
+
+// ───────────────────────────── main ─────────────────────────────
+
+const COMMANDS: Record<string, { flags: FlagSpec[]; run: (p: Parsed, c: AbortController) => Promise<void> }> = {
+  run: { flags: RUN_FLAGS, run },
+  perplexity: { flags: PPL_FLAGS, run: perplexity },
+  info: { flags: INFO_FLAGS, run: info },
+};
+
+async function main(argv: string[]): Promise<number> {
+  const [first, ...rest] = argv;
+  if (first === undefined || first === '-h' || first === '--help') {
+    process.stdout.write(USAGE + '\n');
+    return first === undefined ? 2 : 0;
+  }
+  if (first === '--version' || first === '-v') {
+    process.stdout.write(version() + '\n');
+    return 0;
+  }
+  if (first === 'help') {
+    const topic = rest[0];
+    if (topic !== undefined && !HELP[topic]) throw new UsageError(`unknown command ${JSON.stringify(topic)}`);
+    process.stdout.write((topic ? HELP[topic] : USAGE) + '\n');
+    return 0;
+  }
+  const command = COMMANDS[first];
+  if (!command) throw new UsageError(first.startsWith('-') ? `unknown option ${first}` : `unknown command ${JSON.stringify(first)}`);
+  const parsed = parseArgs(rest, command.flags, first);
+  if (parsed.flags.get('help')) {
+    process.stdout.write(HELP[first] + '\n');
+    return 0;
+  }
+  const controller = interruptible();
+  try {
+    await command.run(parsed, controller);
+  } catch (err) {
+    if (controller.signal.aborted) {
+      stderr('edgellm: interrupted');
+      return 130;
+    }
+    throw err;
+  }
+  return 0;
+}
+
+function report(err: unknown): number {
+  const debug = process.env.EDGELLM_DEBUG === '1';
+  if (err instanceof UsageError) {
+    const help = err.command ? `edgellm ${err.command} --help` : 'edgellm --help';
+    stderr(`edgellm: error [USAGE]: ${err.message} (see \`${help}\`)`);
+    return 2;
+  }
+  const code = err instanceof EdgeLLMError ? err.code : 'INTERNAL';
+  const message = err instanceof Error ? err.message : String(err);
+  stderr(`edgellm: error [${code}]: ${oneLine(message)}`);
+  if (debug && err instanceof Error && err.stack) stderr(err.stack);
+  return 1;
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s*\n\s*/g, ' ');
+}
+
+// `edgellm … | head` closes stdout early: that is the reader's choice, not an error.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    // exitCode, not exit(): let buffered stdout drain first.
+    process.exitCode = code;
+  },
+  (err) => {
+    process.exitCode = report(err);
+  },
+);

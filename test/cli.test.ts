@@ -1,0 +1,154 @@
+// The built CLI (dist/cli.js), spawned as a user would run it: stdout, stderr and exit codes.
+import { beforeAll, describe, expect, it } from 'vitest';
+import { spawnSync, execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { loadModel } from '../src/index.js';
+import { announceSkipIfNoModels, modelPath, MODELS, ROOT, SHARED } from './util/shared.js';
+
+const CLI = path.join(ROOT, 'dist/cli.js');
+const have = announceSkipIfNoModels('CLI tests on real models (test/cli.test.ts)');
+
+function newestSource(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestSource(p) : statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+// CI builds before testing; locally, a stale bundle would test yesterday's code, so rebuild it when src is newer.
+beforeAll(() => {
+  const wasm = path.join(ROOT, 'build/edgellm.wasm');
+  const stale = !existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(path.join(ROOT, 'src')), existsSync(wasm) ? statSync(wasm).mtimeMs : 0);
+  if (stale) execFileSync('npm', ['run', existsSync(wasm) ? 'build:ts' : 'build'], { cwd: ROOT, stdio: 'inherit' });
+});
+
+function cli(...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, EDGELLM_DEBUG: '' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** One `edgellm: error [CODE]: …` line and nothing that looks like a stack trace. */
+function expectOneLineError(stderr: string, code: string) {
+  const lines = stderr.trimEnd().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(new RegExp(`^edgellm: error \\[${code}\\]: `));
+  expect(stderr).not.toMatch(/^\s+at /m);
+}
+
+describe('edgellm CLI: usage and errors', () => {
+  it('--help, per-command help and --version', () => {
+    const help = cli('--help');
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/edgellm run MODEL -p PROMPT/);
+    expect(help.stdout).toMatch(/edgellm perplexity MODEL TEXTFILE/);
+    const run = cli('run', '--help');
+    expect(run.code).toBe(0);
+    expect(run.stdout).toMatch(/--temperature/);
+    const version = cli('--version');
+    expect(version.code).toBe(0);
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')).version);
+  });
+
+  it('missing model file: exit 1, BAD_SOURCE, no stack', () => {
+    const r = cli('run', path.join(tmpdir(), 'edgellm-no-such-model.gguf'), '-p', 'hi');
+    expect(r.code).toBe(1);
+    expectOneLineError(r.stderr, 'BAD_SOURCE');
+    expect(r.stdout).toBe('');
+  });
+
+  it('garbage file: exit 1, BAD_MAGIC (run and info)', () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'edgellm-cli-')), 'garbage.gguf');
+    const bytes = new Uint8Array(4096).map(() => Math.floor(Math.random() * 256));
+    bytes[0] = 0; // never "GGUF" by chance
+    writeFileSync(file, bytes);
+    for (const args of [['run', file, '-p', 'hi'], ['info', file]]) {
+      const r = cli(...args);
+      expect(r.code).toBe(1);
+      expectOneLineError(r.stderr, 'BAD_MAGIC');
+    }
+  });
+
+  it('usage errors exit 2 and name the flag', () => {
+    const unknown = cli('run', 'model.gguf', '-p', 'hi', '--frobnicate');
+    expect(unknown.code).toBe(2);
+    expectOneLineError(unknown.stderr, 'USAGE');
+    expect(unknown.stderr).toMatch(/--frobnicate/);
+
+    const noPrompt = cli('run', 'model.gguf');
+    expect(noPrompt.code).toBe(2);
+    expect(noPrompt.stderr).toMatch(/-p/);
+
+    const notNumber = cli('run', 'model.gguf', '-p', 'hi', '--top-k', 'many');
+    expect(notNumber.code).toBe(2);
+    expect(notNumber.stderr).toMatch(/--top-k.*"many"/);
+
+    const noValue = cli('perplexity', 'model.gguf', 'text.txt', '--window');
+    expect(noValue.code).toBe(2);
+    expect(noValue.stderr).toMatch(/--window needs a value/);
+
+    expect(cli('frobnicate').code).toBe(2);
+    expect(cli().code).toBe(2);
+  });
+});
+
+describe.skipIf(!have)('edgellm CLI on real models', () => {
+  it('run tiny-260k-q8_0: stdout is exactly the greedy text, speed on stderr', async () => {
+    const r = cli('run', modelPath('tiny-260k-q8_0.gguf'), '-p', 'Once upon a time', '-n', '20');
+    expect(r.code).toBe(0);
+    expect(r.stdout.endsWith('\n')).toBe(true);
+    const text = r.stdout.slice(0, -1);
+
+    // the same as the API in-process…
+    const model = await loadModel(modelPath('tiny-260k-q8_0.gguf'));
+    expect(text).toBe(await model.complete('Once upon a time', { maxTokens: 20 }));
+    // …and the start of llama.cpp's greedy text (the API keeps the first piece's leading space; llama.cpp drops it)
+    const ref = JSON.parse(readFileSync(path.join(MODELS, 'tiny-260k-llamacpp.json'), 'utf8'))['tiny-260k-q8_0'];
+    expect(text.trimStart().length).toBeGreaterThan(40);
+    expect(ref.greedy_text.startsWith(text.trimStart())).toBe(true);
+
+    expect(r.stderr).toMatch(/loaded .* in \d+ ms/);
+    expect(r.stderr).toMatch(/prefill [\d.]+ tok\/s, decode [\d.]+ tok\/s \(20 tokens\)/);
+  });
+
+  it('perplexity --json on sotu-15m-q8_0: last line is the JSON, identical to the API', async () => {
+    const text = path.join(SHARED, 'eval/dev.txt');
+    const r = cli('perplexity', modelPath('sotu-15m-q8_0.gguf'), text, '--window', '256', '--windows', '2', '--json');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trimEnd().split('\n');
+    const json = JSON.parse(lines[lines.length - 1]);
+    expect(json.tokens_scored).toBe(510);
+    expect(json.windows).toHaveLength(2);
+    expect(json.windows[1]).toMatchObject({ first_token: 255 });
+    expect(r.stderr).toMatch(/window 2\/2/);
+
+    const model = await loadModel(modelPath('sotu-15m-q8_0.gguf'), { contextLength: 256 });
+    const api = await model.perplexity(readFileSync(text, 'utf8'), { window: 256, windows: 2 });
+    expect(json.ppl).toBe(api.ppl);
+    expect(json.windows.map((w: { nll: number }) => w.nll)).toEqual(api.windows.map((w) => w.nll));
+    console.log(`CLI perplexity, sotu-15m-q8_0, 2 × 256: ${json.ppl}`);
+  });
+
+  it('info on sotu-15m-q4_0: text and --json', () => {
+    const r = cli('info', modelPath('sotu-15m-q4_0.gguf'));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/architecture\s+llama/);
+    expect(r.stdout).toMatch(/layers\s+6\b/);
+    expect(r.stdout).toMatch(/\bQ4_0\b/);
+    expect(r.stdout).toMatch(/\bQ8_0\b/);
+    expect(r.stdout).toMatch(/tokenizer\.ggml\.tokens\s+\[string\]\s+\[32000 × string\]/);
+    expect(r.stdout).toMatch(/token_embd\.weight\s+Q8_0\s+\[288, 32000\]/);
+
+    const j = cli('info', modelPath('sotu-15m-q4_0.gguf'), '--json');
+    expect(j.code).toBe(0);
+    const info = JSON.parse(j.stdout);
+    expect(info).toMatchObject({ architecture: 'llama', gguf_version: 3, tensor_count: 56 });
+    expect(info.config).toMatchObject({ nLayers: 6, dim: 288, vocab: 32000 });
+    expect(Object.keys(info.tensor_types).sort()).toEqual(['F32', 'Q4_0', 'Q8_0']);
+    expect(info.metadata['llama.block_count']).toBe(6);
+    expect(info.tensors).toHaveLength(56);
+  });
+});

@@ -1,0 +1,118 @@
+/**
+ * The f64 reference of reference.ts with one change: the input of every matmul by a Q8_0/Q4_0 weight is first rounded
+ * the way the runtime (and llama.cpp) rounds activations: per 32-block, d = amax/127 rounded to f16, codes =
+ * round-half-even(x·127/amax). What remains between this and the runtime is f32-vs-f64 arithmetic only, so the
+ * quantized kernels can be held to a bound almost as tight as the float ones.
+ */
+import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
+import type { RefSpec } from './reference.js';
+
+/** x rounded through int8 codes per 32-block, as quantize_q8_0 does in f32. */
+export function roundActivationsQ8(x: Float64Array): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let b = 0; b < x.length; b += 32) {
+    let amax = 0;
+    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(Math.fround(x[i])));
+    const d = f16ToF32(f32ToF16(Math.fround(amax / 127)));
+    const id = amax ? Math.fround(127 / amax) : 0;
+    for (let i = b; i < b + 32; i++) {
+      const v = Math.fround(Math.fround(x[i]) * id);
+      const r = Math.round(v);
+      out[i] = (r - v === 0.5 && r % 2 !== 0 ? r - 1 : r) * d; // half to even, like f32x4.nearest
+    }
+  }
+  return out;
+}
+
+type Weights = Map<string, Float32Array>;
+
+function matvecExact(w: Float32Array, x: Float64Array, rows: number, cols: number): Float64Array {
+  const y = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let s = 0;
+    for (let c = 0; c < cols; c++) s += w[r * cols + c] * x[c];
+    y[r] = s;
+  }
+  return y;
+}
+
+function rmsnorm(x: Float64Array, w: Float32Array, eps: number): Float64Array {
+  let ss = 0;
+  for (const v of x) ss += v * v;
+  const scale = 1 / Math.sqrt(ss / x.length + eps);
+  return x.map((v, i) => v * scale * w[i]);
+}
+
+/** Logits [tokens.length][vocab]; `quantized(name)` says which weights read int8-rounded activations. */
+export function referenceForwardQ8(spec: RefSpec, W: Weights, tokens: number[], quantized: (name: string) => boolean): Float64Array[] {
+  const { dim, nLayers, nHeads, nKvHeads, ffn, vocab } = spec;
+  const hd = spec.headDim ?? dim / nHeads;
+  const base = spec.ropeBase ?? 10000;
+  const eps = spec.eps ?? 1e-5;
+  const qDim = nHeads * hd;
+  const kvDim = nKvHeads * hd;
+  const get = (n: string) => {
+    const w = W.get(n);
+    if (!w) throw new Error(`reference: no weights for ${n}`);
+    return w;
+  };
+  const emb = get('token_embd.weight');
+  const outName = spec.tied === false || W.has('output.weight') ? 'output.weight' : 'token_embd.weight';
+  const mv = (name: string, x: Float64Array, rows: number, cols: number) =>
+    matvecExact(get(name), quantized(name) ? roundActivationsQ8(x) : x, rows, cols);
+  const keys: Float64Array[][] = Array.from({ length: nLayers }, () => []);
+  const vals: Float64Array[][] = Array.from({ length: nLayers }, () => []);
+  const logits: Float64Array[] = [];
+
+  const rope = (v: Float64Array, heads: number, pos: number) => {
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < hd; i += 2) {
+        const theta = pos * Math.pow(base, -i / hd);
+        const c = Math.cos(theta), s = Math.sin(theta);
+        const a = v[h * hd + i], b = v[h * hd + i + 1];
+        v[h * hd + i] = a * c - b * s;
+        v[h * hd + i + 1] = a * s + b * c;
+      }
+    }
+  };
+
+  tokens.forEach((tok, pos) => {
+    const x = Float64Array.from(emb.subarray(tok * dim, (tok + 1) * dim));
+    for (let l = 0; l < nLayers; l++) {
+      const p = `blk.${l}.`;
+      const xb = rmsnorm(x, get(`${p}attn_norm.weight`), eps);
+      const q = mv(`${p}attn_q.weight`, xb, qDim, dim);
+      const k = mv(`${p}attn_k.weight`, xb, kvDim, dim);
+      const v = mv(`${p}attn_v.weight`, xb, kvDim, dim);
+      rope(q, nHeads, pos);
+      rope(k, nKvHeads, pos);
+      keys[l].push(k);
+      vals[l].push(v);
+      const att = new Float64Array(qDim);
+      for (let h = 0; h < nHeads; h++) {
+        const g = Math.floor(h / (nHeads / nKvHeads));
+        const scores = keys[l].map((kt) => {
+          let s = 0;
+          for (let i = 0; i < hd; i++) s += q[h * hd + i] * kt[g * hd + i];
+          return s / Math.sqrt(hd);
+        });
+        const m = Math.max(...scores);
+        const e = scores.map((s) => Math.exp(s - m));
+        const z = e.reduce((a, b) => a + b, 0);
+        e.forEach((w, t) => {
+          for (let i = 0; i < hd; i++) att[h * hd + i] += (w / z) * vals[l][t][g * hd + i];
+        });
+      }
+      const o = mv(`${p}attn_output.weight`, att, dim, qDim);
+      for (let i = 0; i < dim; i++) x[i] += o[i];
+      const xb2 = rmsnorm(x, get(`${p}ffn_norm.weight`), eps);
+      const g1 = mv(`${p}ffn_gate.weight`, xb2, ffn, dim);
+      const u = mv(`${p}ffn_up.weight`, xb2, ffn, dim);
+      const hb = g1.map((gv, i) => (gv / (1 + Math.exp(-gv))) * u[i]);
+      const d = mv(`${p}ffn_down.weight`, hb, dim, ffn);
+      for (let i = 0; i < dim; i++) x[i] += d[i];
+    }
+    logits.push(mv(outName, rmsnorm(x, get('output_norm.weight'), eps), vocab, dim));
+  });
+  return logits;
+}
