@@ -99,13 +99,11 @@ export async function loadModel(src: ModelSource, options: LoadOptions = {}): Pr
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
-    const arena = new Arena(STATIC_RESERVE);
-    const { weights, pending } = planWeights(gguf, config, arena);
-    const kv = new KVCache(arena, config, context, options.kv?.type);
-    const state = planRunState(arena, config, batchSize, context);
+    const kvType = options.kv?.type ?? 'f32';
+    const { arena, weights, pending, kv, state } = planMemory(gguf, config, context, batchSize, kvType);
     if (options.memoryBudget !== undefined) {
       const budget = parseBytes(options.memoryBudget, 'memoryBudget');
-      if (arena.totalBytes > budget) throw budgetError(arena, budget, kv.bytesPerToken, context);
+      if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvType, arena.totalBytes, budget);
     }
 
     const module = await compileKernels(options.wasm);
@@ -121,11 +119,32 @@ export async function loadModel(src: ModelSource, options: LoadOptions = {}): Pr
   }
 }
 
-function budgetError(arena: Arena, budget: number, kvPerToken: number, context: number): EdgeLLMError {
-  const over = arena.totalBytes - budget;
-  const fitContext = Math.floor(context - over / kvPerToken);
-  const hint = fitContext >= 16 ? `a context of ${fitContext} tokens would fit` : 'the weights alone do not fit; use a smaller or more quantized model';
-  return new EdgeLLMError('BUDGET', `the plan needs ${formatBytes(arena.totalBytes)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
+/** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType) {
+  const arena = new Arena(STATIC_RESERVE);
+  const { weights, pending } = planWeights(gguf, config, arena);
+  const kv = new KVCache(arena, config, context, kvType);
+  const state = planRunState(arena, config, batchSize, context);
+  return { arena, weights, pending, kv, state };
+}
+
+/** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
+function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType, needed: number, budget: number): EdgeLLMError {
+  const fits = (ctx: number) => planMemory(gguf, config, ctx, batchSize, kvType).arena.totalBytes <= budget;
+  let hint: string;
+  if (!fits(1)) {
+    const weightBytes = planMemory(gguf, config, 1, 1, kvType).arena.totalBytes;
+    hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
+  } else {
+    let lo = 1, hi = context; // fits(lo) && !fits(hi)
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (fits(mid)) lo = mid;
+      else hi = mid;
+    }
+    hint = `a context of ${lo} tokens would fit${kvType === 'f32' ? ', or more with kv: { type: \'f16\' }' : ''}`;
+  }
+  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${formatBytes(needed)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
 }
 
 export class Model {
@@ -188,6 +207,7 @@ export class Model {
 
   /** Teacher-forced logits for every position of ids: a [ids.length × vocab] array, row i predicting ids[i+1]. */
   async evaluate(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    this.live();
     const vocab = this.llama.config.vocab;
     const out = new Float32Array(ids.length * vocab);
     await this.forEachLogits(ids, opts.signal, (row, logits) => out.set(logits, row * vocab));
@@ -210,6 +230,7 @@ export class Model {
    * window−1 tokens, consecutive and non-overlapping; every next-token position is scored by full log-softmax.
    */
   async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow) => void } = {}): Promise<PerplexityResult> {
+    this.live();
     const window = opts.window ?? Math.min(2048, this.llama.kv.ctx);
     if (!Number.isSafeInteger(window) || window < 2 || window > this.llama.kv.ctx) {
       throw new EdgeLLMError('BAD_ARGUMENT', `window must be an integer in 2..${this.llama.kv.ctx} (the planned context), got ${window}`);
@@ -237,6 +258,7 @@ export class Model {
 
   /** The memory plan: every region of wasm memory and its size. */
   memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
+    this.live();
     return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
   }
 
