@@ -5,7 +5,6 @@ import { loadModel } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward } from './util/reference.js';
-import { referenceForwardQ8 } from './util/reference-q8.js';
 
 const { F32, F16, Q8_0, Q4_0 } = GGMLType;
 
@@ -64,7 +63,7 @@ const fmt = (e: Errors) => `rel max|Δ| ${e.relMax.toExponential(2)}, min cos ${
  * - Q8_0/Q4_0 weights against the plain reference: the runtime rounds each matmul input to int8 per 32-block (as
  *   llama.cpp does), up to 1/254 of the block max per element, plus the block scale rounded to f16 (2^-11). Measured
  *   1.3e-2–1.8e-2, cosine ≥ 0.9998. Bound 4e-2 (about 2× the worst) and cosine > 0.999.
- * - Q8_0/Q4_0 weights against reference-q8.ts, which rounds the activations exactly as the runtime does: only f32 vs
+ * - Q8_0/Q4_0 weights against the reference with roundInput, which rounds the activations exactly as the runtime does: only f32 vs
  *   f64 arithmetic is left, measured ≤ 2.1e-7. A near-tie where f32 and f64 round one int8 code differently would
  *   move a logit by one quantization step of one element, ≈ (amax/127)·|w| ≈ 1e-4 of the scale at these shapes, so
  *   the bound is 2e-4: it tolerates such a flip, yet catches a missing f16 rounding of the scale or a wrong rounding
@@ -128,7 +127,7 @@ describe('kernels vs the f64 reference', () => {
       if (kind === 'quantized') {
         // Same check against a reference that rounds the activations as the runtime does: only f32 arithmetic is left.
         const quantized = (name: string) => [Q8_0, Q4_0].includes(c.spec.types?.[name] ?? c.spec.type ?? F32);
-        const eq = compare(got, referenceForwardQ8(c.spec, weights, ids, quantized), c.spec.vocab);
+        const eq = compare(got, referenceForward(c.spec, weights, ids, quantized), c.spec.vocab);
         console.log(`synthetic ${c.name}, int8-rounding reference: ${fmt(eq)} (bound ${TOL.int8Emulated})`);
         expect(eq.relMax).toBeLessThan(TOL.int8Emulated);
         expect(eq.minCos).toBeGreaterThan(MIN_COS.float);

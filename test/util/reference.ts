@@ -2,23 +2,34 @@
  * A plain f64 llama forward pass, written for clarity, not speed: the reference the wasm kernels are checked against on
  * synthetic models. Weights are the dequantized values actually stored in the file, so any difference comes from the
  * runtime's arithmetic (f32 accumulation, int8 activations), not from weight quantization.
+ *
+ * With `roundInput(weightName)` true for a Q8_0/Q4_0 weight, the input of that matmul is first rounded the way the
+ * runtime (and llama.cpp) rounds activations, so what remains is f32-vs-f64 arithmetic only.
  */
-export interface RefSpec {
-  dim: number;
-  nLayers: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim?: number;
-  ffn: number;
-  vocab: number;
-  ropeBase?: number;
-  eps?: number;
-  tied?: boolean;
-}
+import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
+import type { SyntheticSpec } from './synthetic.js';
 
+export type RefSpec = Omit<SyntheticSpec, 'ctx'>;
 type Weights = Map<string, Float32Array>;
 
-function matvec(w: Float32Array, x: Float64Array, rows: number, cols: number): Float64Array {
+/** x rounded through int8 codes per 32-block, as quantize_q8_0 does in f32: d = amax/127 rounded to f16, codes = round-half-even(x·127/amax). */
+export function roundActivationsQ8(x: Float64Array): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let b = 0; b < x.length; b += 32) {
+    let amax = 0;
+    for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(Math.fround(x[i])));
+    const d = f16ToF32(f32ToF16(Math.fround(amax / 127)));
+    const id = amax ? Math.fround(127 / amax) : 0;
+    for (let i = b; i < b + 32; i++) {
+      const v = Math.fround(Math.fround(x[i]) * id);
+      const r = Math.round(v);
+      out[i] = (r - v === 0.5 && r % 2 !== 0 ? r - 1 : r) * d; // half to even, like f32x4.nearest
+    }
+  }
+  return out;
+}
+
+function matvecExact(w: Float32Array, x: Float64Array, rows: number, cols: number): Float64Array {
   const y = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
     let s = 0;
@@ -36,7 +47,7 @@ function rmsnorm(x: Float64Array, w: Float32Array, eps: number): Float64Array {
 }
 
 /** Logits [tokens.length][vocab], each position attending to all earlier ones. */
-export function referenceForward(spec: RefSpec, W: Weights, tokens: number[]): Float64Array[] {
+export function referenceForward(spec: RefSpec, W: Weights, tokens: number[], roundInput: (weightName: string) => boolean = () => false): Float64Array[] {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab } = spec;
   const hd = spec.headDim ?? dim / nHeads;
   const base = spec.ropeBase ?? 10000;
@@ -49,7 +60,10 @@ export function referenceForward(spec: RefSpec, W: Weights, tokens: number[]): F
     return w;
   };
   const emb = get('token_embd.weight');
-  const out = spec.tied === false || W.has('output.weight') ? get('output.weight') : emb;
+  const outName = spec.tied === false || W.has('output.weight') ? 'output.weight' : 'token_embd.weight';
+  /** y = W·x by the named weight, rounding x first if that weight reads int8 activations */
+  const matvec = (name: string, x: Float64Array, rows: number, cols: number) =>
+    matvecExact(get(name), roundInput(name) ? roundActivationsQ8(x) : x, rows, cols);
   const keys: Float64Array[][] = Array.from({ length: nLayers }, () => []);
   const vals: Float64Array[][] = Array.from({ length: nLayers }, () => []);
   const logits: Float64Array[] = [];
@@ -71,9 +85,9 @@ export function referenceForward(spec: RefSpec, W: Weights, tokens: number[]): F
     for (let l = 0; l < nLayers; l++) {
       const p = `blk.${l}.`;
       const xb = rmsnorm(x, get(`${p}attn_norm.weight`), eps);
-      const q = matvec(get(`${p}attn_q.weight`), xb, qDim, dim);
-      const k = matvec(get(`${p}attn_k.weight`), xb, kvDim, dim);
-      const v = matvec(get(`${p}attn_v.weight`), xb, kvDim, dim);
+      const q = matvec(`${p}attn_q.weight`, xb, qDim, dim);
+      const k = matvec(`${p}attn_k.weight`, xb, kvDim, dim);
+      const v = matvec(`${p}attn_v.weight`, xb, kvDim, dim);
       rope(q, nHeads, pos);
       rope(k, nKvHeads, pos);
       keys[l].push(k);
@@ -93,16 +107,16 @@ export function referenceForward(spec: RefSpec, W: Weights, tokens: number[]): F
           for (let i = 0; i < hd; i++) att[h * hd + i] += (w / z) * vals[l][t][g * hd + i];
         });
       }
-      const o = matvec(get(`${p}attn_output.weight`), att, dim, qDim);
+      const o = matvec(`${p}attn_output.weight`, att, dim, qDim);
       for (let i = 0; i < dim; i++) x[i] += o[i];
       const xb2 = rmsnorm(x, get(`${p}ffn_norm.weight`), eps);
-      const g1 = matvec(get(`${p}ffn_gate.weight`), xb2, ffn, dim);
-      const u = matvec(get(`${p}ffn_up.weight`), xb2, ffn, dim);
+      const g1 = matvec(`${p}ffn_gate.weight`, xb2, ffn, dim);
+      const u = matvec(`${p}ffn_up.weight`, xb2, ffn, dim);
       const hb = g1.map((gv, i) => (gv / (1 + Math.exp(-gv))) * u[i]);
-      const d = matvec(get(`${p}ffn_down.weight`), hb, dim, ffn);
+      const d = matvec(`${p}ffn_down.weight`, hb, dim, ffn);
       for (let i = 0; i < dim; i++) x[i] += d[i];
     }
-    logits.push(matvec(out, rmsnorm(x, get('output_norm.weight'), eps), vocab, dim));
+    logits.push(matvec(outName, rmsnorm(x, get('output_norm.weight'), eps), vocab, dim));
   });
   return logits;
 }
