@@ -6,5 +6,7 @@ export default defineConfig({
     testTimeout: 300_000,
     hookTimeout: 300_000,
     pool: 'forks',
+    // CI has 2 cores; the default leaves one idle, and the real-model files are CPU-bound.
+    maxWorkers: 2,
   },
 });
