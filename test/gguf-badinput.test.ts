@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { EdgeLLMError, type ErrorCode } from '../src/errors.js';
 import { GGMLType, GGUFValueType, openSource, readGGUF, writeGGUF, type GGUFFile } from '../src/gguf/index.js';
 import { announceSkipIfNoModels, modelPath } from './util/shared.js';
+import { Rng } from '../src/generate/rng.js';
 
 const T = GGUFValueType;
 /** Every code readGGUF may throw on bad bytes. */
@@ -165,15 +166,10 @@ describe('crafted bad headers', () => {
   });
 });
 
-/** mulberry32: seeded, so a failure names a case that can be replayed. */
+/** Seeded (the project's xoshiro128**), so every case reproduces. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.nextFloat();
 }
 
 /** The outcome must be a parse or an EdgeLLMError with a reader code: never a RangeError, TypeError or hang. */

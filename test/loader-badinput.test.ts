@@ -7,6 +7,7 @@ import { loadModel, EdgeLLMError, type ErrorCode, type LoadOptions } from '../sr
 import { GGMLType, memorySource, readGGUF, writeGGUF, type GGUFFile, type GGUFWriterKV, type GGUFWriterTensor } from '../src/gguf/index.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { announceSkipIfNoModels, modelPath } from './util/shared.js';
+import { Rng } from '../src/generate/rng.js';
 
 /** Every code loadModel may throw for a bad file (as opposed to a bad argument or a failing source). */
 const LOADER_CODES = new Set<ErrorCode>([
@@ -16,15 +17,10 @@ const LOADER_CODES = new Set<ErrorCode>([
 
 const SPEC: SyntheticSpec = { dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffn: 128, vocab: 320, ctx: 128, seed: 3, type: GGMLType.Q8_0 };
 
-/** mulberry32: seeded, so every cut and flip reproduces. */
+/** Seeded (the project's xoshiro128**), so every case reproduces. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.nextFloat();
 }
 
 async function header(bytes: Uint8Array): Promise<GGUFFile> {
