@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'BAD_ARGUMENT'
   | 'BUDGET'
   | 'CONTEXT_FULL'
+  | 'BUSY'
   | 'DISPOSED'
   | 'ABORTED'
   | 'WASM';

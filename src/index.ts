@@ -113,7 +113,7 @@ export async function loadModel(src: ModelSource, options: LoadOptions = {}): Pr
     if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
     await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
     const llama = new Llama(config, weights, kv, state, kernels, memory, batchSize);
-    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, context, batchSize);
+    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes);
   } finally {
     await source.close();
   }
@@ -158,16 +158,14 @@ export class Model {
     gguf: GGUFFile,
     private readonly regions: Region[],
     memoryBytes: number,
-    context: number,
-    batchSize: number,
   ) {
     const tensorTypes: Record<string, number> = {};
     for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
     this.info = {
       ...llama.config,
-      context,
+      context: llama.kv.ctx,
       kvType: llama.kv.type,
-      batchSize,
+      batchSize: llama.maxBatch,
       tiedOutput: llama.weights.tied,
       fileSize: gguf.fileSize,
       ggufVersion: gguf.version,
@@ -294,7 +292,7 @@ export class Model {
   /** One KV cache, so one computation at a time. */
   private async *exclusive<T>(body: () => AsyncGenerator<T>): AsyncGenerator<T> {
     this.live();
-    if (this.busy) throw new EdgeLLMError('BAD_ARGUMENT', 'the model is already generating; await the running call first (one model runs one sequence at a time)');
+    if (this.busy) throw new EdgeLLMError('BUSY', 'the model is already generating; await the running call first (one model runs one sequence at a time)');
     this.busy = true;
     try {
       yield* body();

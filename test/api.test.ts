@@ -128,9 +128,9 @@ describe.skipIf(!have)('generation', () => {
     let first = '';
     const r = await it1.next();
     first += r.value ?? '';
-    const err = await expectCode(() => model.complete(PROMPT, { maxTokens: 5 }), 'BAD_ARGUMENT');
+    const err = await expectCode(() => model.complete(PROMPT, { maxTokens: 5 }), 'BUSY');
     expect(err.message).toContain('already generating');
-    await expectCode(() => model.evaluate([1, 2, 3]), 'BAD_ARGUMENT');
+    await expectCode(() => model.evaluate([1, 2, 3]), 'BUSY');
     for (let n = await it1.next(); !n.done; n = await it1.next()) first += n.value;
     expect(first).toBe(expected);
   });
