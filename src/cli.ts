@@ -305,13 +305,10 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   if (window > model.info.contextLength) {
     stderr(`warning: window ${window} is longer than the model's training context of ${model.info.contextLength}`);
   }
-  // Tokenized here too only to show "k/N" progress; the API tokenizes the same way (no BOS).
-  const textTokens = model.tokenize(text, { bos: false, eos: false }).length;
-  const total = windowsAsked ?? Math.floor(textTokens / (window - 1));
   let done = 0, nllSum = 0, scored = 0;
   let tWindow = performance.now();
   const t0 = tWindow;
-  const onWindow = (w: PerplexityWindow) => {
+  const onWindow = (w: PerplexityWindow, total: number) => {
     done++;
     nllSum += w.nll * w.tokensScored;
     scored += w.tokensScored;

@@ -227,7 +227,7 @@ export class Model {
    * Perplexity as llama.cpp's reference measures it: the text is tokenized without BOS; each window is BOS + the next
    * window−1 tokens, consecutive and non-overlapping; every next-token position is scored by full log-softmax.
    */
-  async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow) => void } = {}): Promise<PerplexityResult> {
+  async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow, windows: number) => void } = {}): Promise<PerplexityResult> {
     this.live();
     const window = opts.window ?? Math.min(2048, this.llama.kv.ctx);
     if (!Number.isSafeInteger(window) || window < 2 || window > this.llama.kv.ctx) {
@@ -247,7 +247,7 @@ export class Model {
       const r = await this.score(seq, opts);
       const win = { firstToken: first, nll: r.nll, ppl: Math.exp(r.nll), tokensScored: r.tokensScored };
       windows.push(win);
-      opts.onWindow?.(win);
+      opts.onWindow?.(win, count);
       nllSum += r.nll * r.tokensScored;
       scored += r.tokensScored;
     }
