@@ -32,7 +32,7 @@ export function checkAborted(signal: AbortSignal | undefined): void {
 }
 
 /** Runs the prompt through the model in batches from position 0 and returns the logits of its last token. */
-export async function prefill(llama: Llama, ids: ArrayLike<number>, signal?: AbortSignal): Promise<Float32Array> {
+async function prefill(llama: Llama, ids: ArrayLike<number>, signal?: AbortSignal): Promise<Float32Array> {
   if (ids.length > llama.kv.ctx) {
     throw new EdgeLLMError('CONTEXT_FULL', `the prompt has ${ids.length} tokens; the context holds ${llama.kv.ctx}`);
   }

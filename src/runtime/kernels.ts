@@ -15,12 +15,10 @@ export interface Kernels {
   rope(x: number, nHeads: number, headDim: number, nRot: number, ntok: number, cs: number, pos0: number): void;
   silu_mul(gate: number, up: number, n: number): void;
   add(a: number, b: number, n: number): void;
-  softmax(x: number, n: number): void;
   attention_f32(out: number, q: number, k: number, v: number, scores: number, nHeads: number, nKvHeads: number, headDim: number, ctx: number, nPos: number, scale: number): void;
   attention_f16(out: number, q: number, k: number, v: number, scores: number, nHeads: number, nKvHeads: number, headDim: number, ctx: number, nPos: number, scale: number): void;
   kv_store_f32(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
   kv_store_f16(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
-  round_to_f16(x: number): number;
   heap_base(): number;
 }
 
