@@ -7,6 +7,47 @@
   return i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1);
 }
 
+/**
+ * How far ahead (bytes of weight codes) the matmuls touch memory. Wasm has no prefetch instruction, and on the machines
+ * measured the hardware prefetcher alone left a decode step waiting on DRAM (2–3 GB/s of weights against the 11 GB/s a
+ * plain streaming loop reads). A load of one byte a fixed distance ahead keeps more cache lines in flight: decode
+ * matmuls from DRAM ran about 2× faster with it. Loads may reach past the end of a matrix, into the next region; the
+ * host plans PREFETCH_SLACK bytes after the last region so they never leave the memory.
+ */
+export const PREFETCH: usize = 1024;
+
+/**
+ * The four lane sums of four i32x4 (one per weight row), as one i32x4 [Σa, Σb, Σc, Σd]. Exact, like hsum_i32x4, so
+ * it can sit between the integer block dot and the f32 block scale without changing a single result bit.
+ */
+// @ts-ignore: decorator
+@inline export function hsum4_i32x4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+  const cd = i32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/**
+ * Four rows' block results added into their f32 accumulators: acc + (wd·xd)·sumi per lane, the same operations in the
+ * same order as a scalar `acc += wd * xd * sumi`, so every tile shape and every build gives identical bits.
+ */
+// @ts-ignore: decorator
+@inline export function scale_add(acc: v128, wd4: v128, xd: f32, sumi4: v128): v128 {
+  return f32x4.add(acc, f32x4.mul(f32x4.mul(wd4, f32x4.splat(xd)), f32x4.convert_i32x4_s(sumi4)));
+}
+
+/** Stores the four rows r..r+3 of one token's output, only those below `rows` (the last group may be padding). */
+// @ts-ignore: decorator
+@inline export function store_rows4(y: usize, acc: v128, r: i32, rows: i32): void {
+  if (r + 4 <= rows) {
+    v128.store(y, acc);
+  } else {
+    store<f32>(y, f32x4.extract_lane(acc, 0));
+    if (r + 1 < rows) store<f32>(y, f32x4.extract_lane(acc, 1), 4);
+    if (r + 2 < rows) store<f32>(y, f32x4.extract_lane(acc, 2), 8);
+  }
+}
+
 /** Horizontal sum of an f32x4 in a fixed order ((0+2)+(1+3)), the same in every build. */
 // @ts-ignore: decorator
 @inline export function hsum_f32x4(v: v128): f32 {

@@ -13,3 +13,8 @@ export { kv_store_f32, kv_store_f16 } from './kv';
 export function heap_base(): usize {
   return __heap_base;
 }
+
+/** Which build this is, so a module handed in by the host (e.g. a Workers import) describes itself. */
+export function kernel_build(): i32 {
+  return ASC_FEATURE_RELAXED_SIMD ? 1 : 0;
+}

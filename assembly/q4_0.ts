@@ -1,49 +1,141 @@
-// Q4_0: blocks of 32 4-bit codes with one scale, value = (code − 8)·d.
-// Repacked layout: codes [rows][cols/2] keeping ggml's in-block order (byte j: element j in the low nibble, element
-// j+16 in the high nibble, so one mask and one shift give elements 0..15 and 16..31), scales apart as f32 [rows][cols/32].
-// Activations are Q8_0 (see quantize_q8_0).
+// Q4_0: blocks of 32 4-bit codes with one scale, value = (code − 8)·d. Activations are Q8_0 (quantize_q8_0).
+//
+// Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows. For each group
+// and block, the 4 rows' 16 code bytes lie back to back (64 bytes), in ggml's in-block order (byte j: element j in the
+// low nibble, element j+16 in the high nibble, so one mask and one shift give elements 0..15 and 16..31). Scales lie
+// apart as f32 [groups][blocks][4], one aligned load per group and block.
+//
+// One weight load serves 4 rows of one token (decode) or 4 rows × 4 tokens (prefill). Every output is the same
+// `acc += wd·xd·sumi` over blocks in order, with an exact integer sumi, so decode, prefill and both builds agree bit for bit.
 
-import { hsum_i32x4 } from './common';
+import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 
-/** Integer dot of one Q4_0 block with 32 int8 activations; codes are shifted to −8..7 so no correction term is needed. */
+/**
+ * Codes of elements 0..15 (lo) and 16..31 (hi) of one row's block. The relaxed build keeps them unsigned (0..15): they
+ * are the 7-bit operand of relaxed_dot, and 8·Σx comes off afterwards. The SIMD128 build shifts them to −8..7 here.
+ * The shift is an i16x8 one plus the shared mask: an i8x16 shift makes V8 build its own mask on every use.
+ */
 // @ts-ignore: decorator
-@inline function dot_block_q4(w: usize, x: usize): i32 {
-  const b = v128.load(w);
-  const eight = i8x16.splat(8);
-  const lo = i8x16.sub(v128.and(b, i8x16.splat(0x0f)), eight);
-  const hi = i8x16.sub(i8x16.shr_u(b, 4), eight);
-  const x0 = v128.load(x);
-  const x1 = v128.load(x, 16);
-  const p0 = i16x8.add(i16x8.extmul_low_i8x16_s(lo, x0), i16x8.extmul_high_i8x16_s(lo, x0));
-  const p1 = i16x8.add(i16x8.extmul_low_i8x16_s(hi, x1), i16x8.extmul_high_i8x16_s(hi, x1));
-  return hsum_i32x4(i32x4.add(i32x4.extadd_pairwise_i16x8_s(p0), i32x4.extadd_pairwise_i16x8_s(p1)));
+@inline function codes_lo(b: v128): v128 {
+  const lo = v128.and(b, i8x16.splat(0x0f));
+  return ASC_FEATURE_RELAXED_SIMD ? lo : i8x16.sub(lo, i8x16.splat(8));
 }
 
-export function matmul_q4_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
+// @ts-ignore: decorator
+@inline function codes_hi(b: v128): v128 {
+  const hi = v128.and(i16x8.shr_u(b, 4), i8x16.splat(0x0f));
+  return ASC_FEATURE_RELAXED_SIMD ? hi : i8x16.sub(hi, i8x16.splat(8));
+}
+
+/**
+ * Σ code·x over one row's block, spread over four i32 lanes. x0/x1 are the block's 32 int8 activations; the SIMD128
+ * build also gets them widened to i16 (xl0..xh1).
+ */
+// @ts-ignore: decorator
+@inline function dot_row(lo: v128, hi: v128, x0: v128, x1: v128, xl0: v128, xh0: v128, xl1: v128, xh1: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    // each i16 lane gets two code·x pairs from each half, at most 4·15·127, so the halves add in i16 before widening
+    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi)));
+  }
+  const a = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(lo), xl0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(lo), xh0));
+  const b = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(hi), xl1), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(hi), xh1));
+  return i32x4.add(a, b);
+}
+
+/** One token's block against a group's 4 unpacked rows, added into that token's 4 row accumulators. */
+// @ts-ignore: decorator
+@inline function token_block(
+  acc: v128, l0: v128, h0: v128, l1: v128, h1: v128, l2: v128, h2: v128, l3: v128, h3: v128,
+  wd4: v128, x: usize, xd: usize, xs: usize,
+): v128 {
+  const x0 = v128.load(x);
+  const x1 = v128.load(x, 16);
+  // unused (and dropped by the optimizer) in the relaxed build
+  const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
+  const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
+  let sumi = hsum4_i32x4(
+    dot_row(l0, h0, x0, x1, xl0, xh0, xl1, xh1),
+    dot_row(l1, h1, x0, x1, xl0, xh0, xl1, xh1),
+    dot_row(l2, h2, x0, x1, xl0, xh0, xl1, xh1),
+    dot_row(l3, h3, x0, x1, xl0, xh0, xl1, xh1),
+  );
+  if (ASC_FEATURE_RELAXED_SIMD) sumi = i32x4.sub(sumi, i32x4.splat(load<i32>(xs) << 3));
+  return scale_add(acc, wd4, load<f32>(xd), sumi);
+}
+
+/**
+ * y[t][r] = Σ_blocks wd·xd·(Σ (code−8)·xq) for ntok activation vectors quantized by quantize_q8_0 (codes xq, scales xd,
+ * code sums xs).
+ */
+export function matmul_q4_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
   const nb = cols >> 5;
-  for (let r = 0; r < rows; r++) {
-    const wqr = wq + ((<usize>r * cols) >> 1);
-    const wdr = wd + ((<usize>r * nb) << 2);
-    for (let t = 0; t < ntok; t++) {
-      const xqt = xq + <usize>t * cols;
-      const xdt = xd + ((<usize>t * nb) << 2);
-      let acc: f32 = 0;
+  const groups = (rows + 3) >> 2;
+  const rowBytes = <usize>rows << 2;
+  for (let g = 0; g < groups; g++) {
+    const wg = wq + <usize>g * nb * 64;
+    const dg = wd + <usize>g * nb * 16;
+    const r = g << 2;
+    let t = 0;
+    // prefill: 4 tokens per unpacked weight block
+    for (; t + 4 <= ntok; t += 4) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      const x = xq + <usize>t * cols;
+      const d = xd + ((<usize>t * nb) << 2);
+      const s = xs + ((<usize>t * nb) << 2);
+      const xStride = <usize>cols;
+      const dStride = <usize>nb << 2;
       for (let b = 0; b < nb; b++) {
-        const sumi = dot_block_q4(wqr + (<usize>b << 4), xqt + (<usize>b << 5));
-        acc += load<f32>(wdr + (<usize>b << 2)) * load<f32>(xdt + (<usize>b << 2)) * <f32>sumi;
+        const w = wg + (<usize>b << 6);
+        load<u8>(w, PREFETCH); // see PREFETCH
+        load<u8>(dg + (<usize>b << 4), PREFETCH / 4);
+        const w0 = v128.load(w), w1 = v128.load(w, 16), w2 = v128.load(w, 32), w3 = v128.load(w, 48);
+        const l0 = codes_lo(w0), h0 = codes_hi(w0), l1 = codes_lo(w1), h1 = codes_hi(w1);
+        const l2 = codes_lo(w2), h2 = codes_hi(w2), l3 = codes_lo(w3), h3 = codes_hi(w3);
+        const wd4 = v128.load(dg + (<usize>b << 4));
+        const xb = x + (<usize>b << 5);
+        const db = d + (<usize>b << 2);
+        const sb = s + (<usize>b << 2);
+        a0 = token_block(a0, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb, db, sb);
+        a1 = token_block(a1, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + xStride, db + dStride, sb + dStride);
+        a2 = token_block(a2, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 2 * xStride, db + 2 * dStride, sb + 2 * dStride);
+        a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
-      store<f32>(y + ((<usize>t * rows + r) << 2), acc);
+      const yt = y + <usize>t * rowBytes + (<usize>r << 2);
+      store_rows4(yt, a0, r, rows);
+      store_rows4(yt + rowBytes, a1, r, rows);
+      store_rows4(yt + 2 * rowBytes, a2, r, rows);
+      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+    }
+    // decode, and the prefill remainder: one token at a time
+    for (; t < ntok; t++) {
+      let a = f32x4.splat(0);
+      const x = xq + <usize>t * cols;
+      const d = xd + ((<usize>t * nb) << 2);
+      const s = xs + ((<usize>t * nb) << 2);
+      for (let b = 0; b < nb; b++) {
+        const w = wg + (<usize>b << 6);
+        load<u8>(w, PREFETCH); // see PREFETCH
+        load<u8>(dg + (<usize>b << 4), PREFETCH / 4);
+        const w0 = v128.load(w), w1 = v128.load(w, 16), w2 = v128.load(w, 32), w3 = v128.load(w, 48);
+        a = token_block(
+          a, codes_lo(w0), codes_hi(w0), codes_lo(w1), codes_hi(w1), codes_lo(w2), codes_hi(w2), codes_lo(w3), codes_hi(w3),
+          v128.load(dg + (<usize>b << 4)), x + (<usize>b << 5), d + (<usize>b << 2), s + (<usize>b << 2),
+        );
+      }
+      store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), a, r, rows);
     }
   }
 }
 
+/** Row `row` as f32 (used for token embeddings). */
 export function dequant_row_q4_0(wq: usize, wd: usize, row: i32, cols: i32, out: usize): void {
   const nb = cols >> 5;
-  const q = wq + ((<usize>row * cols) >> 1);
-  const d = wd + ((<usize>row * nb) << 2);
+  const lane = <usize>(row & 3);
+  const q = wq + <usize>(row >> 2) * nb * 64 + (lane << 4);
+  const d = wd + <usize>(row >> 2) * nb * 16 + (lane << 2);
   for (let b = 0; b < nb; b++) {
-    const s = load<f32>(d + (<usize>b << 2));
-    const src = q + (<usize>b << 4);
+    const s = load<f32>(d + (<usize>b << 4));
+    const src = q + (<usize>b << 6);
     const o = out + ((<usize>b * 32) << 2);
     for (let j = 0; j < 16; j++) {
       const byte = <i32>load<u8>(src + j);

@@ -1,15 +1,16 @@
 // Q8_0: blocks of 32 int8 codes with one scale, value = q·d.
-// Repacked layout (the host writes it at load): codes row-major [rows][cols] int8, scales apart as f32 [rows][cols/32].
-// Activations use the same format (quantize_q8_0), so a dot product is integer within a block and f32 across blocks.
+// Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows; for each group
+// and block, the 4 rows' 32 codes back to back (128 bytes); scales apart as f32 [groups][blocks][4]. See q4_0.ts for why.
+// Activations use the same block format (quantize_q8_0), so a dot product is integer within a block and f32 across blocks.
 
-import { hsum_i32x4, round_to_f16 } from './common';
+import { hsum_i32x4, hsum4_i32x4, PREFETCH, round_to_f16, scale_add, store_rows4 } from './common';
 
 /**
  * Quantize ntok activation vectors of n floats (n a multiple of 32) to int8 codes xq [ntok][n] and f32 scales
- * xd [ntok][n/32]. Follows ggml's quantize_row_q8_0 on x86 (d = amax/127 stored as f16, codes = round-to-nearest-even
+ * xd [ntok][n/32], plus each block's code sum xs [ntok][n/32] as i32 (Q4_0's relaxed kernel needs it). Follows ggml's quantize_row_q8_0 on x86 (d = amax/127 stored as f16, codes = round-to-nearest-even
  * of x·127/amax), so a matmul sees the same integers as llama.cpp.
  */
-export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize): void {
+export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize, xs: usize): void {
   const nb = n >> 5;
   const total = nb * ntok;
   for (let b = 0; b < total; b++) {
@@ -38,48 +39,102 @@ export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize)
     const dst = xq + (<usize>b << 5);
     v128.store(dst, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
     v128.store(dst, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q4, q5), i16x8.narrow_i32x4_s(q6, q7)), 16);
+    const sum = i32x4.add(i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3)), i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)));
+    store<i32>(xs + (<usize>b << 2), hsum_i32x4(sum));
   }
 }
 
-/** Integer dot of 32 int8 weights with 32 int8 activations. |w·x| ≤ 128·127, so a pair sum fits i16. */
+/**
+ * Σ w·x over one row's block, spread over four i32 lanes: codes widened to i16, then i32x4.dot_i16x8_s (one
+ * multiply-add instruction per 8 pairs on x86 and Arm). The activations arrive already widened (xl0..xh1).
+ */
 // @ts-ignore: decorator
-@inline function dot_block_q8(w: usize, x: usize): i32 {
+@inline function dot_row(w: usize, xl0: v128, xh0: v128, xl1: v128, xh1: v128): v128 {
   const w0 = v128.load(w);
   const w1 = v128.load(w, 16);
-  const x0 = v128.load(x);
-  const x1 = v128.load(x, 16);
-  const p0 = i16x8.add(i16x8.extmul_low_i8x16_s(w0, x0), i16x8.extmul_high_i8x16_s(w0, x0));
-  const p1 = i16x8.add(i16x8.extmul_low_i8x16_s(w1, x1), i16x8.extmul_high_i8x16_s(w1, x1));
-  return hsum_i32x4(i32x4.add(i32x4.extadd_pairwise_i16x8_s(p0), i32x4.extadd_pairwise_i16x8_s(p1)));
+  const a = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w0), xl0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w0), xh0));
+  const b = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(w1), xl1), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(w1), xh1));
+  return i32x4.add(a, b);
 }
 
-/** y[t][r] = Σ_blocks wd·xd·(Σ wq·xq) over ntok quantized activation vectors. */
+/** One token's block against a group's 4 rows (w = their 128 code bytes), added into that token's 4 accumulators. */
+// @ts-ignore: decorator
+@inline function token_block(acc: v128, w: usize, wd4: v128, x: usize, xd: usize): v128 {
+  const x0 = v128.load(x);
+  const x1 = v128.load(x, 16);
+  const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
+  const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
+  const sumi = hsum4_i32x4(
+    dot_row(w, xl0, xh0, xl1, xh1),
+    dot_row(w + 32, xl0, xh0, xl1, xh1),
+    dot_row(w + 64, xl0, xh0, xl1, xh1),
+    dot_row(w + 96, xl0, xh0, xl1, xh1),
+  );
+  return scale_add(acc, wd4, load<f32>(xd), sumi);
+}
+
+/** y[t][r] = Σ_blocks wd·xd·(Σ wq·xq) over ntok activation vectors quantized by quantize_q8_0. */
 export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
   const nb = cols >> 5;
-  for (let r = 0; r < rows; r++) {
-    const wqr = wq + <usize>r * cols;
-    const wdr = wd + ((<usize>r * nb) << 2);
-    for (let t = 0; t < ntok; t++) {
-      const xqt = xq + <usize>t * cols;
-      const xdt = xd + ((<usize>t * nb) << 2);
-      let acc: f32 = 0;
+  const groups = (rows + 3) >> 2;
+  const rowBytes = <usize>rows << 2;
+  const xStride = <usize>cols;
+  const dStride = <usize>nb << 2;
+  for (let g = 0; g < groups; g++) {
+    const wg = wq + <usize>g * nb * 128;
+    const dg = wd + <usize>g * nb * 16;
+    const r = g << 2;
+    let t = 0;
+    // prefill: 4 tokens per weight block loaded
+    for (; t + 4 <= ntok; t += 4) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      const x = xq + <usize>t * xStride;
+      const d = xd + <usize>t * dStride;
       for (let b = 0; b < nb; b++) {
-        const sumi = dot_block_q8(wqr + (<usize>b << 5), xqt + (<usize>b << 5));
-        acc += load<f32>(wdr + (<usize>b << 2)) * load<f32>(xdt + (<usize>b << 2)) * <f32>sumi;
+        const w = wg + (<usize>b << 7);
+        load<u8>(w, PREFETCH); // see PREFETCH
+        load<u8>(w, PREFETCH + 64);
+        load<u8>(dg + (<usize>b << 4), PREFETCH / 8);
+        const wd4 = v128.load(dg + (<usize>b << 4));
+        const xb = x + (<usize>b << 5);
+        const db = d + (<usize>b << 2);
+        a0 = token_block(a0, w, wd4, xb, db);
+        a1 = token_block(a1, w, wd4, xb + xStride, db + dStride);
+        a2 = token_block(a2, w, wd4, xb + 2 * xStride, db + 2 * dStride);
+        a3 = token_block(a3, w, wd4, xb + 3 * xStride, db + 3 * dStride);
       }
-      store<f32>(y + ((<usize>t * rows + r) << 2), acc);
+      const yt = y + <usize>t * rowBytes + (<usize>r << 2);
+      store_rows4(yt, a0, r, rows);
+      store_rows4(yt + rowBytes, a1, r, rows);
+      store_rows4(yt + 2 * rowBytes, a2, r, rows);
+      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+    }
+    // decode, and the prefill remainder: one token at a time
+    for (; t < ntok; t++) {
+      let a = f32x4.splat(0);
+      const x = xq + <usize>t * xStride;
+      const d = xd + <usize>t * dStride;
+      for (let b = 0; b < nb; b++) {
+        const w = wg + (<usize>b << 7);
+        load<u8>(w, PREFETCH); // see PREFETCH
+        load<u8>(w, PREFETCH + 64);
+        load<u8>(dg + (<usize>b << 4), PREFETCH / 8);
+        a = token_block(a, w, v128.load(dg + (<usize>b << 4)), x + (<usize>b << 5), d + (<usize>b << 2));
+      }
+      store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), a, r, rows);
     }
   }
 }
 
 export function dequant_row_q8_0(wq: usize, wd: usize, row: i32, cols: i32, out: usize): void {
   const nb = cols >> 5;
-  const q = wq + <usize>row * cols;
-  const d = wd + ((<usize>row * nb) << 2);
+  const lane = <usize>(row & 3);
+  const q = wq + <usize>(row >> 2) * nb * 128 + (lane << 5);
+  const d = wd + <usize>(row >> 2) * nb * 16 + (lane << 2);
   for (let b = 0; b < nb; b++) {
-    const s = f32x4.splat(load<f32>(d + (<usize>b << 2)));
+    const s = f32x4.splat(load<f32>(d + (<usize>b << 4)));
     for (let j = 0; j < 32; j += 8) {
-      const v = i16x8.extend_low_i8x16_s(v128.load64_zero(q + (<usize>b << 5) + j));
+      const v = i16x8.extend_low_i8x16_s(v128.load64_zero(q + (<usize>b << 7) + j));
       const o = out + ((<usize>(b * 32 + j)) << 2);
       v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_low_i16x8_s(v)), s));
       v128.store(o, f32x4.mul(f32x4.convert_i32x4_s(i32x4.extend_high_i16x8_s(v)), s), 16);

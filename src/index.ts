@@ -7,7 +7,8 @@ import { openSource, type ModelSource } from './gguf/source.js';
 import { readGGUF, type GGUFFile } from './gguf/reader.js';
 import { typeName } from './gguf/types.js';
 import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
-import { compileKernels, instantiateKernels, STATIC_RESERVE, type WasmInput } from './runtime/kernels.js';
+import { KernelProfile } from './runtime/profile.js';
+import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput } from './runtime/kernels.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
@@ -22,6 +23,8 @@ export type { GenerateOptions, GenerationStats } from './generate/generate.js';
 export type { SamplingOptions } from './generate/sampler.js';
 export type { LlamaConfig } from './model/config.js';
 export type { KVType } from './kv/cache.js';
+export type { KernelBuild, SimdOption } from './runtime/kernels.js';
+export { supportedBuilds } from './runtime/kernels.js';
 
 export interface LoadOptions {
   /** Tokens of KV cache to plan for (default: the model's context_length, capped at 4096). */
@@ -35,7 +38,15 @@ export interface LoadOptions {
   /** Download and weight-loading progress. */
   onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
   signal?: AbortSignal;
-  /** The kernel module, if not at its default location (bytes, a compiled module, or a URL). */
+  /**
+   * Which packaged kernel build to run: 'auto' (default) takes the relaxed-SIMD build where the engine validates it,
+   * else the SIMD128 one; 'baseline' forces SIMD128; 'relaxed' fails with WASM where the engine lacks relaxed SIMD.
+   * Both give bit-identical results.
+   */
+  simd?: SimdOption;
+  /** Time every kernel call by family, for Model.profile() (costs about 1 µs per call; the bench's breakdown). */
+  profile?: boolean;
+  /** One kernel build from elsewhere (bytes, a compiled module such as a Workers import, or a URL); overrides `simd`. */
   wasm?: WasmInput;
 }
 
@@ -52,6 +63,8 @@ export interface ModelInfo extends LlamaConfig {
   tensorTypes: Record<string, number>;
   /** wasm linear memory planned, in bytes */
   memoryBytes: number;
+  /** the kernel build running: 'relaxed' (relaxed SIMD) or 'simd' (SIMD128) */
+  build: KernelBuild;
 }
 
 export interface ScoreResult {
@@ -106,14 +119,15 @@ export async function loadModel(src: ModelSource, options: LoadOptions = {}): Pr
       if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvType, arena.totalBytes, budget);
     }
 
-    const module = await compileKernels(options.wasm);
+    const module = await compileKernels(options.wasm, options.wasm === undefined ? chooseBuild(options.simd) : undefined);
     checkAborted(signal);
     const memory = arena.createMemory();
     const kernels = await instantiateKernels(module, memory);
     if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
     await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
-    const llama = new Llama(config, weights, kv, state, kernels, memory, batchSize);
-    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes);
+    const profile = options.profile ? new KernelProfile() : undefined;
+    const llama = new Llama(config, weights, kv, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
+    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, profile);
   } finally {
     await source.close();
   }
@@ -125,6 +139,7 @@ function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchS
   const { weights, pending } = planWeights(gguf, config, arena);
   const kv = new KVCache(arena, config, context, kvType);
   const state = planRunState(arena, config, batchSize, context);
+  arena.reserve('prefetch slack', PREFETCH_SLACK);
   return { arena, weights, pending, kv, state };
 }
 
@@ -158,6 +173,7 @@ export class Model {
     gguf: GGUFFile,
     private readonly regions: Region[],
     memoryBytes: number,
+    private readonly kernelProfile?: KernelProfile,
   ) {
     const tensorTypes: Record<string, number> = {};
     for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
@@ -172,6 +188,7 @@ export class Model {
       tensorCount: gguf.tensors.length,
       tensorTypes,
       memoryBytes,
+      build: llama.kernels.kernel_build() === 1 ? 'relaxed' : 'simd',
     };
   }
 
@@ -258,6 +275,16 @@ export class Model {
   memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
     this.live();
     return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
+  }
+
+  /**
+   * Kernel time by family (matmul, quantize, attention, norms/rope/silu) in ms since the last call; needs
+   * `loadModel(..., { profile: true })`. Sampling time is in GenerationStats.sampleMs.
+   */
+  profile(): Record<string, number> {
+    this.live();
+    if (!this.kernelProfile) throw new EdgeLLMError('BAD_ARGUMENT', 'profile() needs the model loaded with { profile: true }');
+    return this.kernelProfile.take();
   }
 
   /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */

@@ -21,7 +21,7 @@ function newestSource(dir: string): number {
 
 // CI builds before testing; locally, a stale bundle would test yesterday's code, so rebuild it when src is newer.
 beforeAll(() => {
-  const wasm = path.join(ROOT, 'build/edgellm.wasm');
+  const wasm = path.join(ROOT, 'build/edgellm-simd.wasm');
   const stale = !existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(path.join(ROOT, 'src')), existsSync(wasm) ? statSync(wasm).mtimeMs : 0);
   if (stale) execFileSync('npm', ['run', existsSync(wasm) ? 'build:ts' : 'build'], { cwd: ROOT, stdio: 'inherit' });
 });

@@ -24,6 +24,8 @@ export interface GenerationStats {
   decodeMs: number;
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
+  /** time spent choosing tokens from logits (inside decodeMs) */
+  sampleMs: number;
   stopReason: 'eos' | 'maxTokens' | 'stop' | 'context';
 }
 
@@ -71,9 +73,12 @@ export async function* generate(
   const t1 = now();
   let generated = 0;
   let stopReason: GenerationStats['stopReason'] = 'maxTokens';
+  let sampleMs = 0;
   while (generated < maxTokens) {
     checkAborted(signal);
+    const ts = now();
     const id = sampler.sample(logits, history);
+    sampleMs += now() - ts;
     if (tokenizer.isEog(id)) {
       stopReason = 'eos';
       break;
@@ -110,6 +115,7 @@ export async function* generate(
     decodeMs: t2 - t1,
     prefillTokensPerSecond: promptIds.length / ((t1 - t0) / 1000),
     decodeTokensPerSecond: generated > 1 ? (generated - 1) / ((t2 - t1) / 1000) : 0,
+    sampleMs,
     stopReason,
   });
 }

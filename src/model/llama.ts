@@ -19,6 +19,7 @@ interface RunState {
   hb2: number; // ffn up [B][ffn]
   xq: number; // int8 codes of the current matmul input [B][max(dim, qDim, ffn)]
   xd: number; // its f32 block scales
+  xs: number; // its i32 block code sums
   scores: number; // attention scores [ctx]
   logits: number; // [B][vocab]
   rope: number; // (cos, sin) per position and rotated pair [ctx][nRot]
@@ -40,6 +41,7 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
     hb2: f32('hb2', maxBatch * c.ffn),
     xq: arena.reserve('state.xq', maxBatch * widest),
     xd: f32('xd', maxBatch * Math.ceil(widest / 32)),
+    xs: f32('xs', maxBatch * Math.ceil(widest / 32)),
     scores: f32('scores', ctx),
     logits: f32('logits', maxBatch * c.vocab),
     rope: f32('rope', ctx * c.nRot),
@@ -60,7 +62,7 @@ export class Llama {
     readonly weights: LlamaWeights,
     readonly kv: KVCache,
     private readonly s: RunState,
-    private readonly k: Kernels,
+    readonly kernels: Kernels,
     memory: WebAssembly.Memory,
     readonly maxBatch: number,
   ) {
@@ -88,7 +90,7 @@ export class Llama {
    * of every token when allLogits ([ntok][vocab]), else of the last token only.
    */
   forward(tokens: ArrayLike<number>, pos0: number, allLogits: boolean): number {
-    const c = this.config, s = this.s, k = this.k, w = this.weights;
+    const c = this.config, s = this.s, k = this.kernels, w = this.weights;
     const B = tokens.length;
     if (B < 1 || B > this.maxBatch) throw new EdgeLLMError('BAD_ARGUMENT', `forward batch of ${B} tokens; 1..${this.maxBatch} allowed`);
     if (pos0 + B > this.kv.ctx) {
@@ -143,22 +145,22 @@ export class Llama {
 
   /** Quantized matrices read int8 activations: quantize the input once for all the matrices that share it. */
   private prepareInput(x: number, cols: number, ntok: number, ...ms: Matrix[]): void {
-    if (ms.some((m) => m.type === GGMLType.Q8_0 || m.type === GGMLType.Q4_0)) this.k.quantize_q8_0(x, cols, ntok, this.s.xq, this.s.xd);
+    if (ms.some((m) => m.type === GGMLType.Q8_0 || m.type === GGMLType.Q4_0)) this.kernels.quantize_q8_0(x, cols, ntok, this.s.xq, this.s.xd, this.s.xs);
   }
 
   /** y = W·x for ntok tokens; quantized types use the input prepared by prepareInput. */
   private matmul(m: Matrix, x: number, y: number, ntok: number): void {
-    const k = this.k, s = this.s;
+    const k = this.kernels, s = this.s;
     switch (m.type) {
       case GGMLType.F32: return k.matmul_f32(m.data, x, y, m.rows, m.cols, ntok);
       case GGMLType.F16: return k.matmul_f16(m.data, x, y, m.rows, m.cols, ntok);
       case GGMLType.Q8_0: return k.matmul_q8_0(m.data, m.scales, s.xq, s.xd, y, m.rows, m.cols, ntok);
-      case GGMLType.Q4_0: return k.matmul_q4_0(m.data, m.scales, s.xq, s.xd, y, m.rows, m.cols, ntok);
+      case GGMLType.Q4_0: return k.matmul_q4_0(m.data, m.scales, s.xq, s.xd, s.xs, y, m.rows, m.cols, ntok);
     }
   }
 
   private dequantRow(m: Matrix, row: number, out: number): void {
-    const k = this.k;
+    const k = this.kernels;
     switch (m.type) {
       case GGMLType.F32: return k.dequant_row_f32(m.data, row, m.cols, out);
       case GGMLType.F16: return k.dequant_row_f16(m.data, row, m.cols, out);

@@ -9,8 +9,9 @@ import type { LlamaConfig } from './config.js';
 
 /**
  * A weight matrix in kernel layout: `rows` output rows of `cols` inputs (ggml dims [cols, rows]).
- * F32/F16: `data` holds the values row-major. Q8_0/Q4_0: `data` holds the codes row-major and `scales` the per-block
- * scales as f32, kept apart so a block's codes are one aligned SIMD load.
+ * F32/F16: `data` holds the values row-major. Q8_0/Q4_0: rows go in groups of 4 (the last padded with zero rows), and
+ * for each group and block `data` holds the 4 rows' codes back to back, `scales` their 4 block scales as f32, kept apart
+ * so codes and scales are each one aligned SIMD load (see assembly/q4_0.ts).
  */
 export interface Matrix {
   name: string;
@@ -43,6 +44,10 @@ export interface LlamaWeights {
   tied: boolean;
 }
 
+/** Rows interleaved per group in the quantized kernel layout. */
+const ROW_GROUP = 4;
+const roundUp = (n: number, k: number) => Math.ceil(n / k) * k;
+
 interface PendingTensor {
   info: TensorInfo;
   /** where it goes: a matrix (repacked) or an f32 vector (norm) */
@@ -65,11 +70,12 @@ export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena): { wei
     }
     const m: Matrix = { name, type: info.type, rows, cols, data: 0, scales: 0 };
     const n = rows * cols;
+    const padded = roundUp(rows, ROW_GROUP) * cols;
     switch (info.type) {
       case GGMLType.F32: m.data = arena.reserve(name, n * 4); break;
       case GGMLType.F16: m.data = arena.reserve(name, n * 2); break;
-      case GGMLType.Q8_0: m.data = arena.reserve(name, n); m.scales = arena.reserve(`${name}:scales`, (n / 32) * 4); break;
-      case GGMLType.Q4_0: m.data = arena.reserve(name, n / 2); m.scales = arena.reserve(`${name}:scales`, (n / 32) * 4); break;
+      case GGMLType.Q8_0: m.data = arena.reserve(name, padded); m.scales = arena.reserve(`${name}:scales`, (padded / 32) * 4); break;
+      case GGMLType.Q4_0: m.data = arena.reserve(name, padded / 2); m.scales = arena.reserve(`${name}:scales`, (padded / 32) * 4); break;
     }
     pending.push({ info, matrix: m });
     return m;
@@ -146,22 +152,29 @@ export async function loadWeights(
   }
 }
 
-/** GGUF blocks → kernel layout for rows r0..r0+nr. Q8_0 block: f16 d + 32 int8; Q4_0 block: f16 d + 16 nibble bytes. */
+/**
+ * GGUF blocks → kernel layout for rows r0..r0+nr. Q8_0 block: f16 d + 32 int8; Q4_0 block: f16 d + 16 nibble bytes.
+ * Row r, block b goes to group r/4, slot r%4: codes at ((group·nb + b)·4 + slot)·codeBytes, its scale at the same index.
+ * Padding rows are never written: fresh wasm memory is zero, so they have scale 0.
+ */
 function repackRows(m: Matrix, memory: WebAssembly.Memory, src: Uint8Array, r0: number, nr: number): void {
   const heap = new Uint8Array(memory.buffer);
-  const n = nr * m.cols;
   switch (m.type) {
     case GGMLType.F32: heap.set(src, m.data + r0 * m.cols * 4); return;
     case GGMLType.F16: heap.set(src, m.data + r0 * m.cols * 2); return;
   }
-  const nb = n / 32;
+  const nb = m.cols / 32;
   const blockBytes = m.type === GGMLType.Q8_0 ? 34 : 18;
   const codeBytes = blockBytes - 2;
-  const codesAt = m.data + (r0 * m.cols * codeBytes) / 32;
-  const scales = new Float32Array(memory.buffer, m.scales + (r0 * m.cols / 32) * 4, nb);
-  for (let b = 0, s = 0, d = codesAt; b < nb; b++) {
-    scales[b] = f16ToF32(src[s] | (src[s + 1] << 8));
-    s += 2;
-    for (let j = 0; j < codeBytes; j++) heap[d++] = src[s++];
+  const scales = new Float32Array(memory.buffer, m.scales, roundUp(m.rows, ROW_GROUP) * nb);
+  let s = 0;
+  for (let r = r0; r < r0 + nr; r++) {
+    const group = Math.floor(r / ROW_GROUP), slot = r % ROW_GROUP;
+    for (let b = 0; b < nb; b++) {
+      const i = (group * nb + b) * ROW_GROUP + slot;
+      scales[i] = f16ToF32(src[s] | (src[s + 1] << 8));
+      s += 2;
+      for (let j = 0, d = m.data + i * codeBytes; j < codeBytes; j++) heap[d + j] = src[s++];
+    }
   }
 }

@@ -1,12 +1,12 @@
 import { EdgeLLMError } from '../errors.js';
 
-/** The exports of build/edgellm.wasm (assembly/index.ts). Pointers are byte offsets into the shared memory. */
+/** The exports of build/edgellm-{simd,relaxed}.wasm (assembly/index.ts). Pointers are byte offsets into the shared memory. */
 export interface Kernels {
   matmul_f32(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_f16(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q8_0(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
-  matmul_q4_0(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
-  quantize_q8_0(x: number, n: number, ntok: number, xq: number, xd: number): void;
+  matmul_q4_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
+  quantize_q8_0(x: number, n: number, ntok: number, xq: number, xd: number, xs: number): void;
   dequant_row_f32(w: number, row: number, cols: number, out: number): void;
   dequant_row_f16(w: number, row: number, cols: number, out: number): void;
   dequant_row_q8_0(wq: number, wd: number, row: number, cols: number, out: number): void;
@@ -20,26 +20,81 @@ export interface Kernels {
   kv_store_f32(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
   kv_store_f16(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
   heap_base(): number;
+  /** 1 for the relaxed-SIMD build, 0 for the SIMD128 one */
+  kernel_build(): number;
 }
 
+/**
+ * The kernels come in two builds from one source (assembly/), with bit-identical results:
+ * - `simd`: SIMD128, which every current engine runs;
+ * - `relaxed`: relaxed SIMD as well (i32x4.relaxed_dot_i8x16_i7x16_add_s for Q4_0), faster where the engine has it.
+ */
+export type KernelBuild = 'simd' | 'relaxed';
+/** `auto` takes `relaxed` where this engine validates it, else `simd`; `baseline` forces `simd`. */
+export type SimdOption = 'auto' | 'baseline' | 'relaxed';
+
 // Where the compiled kernels sit relative to this module: build/ beside src/ when running from source, and beside
-// dist/ in the package (the bundler defines __EDGELLM_WASM__ for that layout).
-declare const __EDGELLM_WASM__: string | undefined;
-const WASM_PATH = typeof __EDGELLM_WASM__ === 'string' ? __EDGELLM_WASM__ : '../../build/edgellm.wasm';
+// dist/ in the package (the bundler defines __EDGELLM_WASM_DIR__ for that layout).
+declare const __EDGELLM_WASM_DIR__: string | undefined;
+const WASM_DIR = typeof __EDGELLM_WASM_DIR__ === 'string' ? __EDGELLM_WASM_DIR__ : '../../build/';
+
+// The smallest modules using each feature: (func (param v128 v128 v128) (result v128) ...) whose body is one
+// i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113) or one i32x4.add (0xfd 0xae).
+const probe = (body: number[]) => new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+  0x01, 0x08, 0x01, 0x60, 0x03, 0x7b, 0x7b, 0x7b, 0x01, 0x7b,
+  0x03, 0x02, 0x01, 0x00,
+  0x0a, body.length + 10, 0x01, body.length + 8, 0x00, 0x20, 0x00, 0x20, 0x01, 0x20, 0x02, ...body, 0x0b,
+]);
+const RELAXED_PROBE = probe([0xfd, 0x93, 0x02]);
+const SIMD_PROBE = probe([0x1a, 0xfd, 0xae, 0x01]); // drop the third operand, add the first two
+
+/** Which builds this engine can run. */
+export function supportedBuilds(): { simd: boolean; relaxed: boolean } {
+  return { simd: WebAssembly.validate(SIMD_PROBE), relaxed: WebAssembly.validate(RELAXED_PROBE) };
+}
+
+/** The build to load for the `simd` option on this engine, or a WASM error saying why there is none. */
+export function chooseBuild(option: SimdOption = 'auto'): KernelBuild {
+  if (option !== 'auto' && option !== 'baseline' && option !== 'relaxed') {
+    throw new EdgeLLMError('BAD_ARGUMENT', `simd must be 'auto', 'baseline' or 'relaxed', got ${JSON.stringify(option)}`);
+  }
+  const has = supportedBuilds();
+  if (!has.simd) throw new EdgeLLMError('WASM', 'this JavaScript engine does not support WebAssembly SIMD128, which edgellm needs');
+  if (option === 'relaxed' && !has.relaxed) {
+    throw new EdgeLLMError('WASM', "this JavaScript engine does not support WebAssembly relaxed SIMD; use simd: 'auto' or 'baseline'");
+  }
+  return option === 'baseline' || !has.relaxed ? 'simd' : 'relaxed';
+}
 
 export type WasmInput = BufferSource | WebAssembly.Module | URL | string;
 
-let cached: Promise<WebAssembly.Module> | undefined;
+const cached = new Map<KernelBuild, Promise<WebAssembly.Module>>();
 
-/** Compiles the kernel module once per process (or takes the caller's bytes/module, e.g. a Workers import). */
-export function compileKernels(wasm?: WasmInput): Promise<WebAssembly.Module> {
+/**
+ * Compiles a packaged build once per process, or the caller's own module (bytes, a URL, or a precompiled
+ * WebAssembly.Module such as a Workers import), which says itself which build it is (kernel_build()).
+ */
+export function compileKernels(wasm?: WasmInput, build: KernelBuild = 'simd'): Promise<WebAssembly.Module> {
   if (wasm instanceof WebAssembly.Module) return Promise.resolve(wasm);
-  if (wasm !== undefined && !(typeof wasm === 'string' || wasm instanceof URL)) return WebAssembly.compile(wasm);
-  if (wasm === undefined && cached) return cached;
-  const url = wasm === undefined ? new URL(WASM_PATH, import.meta.url) : new URL(String(wasm), import.meta.url);
-  const p = fetchBytes(url).then((bytes) => WebAssembly.compile(bytes));
-  if (wasm === undefined) cached = p.catch((e) => { cached = undefined; throw e; });
+  if (wasm !== undefined && !(typeof wasm === 'string' || wasm instanceof URL)) return compile(wasm, 'the given bytes');
+  if (wasm !== undefined) return fetchBytes(new URL(String(wasm), import.meta.url)).then((b) => compile(b, String(wasm)));
+  let p = cached.get(build);
+  if (!p) {
+    const url = new URL(`${WASM_DIR}edgellm-${build}.wasm`, import.meta.url);
+    p = fetchBytes(url).then((bytes) => compile(bytes, url.href));
+    cached.set(build, p);
+    p.catch(() => cached.delete(build));
+  }
   return p;
+}
+
+async function compile(bytes: BufferSource, what: string): Promise<WebAssembly.Module> {
+  try {
+    return await WebAssembly.compile(bytes);
+  } catch (e) {
+    throw new EdgeLLMError('WASM', `cannot compile the kernel module (${what}): ${(e as Error).message}`, { cause: e });
+  }
 }
 
 async function fetchBytes(url: URL): Promise<Uint8Array<ArrayBuffer>> {
@@ -61,6 +116,12 @@ export async function instantiateKernels(module: WebAssembly.Module, memory: Web
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   return instance.exports as unknown as Kernels;
 }
+
+/**
+ * The matmuls read up to PREFETCH + 64 bytes (assembly/common.ts) past the codes they use, to pull weights in from DRAM
+ * early; the plan ends with this much slack so those reads stay inside the memory.
+ */
+export const PREFETCH_SLACK = 4096;
 
 /** The bytes below this are the module's own static data; the arena starts above. */
 export const STATIC_RESERVE = 64 * 1024;
