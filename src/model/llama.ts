@@ -75,7 +75,7 @@ export class Llama {
   /** cos/sin of pos·base^(-2i/nRot) in f64, rounded once to f32. */
   private fillRopeTable(): void {
     const { nRot, ropeBase } = this.config;
-    const table = this.heap.subarray(this.s.rope >> 2, (this.s.rope >> 2) + this.kv.ctx * nRot);
+    const table = this.heap.subarray(this.s.rope / 4, (this.s.rope / 4) + this.kv.ctx * nRot);
     for (let pos = 0; pos < this.kv.ctx; pos++) {
       for (let i = 0; i < nRot; i += 2) {
         const theta = pos * Math.pow(ropeBase, -i / nRot);
@@ -140,7 +140,7 @@ export class Llama {
     k.rmsnorm(xFirst, xFirst, w.outputNorm, dim, n, c.rmsEps);
     this.prepareInput(xFirst, dim, n, w.output);
     this.matmul(w.output, xFirst, s.logits, n);
-    return s.logits >> 2;
+    return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
   }
 
   /** Quantized matrices read int8 activations: quantize the input once for all the matrices that share it. */
