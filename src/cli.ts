@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { EdgeLLMError, loadModel, type GenerateOptions, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
-import { openSource } from './gguf/source.js';
+import { openLocalSource } from './gguf/file.js';
 import { readGGUF, valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { formatBytes } from './plan/arena.js';
@@ -356,7 +356,7 @@ const PREVIEW_CHARS = 60;
 
 async function info(p: Parsed, controller: AbortController): Promise<void> {
   const [path] = positionals(p, ['MODEL'], 'info');
-  const source = await openSource(path, { signal: controller.signal });
+  const source = await openLocalSource(path, { signal: controller.signal });
   let gguf: GGUFFile;
   try {
     gguf = await readGGUF(source);

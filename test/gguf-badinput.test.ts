@@ -2,6 +2,7 @@ import { describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { EdgeLLMError, type ErrorCode } from '../src/errors.js';
 import { GGMLType, GGUFValueType, openSource, readGGUF, writeGGUF, type GGUFFile } from '../src/gguf/index.js';
+import { openLocalSource } from '../src/gguf/file.js';
 import { announceSkipIfNoModels, modelPath } from './util/shared.js';
 import { Rng } from '../src/generate/rng.js';
 
@@ -34,7 +35,7 @@ const info = (name: string, dims: Array<number | bigint>, type: number, offset: 
 const pad = (bytes: Uint8Array, extra = 4096) => cat(bytes, new Uint8Array(extra));
 
 async function parse(bytes: Uint8Array): Promise<GGUFFile> {
-  return readGGUF(await openSource(bytes));
+  return readGGUF(await openLocalSource(bytes));
 }
 
 async function expectError(bytes: Uint8Array, code: ErrorCode, ...fragments: string[]): Promise<void> {
@@ -128,27 +129,34 @@ describe('crafted bad headers', () => {
   });
 
   test('BAD_SOURCE', async () => {
-    const e1 = await openSource('/no/such/model.gguf').catch((e) => e);
+    const e1 = await openLocalSource('/no/such/model.gguf').catch((e) => e);
     expect(e1).toBeInstanceOf(EdgeLLMError);
     expect(e1.code).toBe('BAD_SOURCE');
     expect(e1.message).toContain('/no/such/model.gguf');
     expect(e1.message).toContain('ENOENT');
     for (const bad of [42, null, { length: 3 }, new URL('ftp://host/m.gguf'), '/tmp']) {
-      const e = await openSource(bad as never).catch((x) => x);
+      const e = await openLocalSource(bad as never).catch((x) => x);
       expect(e, String(bad)).toBeInstanceOf(EdgeLLMError);
       expect(e.code).toBe('BAD_SOURCE');
     }
+    // Without a filesystem (the browser and Workers entry points), a path is an error that says what to pass instead.
+    for (const path of ['/no/such/model.gguf', 'models/m.gguf', new URL('file:///m.gguf')]) {
+      const e = await openSource(path).catch((x) => x);
+      expect(e, String(path)).toBeInstanceOf(EdgeLLMError);
+      expect(e.code).toBe('BAD_SOURCE');
+      expect(e.message).toContain('need a filesystem');
+    }
     const notFound = (async () => new Response('nope', { status: 404, statusText: 'Not Found' })) as typeof fetch;
-    const e2 = await openSource('https://models.example/x.gguf', { fetch: notFound }).catch((e) => e);
+    const e2 = await openLocalSource('https://models.example/x.gguf', { fetch: notFound }).catch((e) => e);
     expect(e2.code).toBe('BAD_SOURCE');
     expect(e2.message).toContain('https://models.example/x.gguf');
     expect(e2.message).toContain('404');
   });
 
   test('reads past the end of a source are TRUNCATED', async () => {
-    const src = await openSource(new Uint8Array(10));
+    const src = await openLocalSource(new Uint8Array(10));
     await expect(src.read(8, 4)).rejects.toMatchObject({ code: 'TRUNCATED', message: expect.stringContaining('offset 8 + length 4') });
-    const blob = await openSource(new Blob([new Uint8Array(10)]));
+    const blob = await openLocalSource(new Blob([new Uint8Array(10)]));
     await expect(blob.read(0, 11)).rejects.toMatchObject({ code: 'TRUNCATED' });
   });
 

@@ -4,6 +4,7 @@ import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import type { AddressInfo } from 'node:net';
 import { EdgeLLMError } from '../src/errors.js';
+import { openLocalSource } from '../src/gguf/file.js';
 import {
   GGMLType,
   GGUFValueType,
@@ -11,7 +12,6 @@ import {
   f16ArrayToF32,
   f16ToF32,
   f32ToF16,
-  openSource,
   quantizeRow,
   quantizeRowQ4_0,
   quantizeRowQ8_0,
@@ -28,7 +28,7 @@ import { makeSyntheticLlama } from './util/synthetic.js';
 const T = GGUFValueType;
 
 function readBytes(bytes: Uint8Array): Promise<GGUFFile> {
-  return openSource(bytes).then(readGGUF);
+  return openLocalSource(bytes).then(readGGUF);
 }
 
 async function expectCode(p: Promise<unknown> | (() => unknown), code: string, ...fragments: string[]): Promise<EdgeLLMError> {
@@ -202,7 +202,7 @@ describe('writer -> reader round trip', () => {
   test('a 128k-vocab header larger than the first read is parsed quickly and the data is never read', async () => {
     const m = makeSyntheticLlama({ dim: 32, nLayers: 1, nHeads: 2, nKvHeads: 1, ffn: 64, vocab: 128256, ctx: 64 }, { keepWeights: false });
     let maxEnd = 0;
-    const inner = await openSource(m.bytes);
+    const inner = await openLocalSource(m.bytes);
     const counting: ByteSource = {
       name: 'counting',
       size: inner.size,
@@ -326,7 +326,7 @@ describe('quantize', () => {
 
   test.skipIf(!HAVE_MODELS)('bit-exact with ggml: re-quantizing the f16 master reproduces the q8_0 and q4_0 files byte for byte', async () => {
     const open = async (f: string) => {
-      const src = await openSource(modelPath(f));
+      const src = await openLocalSource(modelPath(f));
       return { src, g: await readGGUF(src) };
     };
     const f16 = await open('sotu-15m-f16.gguf');
@@ -510,7 +510,7 @@ describe.skipIf(!announceSkipIfNoModels('gguf: real models'))('real models from 
       ];
       for (const [kind, s] of sources) {
         const progress: Array<[number, number | undefined]> = [];
-        const src = await openSource(s, { onProgress: (l, t) => progress.push([l, t]) });
+        const src = await openLocalSource(s, { onProgress: (l, t) => progress.push([l, t]) });
         try {
           expect(src.size, kind).toBe(file.length);
           const g = await readGGUF(src);
@@ -532,7 +532,7 @@ describe.skipIf(!announceSkipIfNoModels('gguf: real models'))('real models from 
   }
 
   test('the reader reads only the header', async () => {
-    const inner = await openSource(modelPath('sotu-15m-f16.gguf'));
+    const inner = await openLocalSource(modelPath('sotu-15m-f16.gguf'));
     let bytesRead = 0;
     const g = await readGGUF({ name: inner.name, size: inner.size, read: (o, n) => ((bytesRead += n), inner.read(o, n)), close: () => inner.close() });
     await inner.close();
@@ -541,18 +541,18 @@ describe.skipIf(!announceSkipIfNoModels('gguf: real models'))('real models from 
   });
 
   test('http errors and aborts', async () => {
-    await expectCode(openSource(`${base}/models/absent.gguf`), 'BAD_SOURCE', `${base}/models/absent.gguf`, '404');
+    await expectCode(openLocalSource(`${base}/models/absent.gguf`), 'BAD_SOURCE', `${base}/models/absent.gguf`, '404');
     const ctrl = new AbortController();
     await expectCode(
-      openSource(`${base}/models/sotu-15m-f16.gguf`, { signal: ctrl.signal, onProgress: (l) => l > 0 && ctrl.abort() }),
+      openLocalSource(`${base}/models/sotu-15m-f16.gguf`, { signal: ctrl.signal, onProgress: (l) => l > 0 && ctrl.abort() }),
       'ABORTED',
     );
     const pre = new AbortController();
     pre.abort();
-    await expectCode(openSource(`${base}/models/tiny-260k-f32.gguf`, { signal: pre.signal }), 'ABORTED');
+    await expectCode(openLocalSource(`${base}/models/tiny-260k-f32.gguf`, { signal: pre.signal }), 'ABORTED');
     const failing = (async () => {
       throw new TypeError('fetch failed');
     }) as unknown as typeof fetch;
-    await expectCode(openSource('https://example.invalid/m.gguf', { fetch: failing }), 'BAD_SOURCE', 'example.invalid', 'fetch failed');
+    await expectCode(openLocalSource('https://example.invalid/m.gguf', { fetch: failing }), 'BAD_SOURCE', 'example.invalid', 'fetch failed');
   });
 });

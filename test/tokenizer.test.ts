@@ -4,7 +4,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { EdgeLLMError } from '../src/errors.js';
 import type { GGUFFile } from '../src/gguf/reader.js';
 import { readGGUF } from '../src/gguf/index.js';
-import { openSource } from '../src/gguf/source.js';
+import { openLocalSource } from '../src/gguf/file.js';
 import { LlamaTokenizer, LlamaTokenType, Utf8StreamDecoder, decodeUtf8, type VocabData } from '../src/tokenizer/index.js';
 import { SHARED, announceSkipIfNoModels, modelPath } from './util/shared.js';
 
@@ -245,7 +245,7 @@ function readJSON<T>(file: string): T {
 }
 
 async function loadTokenizer(model: string): Promise<LlamaTokenizer> {
-  const source = await openSource(modelPath(model));
+  const source = await openLocalSource(modelPath(model));
   try {
     return LlamaTokenizer.fromGGUF(await readGGUF(source));
   } finally {

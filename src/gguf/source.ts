@@ -23,7 +23,7 @@ export interface OpenOptions {
 /** A content-length larger than this is not trusted for preallocation: the buffer grows as bytes arrive instead. */
 const MAX_PREALLOCATE = 16 * 1024 ** 3;
 
-function checkRange(name: string, size: number, offset: number, length: number): void {
+export function checkRange(name: string, size: number, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
     throw new EdgeLLMError('BAD_ARGUMENT', `read from ${name}: offset ${offset} and length ${length} must be non-negative integers`);
   }
@@ -32,7 +32,7 @@ function checkRange(name: string, size: number, offset: number, length: number):
   }
 }
 
-function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
   if (signal?.aborted) throw new EdgeLLMError('ABORTED', `${what}: aborted`, { cause: signal.reason });
 }
 
@@ -63,72 +63,6 @@ function blobSource(blob: Blob): ByteSource {
     },
     async close() {},
   };
-}
-
-async function fileSource(path: string, opts: OpenOptions): Promise<ByteSource> {
-  let fs: typeof import('node:fs/promises');
-  try {
-    fs = await import('node:fs/promises');
-  } catch (err) {
-    throw new EdgeLLMError(
-      'BAD_SOURCE',
-      `model path "${path}": file paths need a filesystem (Node, Deno, Bun); here, pass the bytes (Uint8Array/ArrayBuffer), a Blob or an http(s) URL`,
-      { cause: err },
-    );
-  }
-  throwIfAborted(opts.signal, `open ${path}`);
-  let handle: import('node:fs/promises').FileHandle;
-  let size: number;
-  try {
-    handle = await fs.open(path, 'r');
-  } catch (err) {
-    throw new EdgeLLMError('BAD_SOURCE', `model path "${path}": cannot open: ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    const st = await handle.stat();
-    if (!st.isFile()) throw new EdgeLLMError('BAD_SOURCE', `model path "${path}": not a regular file`);
-    size = st.size;
-  } catch (err) {
-    await handle.close().catch(() => {});
-    if (err instanceof EdgeLLMError) throw err;
-    throw new EdgeLLMError('BAD_SOURCE', `model path "${path}": cannot stat: ${(err as Error).message}`, { cause: err });
-  }
-  let closed = false;
-  return {
-    name: path,
-    size,
-    async read(offset, length) {
-      if (closed) throw new EdgeLLMError('DISPOSED', `read from ${path}: the source is closed`);
-      checkRange(path, size, offset, length);
-      const out = new Uint8Array(length);
-      let done = 0;
-      // Positional reads may return fewer bytes than asked, so loop; 0 bytes means the file shrank under us.
-      while (done < length) {
-        const { bytesRead } = await handle.read(out, done, length - done, offset + done);
-        if (bytesRead === 0) {
-          throw new EdgeLLMError('TRUNCATED', `read from ${path}: file ended at ${offset + done}, expected ${size} bytes`);
-        }
-        done += bytesRead;
-      }
-      return out;
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      await handle.close();
-    },
-  };
-}
-
-async function filePathFromUrl(url: URL): Promise<string> {
-  try {
-    const { fileURLToPath } = await import('node:url');
-    return fileURLToPath(url);
-  } catch (err) {
-    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url.href}: file URLs need a filesystem; pass bytes, a Blob or an http(s) URL`, {
-      cause: err,
-    });
-  }
 }
 
 function parseContentLength(header: string | null): number | undefined {
@@ -201,16 +135,40 @@ async function httpSource(url: string, opts: OpenOptions): Promise<ByteSource> {
   return memorySource(buf.subarray(0, loaded), url);
 }
 
-/** Opens a model: an http(s) URL is downloaded, a path or file: URL is read in place, bytes and Blobs are used as they are. */
-export async function openSource(source: ModelSource, opts: OpenOptions = {}): Promise<ByteSource> {
+/** Opens a local path or file: URL; each entry point brings its own (Node, Deno and Bun read files; others cannot). */
+export type PathOpener = (path: string | URL, opts: OpenOptions) => Promise<ByteSource>;
+
+/**
+ * Where there is no filesystem (browsers, Workers): a relative path is resolved against the page's address when there
+ * is one, and fetched; anything else is an error that says what to pass instead.
+ */
+export const fetchRelativePath: PathOpener = async (path, opts) => {
+  const base = (globalThis as { location?: { href?: string } }).location?.href;
+  let url: URL | undefined;
+  try {
+    if (base !== undefined) url = new URL(path, base);
+  } catch {
+    url = undefined;
+  }
+  if (url && (url.protocol === 'http:' || url.protocol === 'https:')) return httpSource(url.href, opts);
+  throw new EdgeLLMError(
+    'BAD_SOURCE',
+    `model path "${String(path)}": file paths need a filesystem (Node, Deno, Bun); here, pass the bytes (Uint8Array/ArrayBuffer), a Blob or an http(s) URL`,
+  );
+};
+
+/**
+ * Opens a model: an http(s) URL is downloaded, bytes and Blobs are used as they are, and anything else (a path, a
+ * file: URL) goes to openPath.
+ */
+export async function openSource(source: ModelSource, opts: OpenOptions = {}, openPath: PathOpener = fetchRelativePath): Promise<ByteSource> {
   if (typeof source === 'string') {
     if (/^https?:\/\//i.test(source)) return httpSource(source, opts);
-    if (/^file:\/\//i.test(source)) return fileSource(await filePathFromUrl(new URL(source)), opts);
-    return fileSource(source, opts);
+    return openPath(/^file:\/\//i.test(source) ? new URL(source) : source, opts);
   }
   if (source instanceof URL) {
     if (source.protocol === 'http:' || source.protocol === 'https:') return httpSource(source.href, opts);
-    if (source.protocol === 'file:') return fileSource(await filePathFromUrl(source), opts);
+    if (source.protocol === 'file:') return openPath(source, opts);
     throw new EdgeLLMError('BAD_SOURCE', `model URL ${source.href}: protocol ${source.protocol} is not http:, https: or file:`);
   }
   if (source instanceof Uint8Array) return memorySource(source);

@@ -33,10 +33,15 @@ export type KernelBuild = 'simd' | 'relaxed';
 /** `auto` takes `relaxed` where this engine validates it, else `simd`; `baseline` forces `simd`. */
 export type SimdOption = 'auto' | 'baseline' | 'relaxed';
 
-// Where the compiled kernels sit relative to this module: build/ beside src/ when running from source, and beside
-// dist/ in the package (the bundler defines __EDGELLM_WASM_DIR__ for that layout).
+// Where the packaged builds sit relative to this module: build/ beside src/ when running from source, and beside the
+// bundle in dist/ (the bundler defines __EDGELLM_WASM_DIR__ for that layout).
 declare const __EDGELLM_WASM_DIR__: string | undefined;
 const WASM_DIR = typeof __EDGELLM_WASM_DIR__ === 'string' ? __EDGELLM_WASM_DIR__ : '../../build/';
+
+/** The file of a packaged build, next to the running module. */
+export function packagedWasmUrl(build: KernelBuild): URL {
+  return new URL(`${WASM_DIR}edgellm-${build}.wasm`, import.meta.url);
+}
 
 // The smallest modules using each feature: (func (param v128 v128 v128) (result v128) ...) whose body is one
 // i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113) or one i32x4.add (0xfd 0xae).
@@ -69,24 +74,55 @@ export function chooseBuild(option: SimdOption = 'auto'): KernelBuild {
 
 export type WasmInput = BufferSource | WebAssembly.Module | URL | string;
 
-const cached = new Map<KernelBuild, Promise<WebAssembly.Module>>();
+/** How an entry point gets wasm: Node reads files, browsers fetch, Workers import precompiled modules. */
+export interface WasmLoader {
+  /** The bytes at a URL (the `wasm` option given as a URL). */
+  fetchBytes(url: URL): Promise<Uint8Array<ArrayBuffer>>;
+  /** A packaged build, compiled. */
+  packagedKernels(build: KernelBuild): Promise<WebAssembly.Module>;
+}
 
-/**
- * Compiles a packaged build once per process, or the caller's own module (bytes, a URL, or a precompiled
- * WebAssembly.Module such as a Workers import), which says itself which build it is (kernel_build()).
- */
-export function compileKernels(wasm?: WasmInput, build: KernelBuild = 'simd'): Promise<WebAssembly.Module> {
-  if (wasm instanceof WebAssembly.Module) return Promise.resolve(wasm);
-  if (wasm !== undefined && !(typeof wasm === 'string' || wasm instanceof URL)) return compile(wasm, 'the given bytes');
-  if (wasm !== undefined) return fetchBytes(new URL(String(wasm), import.meta.url)).then((b) => compile(b, String(wasm)));
-  let p = cached.get(build);
-  if (!p) {
-    const url = new URL(`${WASM_DIR}edgellm-${build}.wasm`, import.meta.url);
-    p = fetchBytes(url).then((bytes) => compile(bytes, url.href));
-    cached.set(build, p);
-    p.catch(() => cached.delete(build));
+/** The caller's own kernel module: bytes, a URL, or a precompiled module; it says itself which build it is (kernel_build()). */
+export async function compileKernels(wasm: WasmInput, loader: WasmLoader): Promise<WebAssembly.Module> {
+  if (wasm instanceof WebAssembly.Module) return wasm;
+  if (typeof wasm === 'string' || wasm instanceof URL) {
+    const url = new URL(String(wasm), import.meta.url);
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = await loader.fetchBytes(url);
+    } catch (e) {
+      throw new EdgeLLMError('WASM', `cannot load the kernel module from ${url.href}: ${(e as Error).message}`, { cause: e });
+    }
+    return compile(bytes, url.href);
   }
-  return p;
+  return compile(wasm, 'the given bytes');
+}
+
+/** Packaged builds fetched as bytes (by file read or fetch) and compiled once per process. */
+export function compileOncePerBuild(fetchBytes: (url: URL) => Promise<Uint8Array<ArrayBuffer>>): (build: KernelBuild) => Promise<WebAssembly.Module> {
+  const cached = new Map<KernelBuild, Promise<WebAssembly.Module>>();
+  return (build) => {
+    let p = cached.get(build);
+    if (!p) {
+      const url = packagedWasmUrl(build);
+      p = fetchBytes(url).then(
+        (bytes) => compile(bytes, url.href),
+        (e) => {
+          throw new EdgeLLMError('WASM', `cannot load the kernel module from ${url.href}: ${(e as Error).message}`, { cause: e });
+        },
+      );
+      cached.set(build, p);
+      p.catch(() => cached.delete(build));
+    }
+    return p;
+  };
+}
+
+/** fetch() as bytes, with the HTTP status as the error. */
+export async function fetchOk(url: URL): Promise<Uint8Array<ArrayBuffer>> {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
 }
 
 async function compile(bytes: BufferSource, what: string): Promise<WebAssembly.Module> {
@@ -94,20 +130,6 @@ async function compile(bytes: BufferSource, what: string): Promise<WebAssembly.M
     return await WebAssembly.compile(bytes);
   } catch (e) {
     throw new EdgeLLMError('WASM', `cannot compile the kernel module (${what}): ${(e as Error).message}`, { cause: e });
-  }
-}
-
-async function fetchBytes(url: URL): Promise<Uint8Array<ArrayBuffer>> {
-  try {
-    if (url.protocol === 'file:') {
-      const fs = await import('node:fs/promises');
-      return new Uint8Array(await fs.readFile(url));
-    }
-    const res = await fetch(url);
-    if (!res.ok) throw new Error(`HTTP ${res.status}`);
-    return new Uint8Array(await res.arrayBuffer());
-  } catch (e) {
-    throw new EdgeLLMError('WASM', `cannot load the kernel module from ${url.href}: ${(e as Error).message}`, { cause: e });
   }
 }
 

@@ -1,0 +1,351 @@
+/**
+ * edgellm: Llama-family GGUF models in WebAssembly. A small facade over the engine: loadModel() reads and plans,
+ * Model runs tokenize → forward → sample. Environment-neutral: each entry point (index.ts for Node, Deno and Bun,
+ * browser.ts, workers.ts) supplies a Platform saying how files and wasm are reached there.
+ */
+import { EdgeLLMError } from './errors.js';
+import { openSource, type ModelSource, type PathOpener } from './gguf/source.js';
+import { readGGUF, type GGUFFile } from './gguf/reader.js';
+import { typeName } from './gguf/types.js';
+import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
+import { KernelProfile } from './runtime/profile.js';
+import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput, type WasmLoader } from './runtime/kernels.js';
+import { readLlamaConfig, type LlamaConfig } from './model/config.js';
+import { planWeights, loadWeights } from './model/weights.js';
+import { Llama, planRunState } from './model/llama.js';
+import { KVCache, type KVType } from './kv/cache.js';
+import { LlamaTokenizer } from './tokenizer/index.js';
+import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
+import { yieldToEventLoop } from './generate/yield.js';
+
+export { EdgeLLMError, type ErrorCode } from './errors.js';
+export type { ModelSource } from './gguf/source.js';
+export type { GenerateOptions, GenerationStats } from './generate/generate.js';
+export type { SamplingOptions } from './generate/sampler.js';
+export type { LlamaConfig } from './model/config.js';
+export type { KVType } from './kv/cache.js';
+export type { KernelBuild, SimdOption } from './runtime/kernels.js';
+export { supportedBuilds } from './runtime/kernels.js';
+
+/** What differs between environments: how model paths open and how wasm is fetched or imported. */
+export interface Platform extends WasmLoader {
+  openPath: PathOpener;
+}
+
+export interface LoadOptions {
+  /** Tokens of KV cache to plan for (default: the model's context_length, capped at 4096). */
+  contextLength?: number;
+  /** KV cache entry type: 'f32' (default, the reference) or 'f16' (half the memory; llama.cpp's default). */
+  kv?: { type?: KVType };
+  /** Prompt tokens per forward batch (default 32). */
+  batchSize?: number;
+  /** Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it. */
+  memoryBudget?: string | number;
+  /** Download and weight-loading progress. */
+  onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
+  signal?: AbortSignal;
+  /**
+   * Which packaged kernel build to run: 'auto' (default) takes the relaxed-SIMD build where the engine validates it,
+   * else the SIMD128 one; 'baseline' forces SIMD128; 'relaxed' fails with WASM where the engine lacks relaxed SIMD.
+   * Both give bit-identical results.
+   */
+  simd?: SimdOption;
+  /** Time every kernel call by family, for Model.profile() (costs about 1 µs per call; the bench's breakdown). */
+  profile?: boolean;
+  /** One kernel build from elsewhere (bytes, a compiled module such as a Workers import, or a URL); overrides `simd`. */
+  wasm?: WasmInput;
+}
+
+export interface ModelInfo extends LlamaConfig {
+  /** KV positions planned */
+  context: number;
+  kvType: KVType;
+  batchSize: number;
+  tiedOutput: boolean;
+  fileSize: number;
+  ggufVersion: number;
+  tensorCount: number;
+  /** tensor count per ggml type, e.g. { Q4_0: 43, F32: 13 } */
+  tensorTypes: Record<string, number>;
+  /** wasm linear memory planned, in bytes */
+  memoryBytes: number;
+  /** the kernel build running: 'relaxed' (relaxed SIMD) or 'simd' (SIMD128) */
+  build: KernelBuild;
+}
+
+export interface ScoreResult {
+  /** logprobs[i] = log p(ids[i+1] | ids[0..i]), full log-softmax in f64 */
+  logprobs: Float64Array;
+  /** mean negative log-likelihood over the scored tokens */
+  nll: number;
+  tokensScored: number;
+}
+
+export interface PerplexityWindow {
+  firstToken: number;
+  nll: number;
+  ppl: number;
+  tokensScored: number;
+}
+
+export interface PerplexityResult {
+  ppl: number;
+  nll: number;
+  tokensScored: number;
+  textTokens: number;
+  window: number;
+  windows: PerplexityWindow[];
+}
+
+const DEFAULT_MAX_CONTEXT = 4096;
+
+/** loadModel on a given platform; each entry point exports it bound to its own. */
+export async function loadModelOn(platform: Platform, src: ModelSource, options: LoadOptions = {}): Promise<Model> {
+  const { onProgress, signal } = options;
+  const source = await openSource(src, {
+    signal,
+    onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })),
+  }, platform.openPath);
+  try {
+    const gguf = await readGGUF(source);
+    const config = readLlamaConfig(gguf);
+    const tokenizer = LlamaTokenizer.fromGGUF(gguf);
+    if (tokenizer.vocabSize !== config.vocab) {
+      throw new EdgeLLMError('BAD_METADATA', `tokenizer.ggml.tokens has ${tokenizer.vocabSize} entries but token_embd.weight has ${config.vocab} rows`);
+    }
+    const context = options.contextLength ?? Math.min(config.contextLength, DEFAULT_MAX_CONTEXT);
+    if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
+    const batchSize = options.batchSize ?? 32;
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
+
+    // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
+    const kvType = options.kv?.type ?? 'f32';
+    const { arena, weights, pending, kv, state } = planMemory(gguf, config, context, batchSize, kvType);
+    if (options.memoryBudget !== undefined) {
+      const budget = parseBytes(options.memoryBudget, 'memoryBudget');
+      if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvType, arena.totalBytes, budget);
+    }
+
+    const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd)) : await compileKernels(options.wasm, platform);
+    checkAborted(signal);
+    const memory = arena.createMemory();
+    const kernels = await instantiateKernels(module, memory);
+    if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
+    await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+    const profile = options.profile ? new KernelProfile() : undefined;
+    const llama = new Llama(config, weights, kv, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
+    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, profile);
+  } finally {
+    await source.close();
+  }
+}
+
+/** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType) {
+  const arena = new Arena(STATIC_RESERVE);
+  const { weights, pending } = planWeights(gguf, config, arena);
+  const kv = new KVCache(arena, config, context, kvType);
+  const state = planRunState(arena, config, batchSize, context);
+  arena.reserve('prefetch slack', PREFETCH_SLACK);
+  return { arena, weights, pending, kv, state };
+}
+
+/** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
+function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType, needed: number, budget: number): EdgeLLMError {
+  const fits = (ctx: number) => planMemory(gguf, config, ctx, batchSize, kvType).arena.totalBytes <= budget;
+  let hint: string;
+  if (!fits(1)) {
+    const weightBytes = planMemory(gguf, config, 1, 1, kvType).arena.totalBytes;
+    hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
+  } else {
+    let lo = 1, hi = context; // fits(lo) && !fits(hi)
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (fits(mid)) lo = mid;
+      else hi = mid;
+    }
+    hint = `a context of ${lo} tokens would fit${kvType === 'f32' ? ', or more with kv: { type: \'f16\' }' : ''}`;
+  }
+  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${formatBytes(needed)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
+}
+
+export class Model {
+  readonly info: ModelInfo;
+  private busy = false;
+  private disposed = false;
+
+  constructor(
+    private llama: Llama,
+    private readonly tokenizer: LlamaTokenizer,
+    gguf: GGUFFile,
+    private readonly regions: Region[],
+    memoryBytes: number,
+    private readonly kernelProfile?: KernelProfile,
+  ) {
+    const tensorTypes: Record<string, number> = {};
+    for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
+    this.info = {
+      ...llama.config,
+      context: llama.kv.ctx,
+      kvType: llama.kv.type,
+      batchSize: llama.maxBatch,
+      tiedOutput: llama.weights.tied,
+      fileSize: gguf.fileSize,
+      ggufVersion: gguf.version,
+      tensorCount: gguf.tensors.length,
+      tensorTypes,
+      memoryBytes,
+      build: llama.kernels.kernel_build() === 1 ? 'relaxed' : 'simd',
+    };
+  }
+
+  tokenize(text: string, opts: { bos?: boolean; eos?: boolean } = {}): number[] {
+    this.live();
+    if (typeof text !== 'string') throw new EdgeLLMError('BAD_ARGUMENT', `tokenize needs a string, got ${typeof text}`);
+    return this.tokenizer.encode(text, opts);
+  }
+
+  detokenize(ids: ArrayLike<number>): string {
+    this.live();
+    return this.tokenizer.decode(ids);
+  }
+
+  /** Streams generated text. A prompt string is tokenized with BOS (per the model); an id array is used as is. */
+  generate(prompt: string | number[], opts: GenerateOptions = {}): AsyncIterable<string> {
+    const model = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        const ids = model.promptIds(prompt);
+        yield* model.exclusive(() => generate(model.llama, model.tokenizer, ids, opts));
+      },
+    };
+  }
+
+  async complete(prompt: string | number[], opts: GenerateOptions = {}): Promise<string> {
+    let out = '';
+    for await (const chunk of this.generate(prompt, opts)) out += chunk;
+    return out;
+  }
+
+  /** Teacher-forced logits for every position of ids: a [ids.length × vocab] array, row i predicting ids[i+1]. */
+  async evaluate(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    this.live();
+    const vocab = this.llama.config.vocab;
+    const out = new Float32Array(ids.length * vocab);
+    await this.forEachLogits(ids, opts.signal, (row, logits) => out.set(logits, row * vocab));
+    return out;
+  }
+
+  /** Teacher-forced log-probabilities of each next token of ids (e.g. for perplexity), without keeping all logits. */
+  async score(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<ScoreResult> {
+    const logprobs = new Float64Array(Math.max(0, ids.length - 1));
+    await this.forEachLogits(ids, opts.signal, (row, logits) => {
+      if (row + 1 < ids.length) logprobs[row] = logSoftmaxAt(logits, ids[row + 1]);
+    });
+    let sum = 0;
+    for (const lp of logprobs) sum -= lp;
+    return { logprobs, nll: logprobs.length ? sum / logprobs.length : 0, tokensScored: logprobs.length };
+  }
+
+  /**
+   * Perplexity as llama.cpp's reference measures it: the text is tokenized without BOS; each window is BOS + the next
+   * window−1 tokens, consecutive and non-overlapping; every next-token position is scored by full log-softmax.
+   */
+  async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow, windows: number) => void } = {}): Promise<PerplexityResult> {
+    this.live();
+    const window = opts.window ?? Math.min(2048, this.llama.kv.ctx);
+    if (!Number.isSafeInteger(window) || window < 2 || window > this.llama.kv.ctx) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `window must be an integer in 2..${this.llama.kv.ctx} (the planned context), got ${window}`);
+    }
+    const ids = this.tokenize(text, { bos: false, eos: false });
+    const available = Math.floor(ids.length / (window - 1));
+    const count = opts.windows ?? available;
+    if (!Number.isSafeInteger(count) || count < 1 || count > available) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `the text has ${ids.length} tokens: room for ${available} windows of ${window}, asked for ${count}`);
+    }
+    const windows: PerplexityWindow[] = [];
+    let nllSum = 0, scored = 0;
+    for (let w = 0; w < count; w++) {
+      const first = w * (window - 1);
+      const seq = [this.tokenizer.bos, ...ids.slice(first, first + window - 1)];
+      const r = await this.score(seq, opts);
+      const win = { firstToken: first, nll: r.nll, ppl: Math.exp(r.nll), tokensScored: r.tokensScored };
+      windows.push(win);
+      opts.onWindow?.(win, count);
+      nllSum += r.nll * r.tokensScored;
+      scored += r.tokensScored;
+    }
+    return { ppl: Math.exp(nllSum / scored), nll: nllSum / scored, tokensScored: scored, textTokens: ids.length, window, windows };
+  }
+
+  /** The memory plan: every region of wasm memory and its size. */
+  memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
+    this.live();
+    return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
+  }
+
+  /**
+   * Kernel time by family (matmul, quantize, attention, norms/rope/silu) in ms since the last call; needs
+   * `loadModel(..., { profile: true })`. Sampling time is in GenerationStats.sampleMs.
+   */
+  profile(): Record<string, number> {
+    this.live();
+    if (!this.kernelProfile) throw new EdgeLLMError('BAD_ARGUMENT', 'profile() needs the model loaded with { profile: true }');
+    return this.kernelProfile.take();
+  }
+
+  /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */
+  dispose(): void {
+    this.disposed = true;
+    this.llama = undefined as unknown as Llama;
+  }
+
+  private promptIds(prompt: string | number[]): number[] {
+    this.live();
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
+    if (Array.isArray(prompt) && prompt.every((id) => Number.isInteger(id) && id >= 0 && id < this.llama.config.vocab)) return prompt.slice();
+    throw new EdgeLLMError('BAD_ARGUMENT', 'a prompt is a string or an array of token ids within the vocabulary');
+  }
+
+  private async forEachLogits(ids: ArrayLike<number>, signal: AbortSignal | undefined, fn: (row: number, logits: Float32Array) => void): Promise<void> {
+    this.live();
+    if (ids.length > this.llama.kv.ctx) throw new EdgeLLMError('CONTEXT_FULL', `${ids.length} tokens exceed the context of ${this.llama.kv.ctx}`);
+    const run = async function* (llama: Llama) {
+      const vocab = llama.config.vocab;
+      for (let pos = 0; pos < ids.length; pos += llama.maxBatch) {
+        checkAborted(signal);
+        const batch = Array.prototype.slice.call(ids, pos, pos + llama.maxBatch) as number[];
+        const at = llama.forward(batch, pos, true);
+        for (let t = 0; t < batch.length; t++) fn(pos + t, llama.heap.subarray(at + t * vocab, at + (t + 1) * vocab));
+        await yieldToEventLoop();
+      }
+    };
+    for await (const _ of this.exclusive(() => run(this.llama)));
+  }
+
+  /** One KV cache, so one computation at a time. */
+  private async *exclusive<T>(body: () => AsyncGenerator<T>): AsyncGenerator<T> {
+    this.live();
+    if (this.busy) throw new EdgeLLMError('BUSY', 'the model is already generating; await the running call first (one model runs one sequence at a time)');
+    this.busy = true;
+    try {
+      yield* body();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private live(): void {
+    if (this.disposed) throw new EdgeLLMError('DISPOSED', 'the model was disposed');
+  }
+}
+
+/** log softmax(logits)[target], in f64 with the max subtracted. */
+export function logSoftmaxAt(logits: Float32Array, target: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  return logits[target] - max - Math.log(sum);
+}
+

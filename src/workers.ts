@@ -1,0 +1,25 @@
+/**
+ * The entry point for Cloudflare Workers (workerd): Workers compile no wasm from bytes at run time, so both kernel
+ * builds are imported as precompiled WebAssembly.Module objects, which wrangler and workerd resolve at deploy time.
+ * A model is bytes (e.g. a bundled Data module or an R2 object's arrayBuffer()), a Blob, or an http(s) URL.
+ */
+import { loadModelOn, type LoadOptions, type Model, type Platform } from './api.js';
+import { fetchRelativePath, type ModelSource } from './gguf/source.js';
+import { fetchOk, type KernelBuild } from './runtime/kernels.js';
+import simd from './edgellm-simd.wasm';
+import relaxed from './edgellm-relaxed.wasm';
+
+export * from './api.js';
+
+const modules: Record<KernelBuild, WebAssembly.Module> = { simd, relaxed };
+
+const platform: Platform = {
+  openPath: fetchRelativePath,
+  fetchBytes: fetchOk,
+  packagedKernels: async (build) => modules[build],
+};
+
+/** Reads a GGUF (bytes, a Blob or an http(s) URL), plans memory, loads the weights; the kernels are already compiled. */
+export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Model> {
+  return loadModelOn(platform, src, options);
+}
