@@ -1,30 +1,17 @@
 // The built CLI (dist/cli.js), spawned as a user would run it: stdout, stderr and exit codes.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { spawnSync, execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadModel } from '../src/index.js';
 import { announceSkipIfNoModels, modelPath, MODELS, ROOT, SHARED } from './util/shared.js';
+import { checkDist } from './util/dist.js';
 
 const CLI = path.join(ROOT, 'dist/cli.js');
 const have = announceSkipIfNoModels('CLI tests on real models (test/cli.test.ts)');
 
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const p = path.join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestSource(p) : statSync(p).mtimeMs);
-  }
-  return newest;
-}
-
-// CI builds before testing; locally, a stale bundle would test yesterday's code, so rebuild it when src is newer.
-beforeAll(() => {
-  const wasm = path.join(ROOT, 'build/edgellm-simd.wasm');
-  const stale = !existsSync(CLI) || statSync(CLI).mtimeMs < Math.max(newestSource(path.join(ROOT, 'src')), existsSync(wasm) ? statSync(wasm).mtimeMs : 0);
-  if (stale) execFileSync('npm', ['run', existsSync(wasm) ? 'build:ts' : 'build'], { cwd: ROOT, stdio: 'inherit' });
-});
+beforeAll(checkDist);
 
 function cli(...args: string[]) {
   const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, EDGELLM_DEBUG: '' } });

@@ -1,0 +1,120 @@
+// The package in the runtimes it claims, run for real: Node, Deno and Bun each run their example (examples/*) and a
+// script that imports 'edgellm' from an installed copy of the packed package (so the exports conditions, the files
+// list and the .d.ts are what a user gets). Every run must give Node's greedy tokens. Browsers: browser.test.ts;
+// Workers: workerd.test.ts.
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { loadModel } from '../src/index.js';
+import { announceSkipIfNoModels, modelPath, ROOT } from './util/shared.js';
+import { checkDist } from './util/dist.js';
+
+const HAVE = announceSkipIfNoModels('runtimes (Node, Deno, Bun)');
+const bin = (name: string) => path.join(ROOT, 'node_modules/.bin', name);
+
+const CASES = [
+  { file: 'tiny-260k-q8_0.gguf', prompt: 'Once upon a time' },
+  { file: 'sotu-15m-q4_0.gguf', prompt: 'The state of the Union is' },
+];
+const N = 32;
+
+interface Runtime {
+  name: string;
+  /** argv for running a script with arguments */
+  run(script: string, args: string[]): [string, string[]];
+  example: string;
+  /** which kernel build 'auto' picks there */
+  build: 'simd' | 'relaxed';
+}
+const node20 = Number(process.versions.node.split('.')[0]) < 22;
+const RUNTIMES: Runtime[] = [
+  // Node 20 has relaxed SIMD only behind a flag, so it runs the SIMD128 build; newer Node and Deno/Bun the relaxed one.
+  { name: 'node', run: (s, a) => [process.execPath, [s, ...a]], example: 'examples/node.mjs', build: node20 ? 'simd' : 'relaxed' },
+  { name: 'deno', run: (s, a) => [bin('deno'), ['run', '--allow-read', '--allow-env', '--allow-net', s, ...a]], example: 'examples/deno.ts', build: 'relaxed' },
+  { name: 'bun', run: (s, a) => [bin('bun'), [s, ...a]], example: 'examples/bun.ts', build: 'relaxed' },
+];
+
+function exec(rt: Runtime, script: string, args: string[], cwd: string) {
+  const [cmd, argv] = rt.run(script, args);
+  const r = spawnSync(cmd, argv, { cwd, encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
+  if (r.status !== 0) throw new Error(`${rt.name} ${script} exited with ${r.status ?? r.signal}:\n${r.stderr}\n${r.stdout}`);
+  return r;
+}
+
+describe.skipIf(!HAVE)('real runtimes give Node’s greedy tokens', () => {
+  const reference = new Map<string, { ids: number[]; text: string }>();
+  let project = '';
+
+  beforeAll(async () => {
+    checkDist();
+    for (const c of CASES) {
+      const model = await loadModel(modelPath(c.file), { contextLength: 512 });
+      const ids: number[] = [];
+      const text = await model.complete(c.prompt, { maxTokens: N, onToken: (id) => ids.push(id) });
+      reference.set(c.file, { ids, text });
+      model.dispose();
+    }
+    // A user's project with the package installed from its tarball: what `npm install edgellm` would unpack.
+    project = mkdtempSync(path.join(tmpdir(), 'edgellm-runtimes-'));
+    const pkg = path.join(project, 'node_modules/edgellm');
+    mkdirSync(pkg, { recursive: true });
+    const tgz = execFileSync('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', project], { cwd: ROOT, encoding: 'utf8' }).trim().split('\n').pop()!;
+    execFileSync('tar', ['xzf', path.join(project, tgz), '-C', pkg, '--strip-components=1']);
+    writeFileSync(path.join(project, 'package.json'), JSON.stringify({ type: 'module', private: true, dependencies: { edgellm: '*' } }));
+    writeFileSync(path.join(project, 'deno.json'), JSON.stringify({ nodeModulesDir: 'manual' }));
+    writeFileSync(
+      path.join(project, 'greedy.ts'),
+      `import { loadModel, type GenerationStats } from 'edgellm';
+const args: string[] = (globalThis as any).Deno?.args ?? process.argv.slice(2);
+const [file, prompt, n] = args;
+const model = await loadModel(file, { contextLength: 512 });
+const ids: number[] = [];
+let stats: GenerationStats | undefined;
+const text = await model.complete(prompt, { maxTokens: Number(n), onToken: (id) => ids.push(id), onStats: (s) => (stats = s) });
+console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model.info.build, ids, text, generated: stats!.generatedTokens }));
+`,
+    );
+    // Node 20 runs no TypeScript: the same script with its types stripped.
+    writeFileSync(path.join(project, 'greedy.mjs'), `import { loadModel } from 'edgellm';
+const [file, prompt, n] = process.argv.slice(2);
+const model = await loadModel(file, { contextLength: 512 });
+const ids = [];
+const text = await model.complete(prompt, { maxTokens: Number(n), onToken: (id) => ids.push(id) });
+console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model.info.build, ids, text, generated: ids.length }));
+`);
+  });
+  afterAll(() => {
+    if (project) rmSync(project, { recursive: true, force: true });
+  });
+
+  for (const rt of RUNTIMES) {
+    test(`${rt.name}: ${rt.example} streams Node's greedy text and tokens`, () => {
+      for (const c of CASES) {
+        const r = exec(rt, rt.example, [modelPath(c.file), c.prompt, String(N)], ROOT);
+        const ref = reference.get(c.file)!;
+        expect(r.stdout, `${rt.name} ${c.file}`).toBe(ref.text);
+        const m = /(\d+) tokens, [\d.]+ tok\/s decode \((\w+) build\); ids (\[[\d,]*\])/.exec(r.stderr);
+        expect(m, r.stderr).not.toBeNull();
+        expect(JSON.parse(m![3]), `${rt.name} ${c.file}`).toEqual(ref.ids);
+        expect(m![2]).toBe(rt.build);
+      }
+    });
+
+    test(`${rt.name}: import 'edgellm' from the installed package resolves the Node-family entry`, () => {
+      const c = CASES[0];
+      const r = exec(rt, rt.name === 'node' ? 'greedy.mjs' : 'greedy.ts', [modelPath(c.file), c.prompt, String(N)], project);
+      const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+      expect(out.entry).toMatch(/node_modules\/edgellm\/dist\/index\.js$/);
+      expect(out.ids).toEqual(reference.get(c.file)!.ids);
+      expect(out.text).toBe(reference.get(c.file)!.text);
+      expect(out.build).toBe(rt.build);
+    });
+  }
+
+  test('deno check: the packaged .d.ts type-check a TypeScript user', () => {
+    const r = spawnSync(bin('deno'), ['check', 'greedy.ts'], { cwd: project, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
+    expect(r.status, r.stderr).toBe(0);
+  });
+});
