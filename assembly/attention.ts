@@ -1,94 +1,144 @@
-// Grouped-query attention of one token over the KV cache, with f32 or f16 entries.
-// Cache layout per layer: K and V each [nKvHeads][ctx][headDim] (one contiguous run per KV head, the shape a KV page
-// will take), so a head's keys are read sequentially.
+// Attention of one token over the paged KV cache: for each KV head, a list of pages (any mix of types) runs through
+// an online softmax. Per query head the state is the running max M, the running sum of exp L, the running Σ p·vmin
+// B (for values quantized per token) and the unnormalized output acc; attend_end gives out = (acc + B) / L.
 
-import { f16_to_f32, f16x8_high_to_f32x4, f16x8_low_to_f32x4, hsum_f32x4 } from './common';
-import { softmax } from './ops';
+import { exp_f32x4, hsum_f32x4 } from './common';
+import { accum_f32, scores_f32 } from './kv_f32';
+import { accum_f16, scores_f16 } from './kv_f16';
+import { accum_int8, scores_int8 } from './kv_int8';
+import { accum_int4, scores_int4 } from './kv_int4';
+
+export const KV_F32 = 0;
+export const KV_F16 = 1;
+export const KV_INT8 = 2;
+export const KV_INT4 = 3;
+
+/** Empty states for nq heads: M = −inf, L = B = 0, acc = 0. */
+export function attend_begin(state: usize, nq: i32, D: i32): void {
+  const headBytes = <usize>(4 + D) << 2;
+  for (let j = 0; j < nq; j++) {
+    const st = state + <usize>j * headBytes;
+    memory.fill(st, 0, headBytes);
+    store<f32>(st, -Infinity);
+  }
+}
 
 /**
- * out[h] = Σ_t softmax_t(q[h]·k[g][t] · scale) · v[g][t] for t < nPos, where g = h / (nHeads / nKvHeads).
- * q and out are [nHeads·headDim] f32; scores is scratch of nPos floats; headDim is a multiple of 4.
+ * Adds pages to nq heads' states. q: f32 [nq][D] (RoPE'd). descs: i32 [ndesc][4] = {data, summary, ntok, type}: the
+ * first ntok (1..P) tokens of each page count. Pages outer and heads inner, so a page comes from memory once for
+ * the whole group and its other heads read it from L1. scratch: 4·P + 4·D + 64 bytes (scores, then the quantized
+ * query).
  */
-export function attention_f32(
-  out: usize, q: usize, k: usize, v: usize, scores: usize,
-  nHeads: i32, nKvHeads: i32, headDim: i32, ctx: i32, nPos: i32, scale: f32,
+export function attend_pages(
+  state: usize, q: usize, nq: i32, D: i32, P: i32, descs: usize, ndesc: i32, scale: f32, scratch: usize,
 ): void {
-  const group = nHeads / nKvHeads;
-  const headBytes = <usize>headDim << 2;
-  const kvHeadBytes = <usize>ctx * headBytes;
-  for (let h = 0; h < nHeads; h++) {
-    const g = h / group;
-    const qh = q + <usize>h * headBytes;
-    const kh = k + <usize>g * kvHeadBytes;
-    const vh = v + <usize>g * kvHeadBytes;
-    for (let t = 0; t < nPos; t++) {
-      const kt = kh + <usize>t * headBytes;
-      let acc = f32x4.splat(0);
-      for (let i = 0; i < headDim; i += 4) {
-        const o = <usize>i << 2;
-        acc = f32x4.add(acc, f32x4.mul(v128.load(qh + o), v128.load(kt + o)));
+  const headBytes = <usize>(4 + D) << 2;
+  const qBytes = <usize>D << 2;
+  const qi = scratch + (<usize>P << 2);
+  for (let i = 0; i < ndesc; i++) {
+    const d = descs + (<usize>i << 4);
+    const data = <usize>load<u32>(d);
+    const summary = <usize>load<u32>(d, 4);
+    const ntok = min(load<i32>(d, 8), P);
+    const type = load<i32>(d, 12);
+    if (ntok <= 0) continue;
+    for (let j = 0; j < nq; j++) {
+      const st = state + <usize>j * headBytes;
+      const qj = q + <usize>j * qBytes;
+      let m: f32;
+      if (type == KV_INT8) m = scores_int8(data, summary, qj, D, ntok, scale, scratch, qi);
+      else if (type == KV_INT4) m = scores_int4(data, summary, qj, D, ntok, scale, scratch, qi);
+      else if (type == KV_F16) m = scores_f16(data, qj, D, ntok, scale, scratch);
+      else m = scores_f32(data, qj, D, ntok, scale, scratch);
+      let M = load<f32>(st);
+      if (m > M) {
+        // e^(M − m) is 0 on the first page (M = −inf), which zeroes the empty state without a NaN
+        rescale(st, D, f32x4.extract_lane(exp_f32x4(f32x4.splat(M - m)), 0));
+        M = m;
+        store<f32>(st, M);
       }
-      store<f32>(scores + (<usize>t << 2), hsum_f32x4(acc) * scale);
-    }
-    softmax(scores, nPos);
-    const oh = out + <usize>h * headBytes;
-    memory.fill(oh, 0, headBytes);
-    for (let t = 0; t < nPos; t++) {
-      const p = f32x4.splat(load<f32>(scores + (<usize>t << 2)));
-      const vt = vh + <usize>t * headBytes;
-      for (let i = 0; i < headDim; i += 4) {
-        const o = <usize>i << 2;
-        v128.store(oh + o, f32x4.add(v128.load(oh + o), f32x4.mul(p, v128.load(vt + o))));
-      }
+      store<f32>(st, load<f32>(st, 4) + softmax_weights(scratch, ntok, M), 4);
+      let b: f32 = 0;
+      if (type == KV_INT8) b = accum_int8(st + 16, data, P, D, ntok, scratch);
+      else if (type == KV_INT4) b = accum_int4(st + 16, data, P, D, ntok, scratch);
+      else if (type == KV_F16) accum_f16(st + 16, data, P, D, ntok, scratch);
+      else accum_f32(st + 16, data, P, D, ntok, scratch);
+      if (type == KV_INT8 || type == KV_INT4) store<f32>(st, load<f32>(st, 8) + b, 8);
     }
   }
 }
 
-/** The same over f16 K/V entries, widened to f32 in registers; headDim is a multiple of 4. */
-export function attention_f16(
-  out: usize, q: usize, k: usize, v: usize, scores: usize,
-  nHeads: i32, nKvHeads: i32, headDim: i32, ctx: i32, nPos: i32, scale: f32,
-): void {
-  const group = nHeads / nKvHeads;
-  const qBytes = <usize>headDim << 2;
-  const kvBytes = <usize>headDim << 1;
-  const kvHeadBytes = <usize>ctx * kvBytes;
-  const body = headDim & ~7;
-  for (let h = 0; h < nHeads; h++) {
-    const g = h / group;
-    const qh = q + <usize>h * qBytes;
-    const kh = k + <usize>g * kvHeadBytes;
-    const vh = v + <usize>g * kvHeadBytes;
-    for (let t = 0; t < nPos; t++) {
-      const kt = kh + <usize>t * kvBytes;
-      let acc = f32x4.splat(0);
-      for (let i = 0; i < body; i += 8) {
-        const hk = v128.load(kt + (<usize>i << 1));
-        const qo = qh + (<usize>i << 2);
-        acc = f32x4.add(acc, f32x4.mul(v128.load(qo), f16x8_low_to_f32x4(hk)));
-        acc = f32x4.add(acc, f32x4.mul(v128.load(qo, 16), f16x8_high_to_f32x4(hk)));
-      }
-      let s = hsum_f32x4(acc);
-      for (let i = body; i < headDim; i++) s += load<f32>(qh + (<usize>i << 2)) * f16_to_f32(load<u16>(kt + (<usize>i << 1)));
-      store<f32>(scores + (<usize>t << 2), s * scale);
-    }
-    softmax(scores, nPos);
-    const oh = out + <usize>h * qBytes;
-    memory.fill(oh, 0, qBytes);
-    for (let t = 0; t < nPos; t++) {
-      const p = load<f32>(scores + (<usize>t << 2));
-      const pv = f32x4.splat(p);
-      const vt = vh + <usize>t * kvBytes;
-      for (let i = 0; i < body; i += 8) {
-        const hv = v128.load(vt + (<usize>i << 1));
-        const o = oh + (<usize>i << 2);
-        v128.store(o, f32x4.add(v128.load(o), f32x4.mul(pv, f16x8_low_to_f32x4(hv))));
-        v128.store(o, f32x4.add(v128.load(o, 16), f32x4.mul(pv, f16x8_high_to_f32x4(hv))), 16);
-      }
-      for (let i = body; i < headDim; i++) {
-        const o = oh + (<usize>i << 2);
-        store<f32>(o, load<f32>(o) + p * f16_to_f32(load<u16>(vt + (<usize>i << 1))));
-      }
+/** L, B and acc of one head times r (the old max's weights re-expressed against the new max). */
+function rescale(st: usize, D: i32, r: f32): void {
+  store<f32>(st, load<f32>(st, 4) * r, 4);
+  store<f32>(st, load<f32>(st, 8) * r, 8);
+  const rv = f32x4.splat(r);
+  const acc = st + 16;
+  for (let c = 0; c < D; c += 4) {
+    const a = acc + (<usize>c << 2);
+    v128.store(a, f32x4.mul(v128.load(a), rv));
+  }
+}
+
+/**
+ * p_t = e^(s_t − M) in place over t < ntok, four at a time (the scores past ntok, up to the next multiple of 4, are
+ * set to −inf first, so they give 0 and the loop needs no tail); returns Σ p_t (4 lanes, then hsum_f32x4).
+ */
+function softmax_weights(s: usize, ntok: i32, M: f32): f32 {
+  const n4 = (ntok + 3) & ~3;
+  for (let t = ntok; t < n4; t++) store<f32>(s + (<usize>t << 2), -Infinity);
+  const mv = f32x4.splat(M);
+  let sum = f32x4.splat(0);
+  for (let t = 0; t < n4; t += 4) {
+    const p = s + (<usize>t << 2);
+    const e = exp_f32x4(f32x4.sub(v128.load(p), mv));
+    v128.store(p, e);
+    sum = f32x4.add(sum, e);
+  }
+  return hsum_f32x4(sum);
+}
+
+/** out_j = (acc_j + B_j) / L_j, f32 [nq][D]. */
+export function attend_end(state: usize, out: usize, nq: i32, D: i32): void {
+  const headBytes = <usize>(4 + D) << 2;
+  for (let j = 0; j < nq; j++) {
+    const st = state + <usize>j * headBytes;
+    const L = f32x4.splat(load<f32>(st, 4));
+    const B = f32x4.splat(load<f32>(st, 8));
+    const o = out + ((<usize>j * D) << 2);
+    for (let c = 0; c < D; c += 4) {
+      const x = <usize>c << 2;
+      v128.store(o + x, f32x4.div(f32x4.add(v128.load(st + 16 + x), B), L));
     }
   }
+}
+
+/**
+ * Quest page scores: out[p] = Σ_j Σ_c max(q_jc·kmin_c, q_jc·kmax_c), an upper bound of Σ_j q_j·k over every key k of
+ * page p (its summary at summaries + p·8·D). Heads outer, channels inner, in 4 lanes then hsum_f32x4.
+ */
+export function quest_scores(q: usize, nq: i32, D: i32, summaries: usize, npages: i32, out: usize): void {
+  const rowBytes = <usize>D << 2;
+  for (let p = 0; p < npages; p++) {
+    const kmin = summaries + (<usize>p * rowBytes << 1);
+    const kmax = kmin + rowBytes;
+    let acc = f32x4.splat(0);
+    for (let j = 0; j < nq; j++) {
+      const qj = q + <usize>j * rowBytes;
+      for (let c = 0; c < D; c += 4) {
+        const o = <usize>c << 2;
+        const qv = v128.load(qj + o);
+        // pmax: one instruction; the products are never NaN
+        acc = f32x4.add(acc, f32x4.pmax(f32x4.mul(qv, v128.load(kmin + o)), f32x4.mul(qv, v128.load(kmax + o))));
+      }
+    }
+    store<f32>(out + (<usize>p << 2), hsum_f32x4(acc));
+  }
+}
+
+/** out[i] = exp_f32x4(x[i]) for n floats (a test hook for the softmax's exp). */
+export function exp_f32(x: usize, out: usize, n: i32): void {
+  let i = 0;
+  for (; i + 4 <= n; i += 4) v128.store(out + (<usize>i << 2), exp_f32x4(v128.load(x + (<usize>i << 2))));
+  for (; i < n; i++) store<f32>(out + (<usize>i << 2), f32x4.extract_lane(exp_f32x4(f32x4.splat(load<f32>(x + (<usize>i << 2)))), 0));
 }

@@ -114,3 +114,58 @@ export function f32_to_f16_bits(x: f32): u32 {
 export function round_to_f16(x: f32): f32 {
   return f16_to_f32(f32_to_f16_bits(x));
 }
+
+/**
+ * The four lane sums of four f32x4 as one f32x4, each in hsum_f32x4's order ((0+2)+(1+3)): a score computed in a group
+ * of four tokens has the same bits as the same token scored alone.
+ */
+// @ts-ignore: decorator
+@inline export function hsum4_f32x4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = f32x4.add(i32x4.shuffle(a, b, 0, 4, 1, 5), i32x4.shuffle(a, b, 2, 6, 3, 7));
+  const cd = f32x4.add(i32x4.shuffle(c, d, 0, 4, 1, 5), i32x4.shuffle(c, d, 2, 6, 3, 7));
+  return f32x4.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7));
+}
+
+/** Largest lane (pmax: NaN-free inputs, one instruction on x86). Exact, so the lane order does not matter. */
+// @ts-ignore: decorator
+@inline export function hmax_f32x4(v: v128): f32 {
+  const s = f32x4.pmax(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  return max(f32x4.extract_lane(s, 0), f32x4.extract_lane(s, 1));
+}
+
+/** Smallest lane, as hmax_f32x4. */
+// @ts-ignore: decorator
+@inline export function hmin_f32x4(v: v128): f32 {
+  const s = f32x4.pmin(v, i8x16.shuffle(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  return min(f32x4.extract_lane(s, 0), f32x4.extract_lane(s, 1));
+}
+
+/** ln(FLT_MIN): below it e^x is subnormal, and exp_f32x4 returns 0 instead. */
+export const EXP_MIN: f32 = -87.33654475;
+
+/**
+ * e^x per lane, Cephes expf: x = n·ln2 + r with n = nearest(x·log2e) and ln2 split in two constants (C1 has 9
+ * significant bits, so n·C1 and x − n·C1 are exact for |n| ≤ 127), e^r by a degree-6 polynomial on |r| ≤ ln2/2, and
+ * 2^n built in the exponent bits. Max relative error 7.9e-8 over [−87, 0] (test/kv-kernels.test.ts). Plain mul/add, no
+ * FMA, so every build gives the same bits.
+ *
+ * Made for softmax weights, where x ≤ 0: x < EXP_MIN (including −inf, as in e^(M − m) with M = −inf on the first page)
+ * and NaN give +0, never a subnormal or a NaN; x is clamped at 88 above (e^88 ≈ 1.7e38).
+ */
+// @ts-ignore: decorator
+@inline export function exp_f32x4(x: v128): v128 {
+  // pmin/pmax: plain minps/maxps; −inf clamps to −88, NaN stays NaN and is masked off at the end
+  const xc = f32x4.pmax(f32x4.pmin(x, f32x4.splat(88.0)), f32x4.splat(-88.0));
+  const n = f32x4.nearest(f32x4.mul(xc, f32x4.splat(1.44269504088896341)));
+  const r = f32x4.sub(f32x4.sub(xc, f32x4.mul(n, f32x4.splat(0.693359375))), f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
+  let p = f32x4.splat(1.9875691500e-4);
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.3981999507e-3));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(8.3334519073e-3));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(4.1665795894e-2));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.6666665459e-1));
+  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
+  const y = f32x4.add(f32x4.add(f32x4.mul(p, f32x4.mul(r, r)), r), f32x4.splat(1.0));
+  // n ∈ [−127, 127]; −127 gives the bits of +0, but only for x < EXP_MIN, which the mask zeroes anyway
+  const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
+  return v128.and(f32x4.mul(y, pow2n), f32x4.ge(x, f32x4.splat(EXP_MIN)));
+}

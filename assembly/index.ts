@@ -6,8 +6,10 @@ export { matmul_f16, dequant_row_f16 } from './f16';
 export { quantize_q8_0, matmul_q8_0, dequant_row_q8_0 } from './q8_0';
 export { matmul_q4_0, dequant_row_q4_0 } from './q4_0';
 export { rmsnorm, rope, silu_mul, add } from './ops';
-export { attention_f32, attention_f16 } from './attention';
-export { kv_store_f32, kv_store_f16 } from './kv';
+// The paged KV cache: like the weight types, one file per KV type (kv_f32/f16/int8/int4.ts) with the same ops (seal a
+// page, score its keys, accumulate its values), driven by attend_pages over a mixed list of pages.
+export { kv_seal_page } from './kv';
+export { attend_begin, attend_pages, attend_end, quest_scores, exp_f32 } from './attention';
 
 /** End of the module's static data (Mathf's tables); the host's arena starts above it. */
 export function heap_base(): usize {

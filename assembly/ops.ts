@@ -65,21 +65,3 @@ export function add(a: usize, b: usize, n: i32): void {
     store<f32>(a + o, load<f32>(a + o) + load<f32>(b + o));
   }
 }
-
-/** In-place softmax of n floats, max-subtracted; the sum runs in f64 (as ggml's) so long rows keep their small terms. */
-export function softmax(x: usize, n: i32): void {
-  let m = -Infinity as f32;
-  for (let i = 0; i < n; i++) m = max(m, load<f32>(x + (<usize>i << 2)));
-  let sum: f64 = 0;
-  for (let i = 0; i < n; i++) {
-    const p = x + (<usize>i << 2);
-    const e = Mathf.exp(load<f32>(p) - m);
-    store<f32>(p, e);
-    sum += <f64>e;
-  }
-  const inv = <f32>(1.0 / sum);
-  for (let i = 0; i < n; i++) {
-    const p = x + (<usize>i << 2);
-    store<f32>(p, load<f32>(p) * inv);
-  }
-}

@@ -13,7 +13,8 @@ import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
-import { KVCache, type KVType } from './kv/cache.js';
+import { KVCache, type KVOptions, type KVType } from './kv/cache.js';
+import { planAttention } from './attention/attend.js';
 import { LlamaTokenizer } from './tokenizer/index.js';
 import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
@@ -35,8 +36,11 @@ export interface Platform extends WasmLoader {
 export interface LoadOptions {
   /** Tokens of KV cache to plan for (default: the model's context_length, capped at 4096). */
   contextLength?: number;
-  /** KV cache entry type: 'f32' (default, the reference) or 'f16' (half the memory; llama.cpp's default). */
-  kv?: { type?: KVType };
+  /**
+   * The paged KV cache: `type` 'f32' (default, the reference), 'f16' (llama.cpp's default), 'int8' or 'int4' (keys
+   * quantized per channel within a page, values per token); `pageTokens` per page (default 32).
+   */
+  kv?: KVOptions;
   /** Prompt tokens per forward batch (default 32). */
   batchSize?: number;
   /** Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it. */
@@ -119,11 +123,11 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
-    const kvType = options.kv?.type ?? 'f32';
-    const { arena, weights, pending, kv, state } = planMemory(gguf, config, context, batchSize, kvType);
+    const kvOptions = options.kv ?? {};
+    const { arena, weights, pending, kv, attention, state } = planMemory(gguf, config, context, batchSize, kvOptions);
     if (options.memoryBudget !== undefined) {
       const budget = parseBytes(options.memoryBudget, 'memoryBudget');
-      if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvType, arena.totalBytes, budget);
+      if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, arena.totalBytes, budget);
     }
 
     const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd)) : await compileKernels(options.wasm, platform);
@@ -133,7 +137,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
     await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
     const profile = options.profile ? new KernelProfile() : undefined;
-    const llama = new Llama(config, weights, kv, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
+    const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
     return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, profile);
   } finally {
     await source.close();
@@ -141,21 +145,22 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
 }
 
 /** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
-function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType) {
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions) {
   const arena = new Arena(STATIC_RESERVE);
   const { weights, pending } = planWeights(gguf, config, arena);
-  const kv = new KVCache(arena, config, context, kvType);
+  const kv = new KVCache(arena, config, context, kvOptions);
+  const attention = planAttention(arena, config, kv);
   const state = planRunState(arena, config, batchSize, context);
   arena.reserve('prefetch slack', PREFETCH_SLACK);
-  return { arena, weights, pending, kv, state };
+  return { arena, weights, pending, kv, attention, state };
 }
 
 /** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
-function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvType: KVType, needed: number, budget: number): EdgeLLMError {
-  const fits = (ctx: number) => planMemory(gguf, config, ctx, batchSize, kvType).arena.totalBytes <= budget;
+function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, needed: number, budget: number): EdgeLLMError {
+  const fits = (ctx: number) => planMemory(gguf, config, ctx, batchSize, kvOptions).arena.totalBytes <= budget;
   let hint: string;
   if (!fits(1)) {
-    const weightBytes = planMemory(gguf, config, 1, 1, kvType).arena.totalBytes;
+    const weightBytes = planMemory(gguf, config, 1, 1, kvOptions).arena.totalBytes;
     hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
   } else {
     let lo = 1, hi = context; // fits(lo) && !fits(hi)
@@ -164,7 +169,8 @@ function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batch
       if (fits(mid)) lo = mid;
       else hi = mid;
     }
-    hint = `a context of ${lo} tokens would fit${kvType === 'f32' ? ', or more with kv: { type: \'f16\' }' : ''}`;
+    const smaller = kvOptions.type === 'int4' ? '' : `, or more with kv: { type: '${kvOptions.type === 'int8' ? 'int4' : 'int8'}' }`;
+    hint = `a context of ${lo} tokens would fit${smaller}`;
   }
   return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${formatBytes(needed)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
 }

@@ -129,7 +129,8 @@ Options:
   --stop STR               stop before STR; repeatable
   --ctx N                  context length to plan (default: the model's, at most 4096)
   --batch N                prompt tokens per forward batch (default 32)
-  --kv f32|f16             KV cache entry type (default f32; f16 halves it, as llama.cpp)
+  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
+  --page-tokens N          tokens per KV page (default 32)
   --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB
   -h, --help               show this help`,
   perplexity: `Usage: edgellm perplexity MODEL TEXTFILE [options]
@@ -141,7 +142,8 @@ Options:
   --window N               tokens per window, BOS included (default 2048)
   --windows N              how many windows to score (default: as many as the text fills)
   --batch N                tokens per forward batch (default 32)
-  --kv f32|f16             KV cache entry type (default f32)
+  --kv f32|f16|int8|int4   KV page type (default f32)
+  --page-tokens N          tokens per KV page (default 32)
   --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
   -h, --help               show this help`,
   info: `Usage: edgellm info MODEL [options]
@@ -208,10 +210,11 @@ async function load(source: string, opts: LoadOptions): Promise<Model> {
   return model;
 }
 
-/** --kv: the loader validates the value (BAD_ARGUMENT naming the choices). */
+/** --kv and --page-tokens: the loader validates the values (BAD_ARGUMENT naming the choices). */
 function kvOption(p: Parsed): LoadOptions['kv'] {
-  const type = p.flags.get('kv') as string | undefined;
-  return type === undefined ? undefined : { type: type as KVType };
+  const type = p.flags.get('kv') as KVType | undefined;
+  const pageTokens = num(p, 'page-tokens');
+  return type === undefined && pageTokens === undefined ? undefined : { type, pageTokens };
 }
 
 // ───────────────────────────── run ─────────────────────────────
@@ -230,6 +233,7 @@ const RUN_FLAGS: FlagSpec[] = [
   { name: 'ctx', kind: 'int' },
   { name: 'batch', kind: 'int' },
   { name: 'kv', kind: 'string' },
+  { name: 'page-tokens', kind: 'int' },
   { name: 'memory-budget', kind: 'string' },
 ];
 
@@ -285,6 +289,7 @@ const PPL_FLAGS: FlagSpec[] = [
   { name: 'windows', kind: 'int' },
   { name: 'batch', kind: 'int' },
   { name: 'kv', kind: 'string' },
+  { name: 'page-tokens', kind: 'int' },
   { name: 'json', kind: 'bool' },
 ];
 

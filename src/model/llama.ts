@@ -3,7 +3,7 @@ import { GGMLType } from '../gguf/types.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
-import { attendFull } from '../attention/full.js';
+import { attend, type AttentionState } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
 import type { LlamaWeights, Matrix } from './weights.js';
 
@@ -20,7 +20,6 @@ interface RunState {
   xq: number; // int8 codes of the current matmul input [B][max(dim, qDim, ffn)]
   xd: number; // its f32 block scales
   xs: number; // its i32 block code sums
-  scores: number; // attention scores [ctx]
   logits: number; // [B][vocab]
   rope: number; // (cos, sin) per position and rotated pair [ctx][nRot]
 }
@@ -42,7 +41,6 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
     xq: arena.reserve('state.xq', maxBatch * widest),
     xd: f32('xd', maxBatch * Math.ceil(widest / 32)),
     xs: f32('xs', maxBatch * Math.ceil(widest / 32)),
-    scores: f32('scores', ctx),
     logits: f32('logits', maxBatch * c.vocab),
     rope: f32('rope', ctx * c.nRot),
   };
@@ -61,12 +59,14 @@ export class Llama {
     readonly config: LlamaConfig,
     readonly weights: LlamaWeights,
     readonly kv: KVCache,
+    private readonly attention: AttentionState,
     private readonly s: RunState,
     readonly kernels: Kernels,
     memory: WebAssembly.Memory,
     readonly maxBatch: number,
   ) {
     this.heap = new Float32Array(memory.buffer);
+    kv.bind(memory);
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
     this.fillRopeTable();
@@ -116,8 +116,10 @@ export class Llama {
       this.matmul(L.wv, s.xb, s.v, B);
       k.rope(s.q, nHeads, headDim, c.nRot, B, s.rope, pos0);
       k.rope(s.k, nKvHeads, headDim, c.nRot, B, s.rope, pos0);
-      this.kv.append(k, l, s.k, s.v, pos0, B);
-      for (let t = 0; t < B; t++) attendFull(k, c, this.kv, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, s.scores, pos0 + t + 1);
+      for (let t = 0; t < B; t++) {
+        this.kv.append(k, l, s.k + t * this.kvDim * 4, s.v + t * this.kvDim * 4, pos0 + t);
+        attend(k, c, this.kv, this.attention, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, pos0 + t + 1);
+      }
       this.prepareInput(s.xb2, this.qDim, B, L.wo);
       this.matmul(L.wo, s.xb2, s.xb, B);
       k.add(s.x, s.xb, B * dim);

@@ -15,10 +15,25 @@ export interface Kernels {
   rope(x: number, nHeads: number, headDim: number, nRot: number, ntok: number, cs: number, pos0: number): void;
   silu_mul(gate: number, up: number, n: number): void;
   add(a: number, b: number, n: number): void;
-  attention_f32(out: number, q: number, k: number, v: number, scores: number, nHeads: number, nKvHeads: number, headDim: number, ctx: number, nPos: number, scale: number): void;
-  attention_f16(out: number, q: number, k: number, v: number, scores: number, nHeads: number, nKvHeads: number, headDim: number, ctx: number, nPos: number, scale: number): void;
-  kv_store_f32(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
-  kv_store_f16(dst: number, src: number, nKvHeads: number, headDim: number, ctx: number, pos: number, ntok: number): void;
+  /**
+   * Paged KV cache (assembly/kv_*.ts). type: 0 f32, 1 f16, 2 int8, 3 int4. Seals one page (P tokens, one layer and KV head)
+   * from f32 [P][D] k and v: writes summary (kmin[D], kmax[D] f32) and data (f32: 8·P·D bytes, f16: 4·P·D,
+   * int8: 2·P·D + 8·P, int4: P·D + 8·P).
+   */
+  kv_seal_page(type: number, k: number, v: number, P: number, D: number, data: number, summary: number): void;
+  /** Empty online-softmax states for nq heads, (4 + D)·4 bytes each: [M, L, B, pad, acc[D]]. */
+  attend_begin(state: number, nq: number, D: number): void;
+  /**
+   * Adds pages to the states. q: f32 [nq][D]; descs: i32 [ndesc][4] = {data, summary, ntok (1..P), type}, types mixed
+   * freely; scratch: 4·P + 4·D + 64 bytes. May be called several times between attend_begin and attend_end.
+   */
+  attend_pages(state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number): void;
+  /** out: f32 [nq][D] = (acc + B) / L per head. */
+  attend_end(state: number, out: number, nq: number, D: number): void;
+  /** out[p] (f32) = Σ_j Σ_c max(q_jc·kmin_c, q_jc·kmax_c) over npages summaries back to back (8·D bytes each). */
+  quest_scores(q: number, nq: number, D: number, summaries: number, npages: number, out: number): void;
+  /** out[i] = e^x[i] by the softmax's exp (a test hook). */
+  exp_f32(x: number, out: number, n: number): void;
   heap_base(): number;
   /** 1 for the relaxed-SIMD build, 0 for the SIMD128 one */
   kernel_build(): number;

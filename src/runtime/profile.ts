@@ -7,7 +7,7 @@ const CATEGORY: Record<string, OpCategory> = {
   matmul_f32: 'matmul', matmul_f16: 'matmul', matmul_q8_0: 'matmul', matmul_q4_0: 'matmul',
   dequant_row_f32: 'matmul', dequant_row_f16: 'matmul', dequant_row_q8_0: 'matmul', dequant_row_q4_0: 'matmul',
   quantize_q8_0: 'quantize',
-  attention_f32: 'attention', attention_f16: 'attention', kv_store_f32: 'attention', kv_store_f16: 'attention',
+  kv_seal_page: 'attention', attend_begin: 'attention', attend_pages: 'attention', attend_end: 'attention', quest_scores: 'attention',
   rmsnorm: 'norms/rope/silu', rope: 'norms/rope/silu', silu_mul: 'norms/rope/silu', add: 'norms/rope/silu',
 };
 
