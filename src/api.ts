@@ -13,8 +13,8 @@ import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
-import { KVCache, type KVOptions, type KVType } from './kv/cache.js';
-import { planAttention } from './attention/attend.js';
+import { DEFAULT_PAGE_TOKENS, KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
+import { attentionPolicy, planAttention, sinkPages, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
 import { LlamaTokenizer } from './tokenizer/index.js';
 import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
@@ -24,7 +24,8 @@ export type { ModelSource } from './gguf/source.js';
 export type { GenerateOptions, GenerationStats } from './generate/generate.js';
 export type { SamplingOptions } from './generate/sampler.js';
 export type { LlamaConfig } from './model/config.js';
-export type { KVType } from './kv/cache.js';
+export type { KVType, KVOptions, KVUsage } from './kv/cache.js';
+export type { AttentionOptions, AttentionStats } from './attention/attend.js';
 export type { KernelBuild, SimdOption } from './runtime/kernels.js';
 export { supportedBuilds } from './runtime/kernels.js';
 
@@ -38,12 +39,21 @@ export interface LoadOptions {
   contextLength?: number;
   /**
    * The paged KV cache: `type` 'f32' (default, the reference), 'f16' (llama.cpp's default), 'int8' or 'int4' (keys
-   * quantized per channel within a page, values per token); `pageTokens` per page (default 32).
+   * quantized per channel within a page, values per token); `pageTokens` per page (default 32); the tiers: `hotBytes`
+   * of wasm memory for the whole cache (default: every page hot) and `warmBytes` of host memory for the pages beyond.
    */
   kv?: KVOptions;
+  /**
+   * Which KV pages each query reads: `mode` 'full' (default) or 'sparse' (Quest: `sinkTokens` 4, `windowTokens` 64
+   * and the `topKPages` 4 pages whose key summaries score highest, per KV head; every position, prompt included).
+   */
+  attention?: AttentionOptions;
   /** Prompt tokens per forward batch (default 32). */
   batchSize?: number;
-  /** Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it. */
+  /**
+   * Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it.
+   * With kv.warmBytes (and no kv.hotBytes), the KV pages that do not fit under it go to the warm tier instead.
+   */
   memoryBudget?: string | number;
   /** Download and weight-loading progress. */
   onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
@@ -64,6 +74,7 @@ export interface ModelInfo extends LlamaConfig {
   /** KV positions planned */
   context: number;
   kvType: KVType;
+  attention: 'full' | 'sparse';
   batchSize: number;
   tiedOutput: boolean;
   fileSize: number;
@@ -80,6 +91,8 @@ export interface ModelInfo extends LlamaConfig {
 export interface ScoreResult {
   /** logprobs[i] = log p(ids[i+1] | ids[0..i]), full log-softmax in f64 */
   logprobs: Float64Array;
+  /** argmax[i]: the greedy prediction after ids[0..i] (the lowest id among equal logits) */
+  argmax: Int32Array;
   /** mean negative log-likelihood over the scored tokens */
   nll: number;
   tokensScored: number;
@@ -123,12 +136,22 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
-    const kvOptions = options.kv ?? {};
-    const { arena, weights, pending, kv, attention, state } = planMemory(gguf, config, context, batchSize, kvOptions);
+    let kvOptions = options.kv ?? {};
+    const policy = attentionPolicy(options.attention);
+    let plan = planMemory(gguf, config, context, batchSize, kvOptions, policy);
     if (options.memoryBudget !== undefined) {
       const budget = parseBytes(options.memoryBudget, 'memoryBudget');
-      if (arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, arena.totalBytes, budget);
+      if (plan.arena.totalBytes > budget && kvOptions.warmBytes !== undefined && kvOptions.hotBytes === undefined) {
+        // The KV cache takes what the rest of the plan leaves of the budget (less a wasm page of rounding).
+        const hotBytes = budget - (plan.arena.totalBytes - plan.kv.plan.hotBytes) - 65536;
+        if (hotBytes > 0) {
+          kvOptions = { ...kvOptions, hotBytes };
+          plan = planMemory(gguf, config, context, batchSize, kvOptions, policy);
+        }
+      }
+      if (plan.arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, policy, plan.arena.totalBytes, budget);
     }
+    const { arena, weights, pending, kv, attention, state } = plan;
 
     const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd)) : await compileKernels(options.wasm, platform);
     checkAborted(signal);
@@ -145,22 +168,29 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
 }
 
 /** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
-function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions) {
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy) {
   const arena = new Arena(STATIC_RESERVE);
   const { weights, pending } = planWeights(gguf, config, arena);
-  const kv = new KVCache(arena, config, context, kvOptions);
-  const attention = planAttention(arena, config, kv);
+  const kv = new KVCache(arena, config, context, kvOptions, sinkPages(policy, kvOptions.pageTokens ?? DEFAULT_PAGE_TOKENS));
+  const attention = planAttention(arena, config, kv, policy);
   const state = planRunState(arena, config, batchSize, context);
   arena.reserve('prefetch slack', PREFETCH_SLACK);
   return { arena, weights, pending, kv, attention, state };
 }
 
 /** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
-function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, needed: number, budget: number): EdgeLLMError {
-  const fits = (ctx: number) => planMemory(gguf, config, ctx, batchSize, kvOptions).arena.totalBytes <= budget;
+function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, needed: number, budget: number): EdgeLLMError {
+  const fits = (ctx: number) => {
+    try {
+      return planMemory(gguf, config, ctx, batchSize, kvOptions, policy).arena.totalBytes <= budget;
+    } catch (err) {
+      if (err instanceof EdgeLLMError && err.code === 'BUDGET') return false;
+      throw err;
+    }
+  };
   let hint: string;
   if (!fits(1)) {
-    const weightBytes = planMemory(gguf, config, 1, 1, kvOptions).arena.totalBytes;
+    const weightBytes = planMemory(gguf, config, 1, 1, { ...kvOptions, hotBytes: undefined }, policy).arena.totalBytes;
     hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
   } else {
     let lo = 1, hi = context; // fits(lo) && !fits(hi)
@@ -170,7 +200,8 @@ function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batch
       else hi = mid;
     }
     const smaller = kvOptions.type === 'int4' ? '' : `, or more with kv: { type: '${kvOptions.type === 'int8' ? 'int4' : 'int8'}' }`;
-    hint = `a context of ${lo} tokens would fit${smaller}`;
+    const warm = kvOptions.warmBytes === undefined ? ", or all of it with KV pages in host memory (kv: { warmBytes })" : '';
+    hint = `a context of ${lo} tokens would fit${smaller}${warm}`;
   }
   return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${formatBytes(needed)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
 }
@@ -194,6 +225,7 @@ export class Model {
       ...llama.config,
       context: llama.kv.ctx,
       kvType: llama.kv.type,
+      attention: llama.attention.policy.sparse ? 'sparse' : 'full',
       batchSize: llama.maxBatch,
       tiedOutput: llama.weights.tied,
       fileSize: gguf.fileSize,
@@ -245,12 +277,16 @@ export class Model {
   /** Teacher-forced log-probabilities of each next token of ids (e.g. for perplexity), without keeping all logits. */
   async score(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<ScoreResult> {
     const logprobs = new Float64Array(Math.max(0, ids.length - 1));
+    const argmax = new Int32Array(ids.length);
     await this.forEachLogits(ids, opts.signal, (row, logits) => {
+      let best = 0;
+      for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+      argmax[row] = best;
       if (row + 1 < ids.length) logprobs[row] = logSoftmaxAt(logits, ids[row + 1]);
     });
     let sum = 0;
     for (const lp of logprobs) sum -= lp;
-    return { logprobs, nll: logprobs.length ? sum / logprobs.length : 0, tokensScored: logprobs.length };
+    return { logprobs, argmax, nll: logprobs.length ? sum / logprobs.length : 0, tokensScored: logprobs.length };
   }
 
   /**
@@ -284,10 +320,16 @@ export class Model {
     return { ppl: Math.exp(nllSum / scored), nll: nllSum / scored, tokensScored: scored, textTokens: ids.length, window, windows };
   }
 
-  /** The memory plan: every region of wasm memory and its size. */
-  memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number } {
+  /** The memory plan (every region of wasm memory and its size) and the KV cache's use of its tiers now. */
+  memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number; kv: KVUsage } {
     this.live();
-    return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken };
+    return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken, kv: this.llama.kv.usage() };
+  }
+
+  /** Attention counters since the last call: calls, tokens read per call, pages scored, and (measureRecall) mass recall per layer. */
+  attentionStats(): AttentionStats {
+    this.live();
+    return takeAttentionStats(this.llama.attention);
   }
 
   /**

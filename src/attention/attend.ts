@@ -1,35 +1,250 @@
+import { EdgeLLMError } from '../errors.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
-import type { KVCache } from '../kv/cache.js';
+import { DESC_INTS, type KVCache } from '../kv/cache.js';
 import type { LlamaConfig } from '../model/config.js';
 
-/** Working memory of the attention kernels: per query head of a group, the online-softmax state; and scratch. */
-export interface AttentionState {
-  state: number;
-  scratch: number;
+/**
+ * Which pages a query reads. 'full': every page. 'sparse' (Quest): the sink pages (the first sinkTokens tokens),
+ * the pages of the recent window (the last windowTokens tokens, and always the page being filled), and the topKPages
+ * other pages whose key summaries bound q·k highest for the head group's queries. Both run the same kernels over a
+ * list of pages; a sparse selection that covers every page is full attention, bit for bit.
+ */
+export interface AttentionOptions {
+  mode?: 'full' | 'sparse';
+  topKPages?: number;
+  windowTokens?: number;
+  sinkTokens?: number;
+  /**
+   * Also run full attention beside the selection and record the share of the softmax mass the selection keeps, per
+   * layer (attentionStats().massRecall). A diagnostic: it doubles the attention work.
+   */
+  measureRecall?: boolean;
 }
 
-export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache): AttentionState {
+/** Measured defaults: about 256 tokens read per query with pages of 32 (a sink page, 64 + a page of window, 4 pages). */
+export const SPARSE_DEFAULTS = { topKPages: 4, windowTokens: 64, sinkTokens: 4 } as const;
+
+export interface AttentionPolicy {
+  sparse: boolean;
+  topKPages: number;
+  windowTokens: number;
+  sinkTokens: number;
+  measureRecall: boolean;
+}
+
+export function attentionPolicy(opts: AttentionOptions = {}): AttentionPolicy {
+  const mode = opts.mode ?? 'full';
+  if (mode !== 'full' && mode !== 'sparse') throw new EdgeLLMError('BAD_ARGUMENT', `attention.mode must be 'full' or 'sparse', got ${JSON.stringify(mode)}`);
+  const int = (name: 'topKPages' | 'windowTokens' | 'sinkTokens') => {
+    const v = opts[name] ?? SPARSE_DEFAULTS[name];
+    if (!Number.isSafeInteger(v) || v < 0 || v > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `attention.${name} must be an integer in 0..${1 << 24}, got ${v}`);
+    return v;
+  };
+  return { sparse: mode === 'sparse', topKPages: int('topKPages'), windowTokens: int('windowTokens'), sinkTokens: int('sinkTokens'), measureRecall: opts.measureRecall === true };
+}
+
+/** Sink pages a policy keeps (the KV cache pins them hot). */
+export function sinkPages(policy: AttentionPolicy, P: number): number {
+  return policy.sparse ? Math.ceil(policy.sinkTokens / P) : 0;
+}
+
+/** Counters since the last attentionStats() call. */
+export interface AttentionStats {
+  /** (token, layer, KV head) attention calls */
+  queries: number;
+  /** mean tokens read per call (every position under full attention) */
+  meanTokensRead: number;
+  /** mean positions available per call */
+  meanPositions: number;
+  /** page summaries scored */
+  pagesScored: number;
+  /** with measureRecall: per layer, the mean share of full attention's softmax mass on the selected tokens */
+  massRecall?: number[];
+}
+
+/** Working memory of the attention kernels, and the policy with its counters. */
+export interface AttentionState {
+  policy: AttentionPolicy;
+  /** online-softmax state per query head of a group; a second one for measureRecall */
+  state: number;
+  fullState: number;
+  scratch: number;
+  /** Quest scores of one head's pages (f32) */
+  scores: number;
+  /** a page list for attend_pages: descriptors copied from the table, staged pages redirected */
+  list: number;
+  listLength: number;
+  /** the selected page indices, reused across calls */
+  selected: Int32Array;
+  counters: { queries: number; tokensRead: number; positions: number; pagesScored: number; massSum: Float64Array; massCount: Float64Array };
+  /** views of the memory (bindAttention) */
+  f32: Float32Array;
+  i32: Int32Array;
+}
+
+export function bindAttention(a: AttentionState, memory: WebAssembly.Memory): void {
+  a.f32 = new Float32Array(memory.buffer);
+  a.i32 = new Int32Array(memory.buffer);
+}
+
+export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy: AttentionPolicy): AttentionState {
   const group = c.nHeads / c.nKvHeads;
+  const stateBytes = group * (4 + c.headDim) * 4;
+  const listLength = Math.min(kv.pagesPerHead, Math.max(kv.plan.stagingSlots, 64));
   return {
-    state: arena.reserve('attention.state', group * (4 + c.headDim) * 4),
+    policy,
+    state: arena.reserve('attention.state', stateBytes),
+    fullState: arena.reserve('attention.state (recall)', policy.measureRecall ? stateBytes : 0),
     scratch: arena.reserve('attention.scratch', 4 * kv.P + 4 * c.headDim + 64),
+    scores: arena.reserve('attention.page scores', policy.sparse ? kv.pagesPerHead * 4 : 0),
+    list: arena.reserve('attention.page list', listLength * DESC_INTS * 4),
+    listLength,
+    selected: new Int32Array(kv.pagesPerHead),
+    counters: { queries: 0, tokensRead: 0, positions: 0, pagesScored: 0, massSum: new Float64Array(c.nLayers), massCount: new Float64Array(c.nLayers) },
+    f32: new Float32Array(0),
+    i32: new Int32Array(0),
   };
 }
 
+/** The counters since the last call, then zeroed. */
+export function takeAttentionStats(a: AttentionState): AttentionStats {
+  const n = a.counters;
+  const stats: AttentionStats = {
+    queries: n.queries,
+    meanTokensRead: n.queries ? n.tokensRead / n.queries : 0,
+    meanPositions: n.queries ? n.positions / n.queries : 0,
+    pagesScored: n.pagesScored,
+  };
+  if (a.policy.measureRecall) stats.massRecall = Array.from(n.massSum, (s, l) => (n.massCount[l] ? s / n.massCount[l] : 1));
+  n.queries = n.tokensRead = n.positions = n.pagesScored = 0;
+  n.massSum.fill(0);
+  n.massCount.fill(0);
+  return stats;
+}
+
 /**
- * Exact attention of one token (query q, all heads) over positions 0..nPos-1 of a layer, into out: for each KV head,
- * every page of its table (sealed pages, then the tail) through the kernels' online softmax, read once for the
- * whole query group.
+ * Attention of one token (query q, all heads) over positions 0..nPos-1 of a layer, into out. For each KV head the
+ * policy picks pages, and the kernels run an online softmax over them, each page read once for the whole query group.
+ * With every page hot and every page selected, the head's table goes to the kernel as it is.
  */
 export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionState, layer: number, out: number, q: number, nPos: number): void {
-  const D = c.headDim, group = c.nHeads / c.nKvHeads;
-  const pages = Math.ceil(nPos / kv.P);
+  const D = c.headDim, group = c.nHeads / c.nKvHeads, P = kv.P;
+  const pages = Math.ceil(nPos / P);
   const scale = 1 / Math.sqrt(D);
+  const n = a.counters;
   for (let h = 0; h < c.nKvHeads; h++) {
-    const at = h * group * D * 4;
+    const qh = q + h * group * D * 4;
+    const count = a.policy.sparse ? selectPages(k, kv, a, layer, h, qh, group, nPos) : pages;
+    n.queries++;
+    n.positions += nPos;
     k.attend_begin(a.state, group, D);
-    k.attend_pages(a.state, q + at, group, D, kv.P, kv.descriptors(layer, h), pages, scale, a.scratch);
-    k.attend_end(a.state, out + at, group, D);
+    if (count === pages && !kv.tiered) {
+      k.attend_pages(a.state, qh, group, D, P, kv.descriptors(layer, h), pages, scale, a.scratch);
+      n.tokensRead += nPos;
+    } else {
+      n.tokensRead += runPages(k, kv, a, layer, h, qh, group, count === pages ? null : a.selected, count, a.state, scale);
+      if (a.policy.measureRecall) {
+        k.attend_begin(a.fullState, group, D);
+        runPages(k, kv, a, layer, h, qh, group, null, pages, a.fullState, scale);
+        recordRecall(a, layer, group, D);
+      }
+    }
+    k.attend_end(a.state, out + h * group * D * 4, group, D);
+  }
+}
+
+/**
+ * Quest selection for one KV head: the sink pages, the window pages and the top-k others by page-summary score,
+ * in page order, into a.selected; returns how many (every page when the policy covers them all).
+ */
+export function selectPages(k: Kernels, kv: KVCache, a: AttentionState, layer: number, h: number, q: number, group: number, nPos: number): number {
+  const { P } = kv;
+  const { topKPages, windowTokens, sinkTokens } = a.policy;
+  const pages = Math.ceil(nPos / P);
+  const sinks = Math.min(Math.ceil(sinkTokens / P), pages);
+  const windowStart = Math.max(sinks, Math.min(pages - 1, Math.floor(Math.max(0, nPos - windowTokens) / P)));
+  const candidates = windowStart - sinks;
+  const sel = a.selected;
+  if (candidates <= topKPages) {
+    for (let p = 0; p < pages; p++) sel[p] = p;
+    return pages;
+  }
+  let n = 0;
+  for (let p = 0; p < sinks; p++) sel[n++] = p;
+  // Scores of the candidate pages (between the sinks and the window), then the top k of them, kept in page order.
+  k.quest_scores(q, group, kv.headDim, kv.summary(layer, h, sinks), candidates, a.scores);
+  a.counters.pagesScored += candidates;
+  const chosen = topK(a.f32.subarray(a.scores / 4, a.scores / 4 + candidates), topKPages);
+  for (const i of chosen) sel[n++] = sinks + i;
+  for (let p = windowStart; p < pages; p++) sel[n++] = p;
+  return n;
+}
+
+/** Indices of the k largest scores, ascending by index; ties go to the earlier page. */
+function topK(scores: Float32Array, k: number): number[] {
+  const best: number[] = []; // indices, by descending score
+  for (let i = 0; i < scores.length; i++) {
+    const s = scores[i];
+    if (best.length === k && !(s > scores[best[k - 1]])) continue;
+    let at = best.length < k ? best.length : k - 1;
+    while (at > 0 && s > scores[best[at - 1]]) at--;
+    best.splice(at, 0, i);
+    if (best.length > k) best.pop();
+  }
+  return best.sort((x, y) => x - y);
+}
+
+/**
+ * Runs pages (a list of page indices, or 0..count−1 when null) through attend_pages into state: descriptors copied
+ * from the table into the page list, warm pages staged into staging slots, flushed to the kernel whenever the list or
+ * the staging slots are full (the online softmax carries across calls, so the bits do not depend on where). Returns
+ * the tokens read.
+ */
+function runPages(
+  k: Kernels, kv: KVCache, a: AttentionState, layer: number, h: number, q: number, group: number,
+  pages: Int32Array | null, count: number, state: number, scale: number,
+): number {
+  const D = kv.headDim, P = kv.P, ints = a.i32;
+  const table = kv.descriptors(layer, h) / 4;
+  const list = a.list / 4;
+  const stagingSlots = kv.plan.stagingSlots;
+  let n = 0, staged = 0, tokens = 0;
+  const flush = () => {
+    k.attend_pages(state, q, group, D, P, a.list, n, scale, a.scratch);
+    n = staged = 0;
+  };
+  for (let i = 0; i < count; i++) {
+    const p = pages ? pages[i] : i;
+    const from = table + p * DESC_INTS;
+    const ntok = ints[from + 2];
+    let data = ints[from];
+    if (ntok === P && kv.tiered) {
+      data = kv.hotAddress(layer, h, p);
+      if (data < 0) {
+        if (staged === stagingSlots) flush();
+        data = kv.stage(layer, h, p, staged++);
+      }
+    }
+    const to = list + n * DESC_INTS;
+    ints[to] = data;
+    ints[to + 1] = ints[from + 1];
+    ints[to + 2] = ntok;
+    ints[to + 3] = ints[from + 3];
+    n++;
+    tokens += ntok;
+    if (n === a.listLength) flush();
+  }
+  if (n > 0) flush();
+  return tokens;
+}
+
+/** Share of the full softmax mass on the selection, per query head: L_sel·e^(M_sel − M_all) / L_all. */
+function recordRecall(a: AttentionState, layer: number, group: number, D: number): void {
+  const f = a.f32;
+  for (let j = 0; j < group; j++) {
+    const sel = (a.state + j * (4 + D) * 4) / 4, all = (a.fullState + j * (4 + D) * 4) / 4;
+    a.counters.massSum[layer] += (f[sel + 1] * Math.exp(f[sel] - f[all])) / f[all + 1];
+    a.counters.massCount[layer]++;
   }
 }

@@ -1,4 +1,6 @@
 import { EdgeLLMError } from '../errors.js';
+import { formatBytes, parseBytes } from '../plan/arena.js';
+import { HostPageStore, type PageStore } from './tiers.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { LlamaConfig } from '../model/config.js';
@@ -17,10 +19,21 @@ export interface KVOptions {
   type?: KVType;
   /** tokens per page (default 32) */
   pageTokens?: number;
+  /**
+   * The hot tier: wasm bytes for the whole KV cache (page slots, staging slots, the full-precision tails, summaries
+   * and page tables), e.g. '8MB'. Default: every page hot. Pages that do not fit live in the warm tier.
+   */
+  hotBytes?: string | number;
+  /** The warm tier: host bytes (ArrayBuffers outside wasm memory) for pages beyond the hot tier (default 0). */
+  warmBytes?: string | number;
 }
 
 export const DEFAULT_PAGE_TOKENS = 32;
 const MAX_PAGE_TOKENS = 1024;
+/** Hot slots a head's attention stages warm pages into, a batch at a time (more only saves kernel calls). */
+const STAGING_SLOTS = 8;
+/** Alignment padding the arena may add per KV region (64-byte alignment, 5 regions). */
+const ALIGN_SLACK = 5 * 64;
 
 /** Bytes of one page's data (keys and values of P tokens of one KV head), as the kernels lay it out. */
 export function pageBytes(type: KVType, P: number, D: number): number {
@@ -30,6 +43,100 @@ export function pageBytes(type: KVType, P: number, D: number): number {
     case 'int8': return 2 * P * D + 8 * P;
     case 'int4': return P * D + 8 * P;
   }
+}
+
+/** How a context's KV pages split between the tiers: sizes only, so it can be planned (and re-planned) freely. */
+export interface KVPlan {
+  type: KVType;
+  P: number;
+  pagesPerHead: number;
+  pageBytes: number;
+  /** all pages of all layers and KV heads */
+  pages: number;
+  hotSlots: number;
+  stagingSlots: number;
+  warmSlots: number;
+  /** wasm bytes of the KV regions (≤ hotBytes when it is given) */
+  hotBytes: number;
+  warmBytes: number;
+}
+
+/**
+ * Plans the tiers for ctx tokens. `pinned` pages per head (the attention's sinks) never leave the hot tier. Throws
+ * BUDGET, saying what would fit, when the pages do not fit hot + warm.
+ */
+export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinned = 0): KVPlan {
+  const plan = splitTiers(c, ctx, opts, pinned);
+  if (!('fail' in plan)) return plan;
+  let lo = 0, hi = ctx; // the longest context that fits, by bisection (fitting is monotone in ctx)
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if ('fail' in splitTiers(c, mid, opts, pinned)) hi = mid;
+    else lo = mid;
+  }
+  const hint = lo > 0 ? `a context of ${lo} tokens would fit` : 'no context fits: raise kv.hotBytes';
+  throw new EdgeLLMError('BUDGET', `${plan.fail}; ${hint}`);
+}
+
+function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinned: number): KVPlan | { fail: string } {
+  const type = opts.type ?? 'f32';
+  if (!KV_TYPES.includes(type)) throw new EdgeLLMError('BAD_ARGUMENT', `kv.type must be one of ${KV_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
+  const P = opts.pageTokens ?? DEFAULT_PAGE_TOKENS;
+  if (!Number.isSafeInteger(P) || P < 4 || P > MAX_PAGE_TOKENS || P % 4 !== 0) {
+    throw new EdgeLLMError('BAD_ARGUMENT', `kv.pageTokens must be a multiple of 4 in 4..${MAX_PAGE_TOKENS}, got ${P}`);
+  }
+  const D = c.headDim;
+  if ((type === 'int4' && D % 2 !== 0) || D % 4 !== 0) throw new EdgeLLMError('UNSUPPORTED_ARCH', `head dim ${D} is not a multiple of 4`);
+  const heads = c.nLayers * c.nKvHeads;
+  const pagesPerHead = Math.ceil(ctx / P);
+  const bytes = pageBytes(type, P, D);
+  const pages = heads * pagesPerHead;
+  // Always hot: page summaries, the full-precision tails, the page tables.
+  const fixed = pages * 8 * D + heads * 8 * P * D + heads * (pagesPerHead + 1) * DESC_INTS * 4;
+  const plan = { type, P, pagesPerHead, pageBytes: bytes, pages, hotSlots: pages, stagingSlots: 0, warmSlots: 0, hotBytes: fixed + pages * bytes, warmBytes: 0 };
+  if (opts.hotBytes === undefined) return plan;
+  const hotBytes = parseBytes(opts.hotBytes, 'kv.hotBytes');
+  const warmBytes = opts.warmBytes === undefined || opts.warmBytes === 0 ? 0 : parseBytes(opts.warmBytes, 'kv.warmBytes');
+  const avail = hotBytes - fixed - ALIGN_SLACK;
+  if (avail >= pages * bytes) return plan;
+  const stagingSlots = Math.min(STAGING_SLOTS, pagesPerHead);
+  const hotSlots = Math.min(pages, Math.floor((avail - stagingSlots * bytes) / bytes));
+  const minHot = heads * (Math.min(pinned, pagesPerHead) + 1);
+  if (hotSlots < minHot) {
+    return {
+      fail:
+        `kv.hotBytes ${formatBytes(hotBytes)} is too small for a context of ${ctx} tokens: it needs ${formatBytes(fixed + ALIGN_SLACK)} of page summaries, ` +
+        `tails and tables, ${stagingSlots} staging slots and at least ${minHot} page slots of ${formatBytes(bytes)}`,
+    };
+  }
+  const warmSlots = pages - hotSlots;
+  if (warmSlots * bytes > warmBytes) {
+    return {
+      fail:
+        `a context of ${ctx} tokens needs ${pages} KV pages of ${formatBytes(bytes)}: ${hotSlots} fit kv.hotBytes ${formatBytes(hotBytes)}, and the other ` +
+        `${warmSlots} need ${formatBytes(warmSlots * bytes)} of kv.warmBytes, which is ${formatBytes(warmBytes)}`,
+    };
+  }
+  return { ...plan, hotSlots, stagingSlots, warmSlots, hotBytes: fixed + (hotSlots + stagingSlots) * bytes, warmBytes: warmSlots * bytes };
+}
+
+/** What the cache holds now, per tier. */
+export interface KVUsage {
+  type: KVType;
+  pageTokens: number;
+  /** bytes of cache (page data + summaries) per token, all layers */
+  bytesPerToken: number;
+  /** wasm bytes planned for the KV cache */
+  hotBytes: number;
+  hotPageSlots: number;
+  hotPagesInUse: number;
+  stagingSlots: number;
+  /** host bytes planned for the warm tier, and taken so far */
+  warmBytes: number;
+  warmBytesAllocated: number;
+  warmPagesInUse: number;
+  /** warm pages copied into staging slots since load */
+  pagesStaged: number;
 }
 
 /** A page descriptor for the attention kernel: data, summary, tokens used, type code (4 × i32). */
@@ -42,56 +149,92 @@ export const DESC_INTS = 4;
  *
  * Every sealed page also has a descriptor in a per-(layer, head) table, followed by one slot for the tail, so full
  * attention passes the table as it is, and a sparse policy writes its own list.
+ *
+ * Tiers: with every page hot (the default), page p of head h lives at slot h·pagesPerHead + p. With a hot budget,
+ * pages take hot slots as they are sealed, and when none is free the oldest unpinned page moves to the warm tier
+ * (first in, first out: the recent window stays hot, the pinned sink pages never move). Summaries, tails and tables
+ * always stay hot; attention stages a warm page into a staging slot to read it (see attention/attend.ts).
  */
 export class KVCache {
+  readonly type: KVType;
   readonly P: number;
   readonly pagesPerHead: number;
   readonly pageBytes: number;
   /** bytes of cache (page data + summaries) per token, all layers */
   readonly bytesPerToken: number;
+  readonly plan: KVPlan;
+  /** whether pages can be warm (the hot tier holds fewer slots than pages) */
+  readonly tiered: boolean;
   private readonly data: number;
+  private readonly staging: number;
   private readonly summaries: number;
   private readonly tails: number;
   private readonly table: number;
   private readonly D: number;
+  get headDim(): number {
+    return this.D;
+  }
   private readonly heads: number;
   private heap!: Float32Array;
   private ints!: Int32Array;
+  private bytes!: Uint8Array;
+  // Tiered state: where each page is (hot slot ≥ 0, or −1 − warm slot), the free slots, and the FIFO of evictable pages.
+  private readonly where: Int32Array;
+  private readonly freeHot: Int32Array;
+  private nFreeHot = 0;
+  private readonly freeWarm: Int32Array;
+  private nFreeWarm = 0;
+  private readonly fifo: Int32Array;
+  private fifoHead = 0;
+  private fifoLength = 0;
+  private readonly warm: PageStore | undefined;
+  private sealedPages = 0;
+  private pagesStaged = 0;
 
-  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, opts: KVOptions = {}) {
-    const type = (this.type = opts.type ?? 'f32');
-    if (!KV_TYPES.includes(type)) throw new EdgeLLMError('BAD_ARGUMENT', `kv.type must be one of ${KV_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
-    const P = (this.P = opts.pageTokens ?? DEFAULT_PAGE_TOKENS);
-    if (!Number.isSafeInteger(P) || P < 4 || P > MAX_PAGE_TOKENS || P % 4 !== 0) {
-      throw new EdgeLLMError('BAD_ARGUMENT', `kv.pageTokens must be a multiple of 4 in 4..${MAX_PAGE_TOKENS}, got ${P}`);
-    }
+  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, opts: KVOptions = {}, private readonly pinned = 0) {
+    const plan = (this.plan = planKV(c, ctx, opts, pinned));
+    this.type = plan.type;
+    const P = (this.P = plan.P);
     const D = (this.D = c.headDim);
-    if ((type === 'int4' && D % 2 !== 0) || D % 4 !== 0) throw new EdgeLLMError('UNSUPPORTED_ARCH', `head dim ${D} is not a multiple of 4`);
     this.heads = c.nLayers * c.nKvHeads;
-    this.pagesPerHead = Math.ceil(ctx / P);
-    this.pageBytes = pageBytes(type, P, D);
-    const pages = this.heads * this.pagesPerHead;
-    this.data = arena.reserve(`kv.pages (${type}, ${P} tokens)`, pages * this.pageBytes);
-    this.summaries = arena.reserve('kv.summaries', pages * 8 * D);
+    this.pagesPerHead = plan.pagesPerHead;
+    this.pageBytes = plan.pageBytes;
+    this.tiered = plan.warmSlots > 0;
+    this.data = arena.reserve(`kv.pages (${plan.type}, ${P} tokens)`, plan.hotSlots * this.pageBytes);
+    this.staging = arena.reserve('kv.staging', plan.stagingSlots * this.pageBytes);
+    this.summaries = arena.reserve('kv.summaries', plan.pages * 8 * D);
     this.tails = arena.reserve('kv.tails', this.heads * 8 * P * D);
     this.table = arena.reserve('kv.page table', this.heads * (this.pagesPerHead + 1) * DESC_INTS * 4);
     this.bytesPerToken = (this.heads * (this.pageBytes + 8 * D)) / P;
+    const tiered = this.tiered ? 1 : 0;
+    this.where = new Int32Array(plan.pages * tiered);
+    this.freeHot = new Int32Array(plan.hotSlots * tiered);
+    this.freeWarm = new Int32Array(plan.warmSlots);
+    this.fifo = new Int32Array(plan.hotSlots * tiered);
+    this.warm = this.tiered ? new HostPageStore(this.pageBytes, plan.warmSlots) : undefined;
+    this.reset();
   }
-
-  readonly type: KVType;
 
   /** Views of the memory, once it exists. */
   bind(memory: WebAssembly.Memory): void {
     this.heap = new Float32Array(memory.buffer);
     this.ints = new Int32Array(memory.buffer);
+    this.bytes = new Uint8Array(memory.buffer);
+  }
+
+  /** A new sequence: every page slot free again. */
+  reset(): void {
+    // Free lists as stacks popping the lowest slot first, so low slots (and the first warm chunks) are used first.
+    for (let i = 0; i < this.freeHot.length; i++) this.freeHot[i] = this.freeHot.length - 1 - i;
+    this.nFreeHot = this.freeHot.length;
+    for (let i = 0; i < this.freeWarm.length; i++) this.freeWarm[i] = this.freeWarm.length - 1 - i;
+    this.nFreeWarm = this.freeWarm.length;
+    this.fifoHead = this.fifoLength = 0;
+    this.sealedPages = 0;
   }
 
   private head(layer: number, h: number): number {
     return layer * this.c.nKvHeads + h;
-  }
-
-  pageData(layer: number, h: number, page: number): number {
-    return this.data + (this.head(layer, h) * this.pagesPerHead + page) * this.pageBytes;
   }
 
   /** kmin[D], kmax[D] of a sealed page; the summaries of one head are back to back (stride 8·D). */
@@ -109,13 +252,32 @@ export class KVCache {
     return this.table + this.head(layer, h) * (this.pagesPerHead + 1) * DESC_INTS * 4;
   }
 
+  /** The hot address of a sealed page, or −1 if it is warm (stage it to read it). */
+  hotAddress(layer: number, h: number, page: number): number {
+    const key = this.head(layer, h) * this.pagesPerHead + page;
+    if (!this.tiered) return this.data + key * this.pageBytes;
+    const at = this.where[key];
+    return at >= 0 ? this.data + at * this.pageBytes : -1;
+  }
+
+  /** Copies a warm page into staging slot `slot` (0..stagingSlots−1) and returns its address. */
+  stage(layer: number, h: number, page: number, slot: number): number {
+    const at = this.where[this.head(layer, h) * this.pagesPerHead + page];
+    if (!this.warm || at >= 0 || slot < 0 || slot >= this.plan.stagingSlots) throw new EdgeLLMError('BAD_ARGUMENT', `cannot stage page ${page} of layer ${layer} head ${h} into slot ${slot}`);
+    const addr = this.staging + slot * this.pageBytes;
+    this.warm.read(-1 - at, this.bytes.subarray(addr, addr + this.pageBytes));
+    this.pagesStaged++;
+    return addr;
+  }
+
   /**
    * Stores one token's keys and values (f32 [nKvHeads·D] at k and v) at position pos of a layer, sealing the page it
-   * completes. Positions are appended in order (a new sequence starts again at 0); attention then reads pos + 1
+   * completes. Positions are appended in order, and position 0 starts a new sequence; attention then reads pos + 1
    * positions, so a batch interleaves append and attend token by token and gives the same bits as one at a time.
    */
   append(kernels: Kernels, layer: number, k: number, v: number, pos: number): void {
     const { P, D } = this;
+    if (pos === 0 && layer === 0) this.reset();
     const slot = pos % P;
     const page = (pos - slot) / P;
     for (let h = 0; h < this.c.nKvHeads; h++) {
@@ -124,13 +286,58 @@ export class KVCache {
       this.heap.copyWithin(tail + (P + slot) * D, v / 4 + h * D, v / 4 + (h + 1) * D);
       const desc = this.descriptors(layer, h) / 4 + page * DESC_INTS;
       if (slot === P - 1) {
-        const data = this.pageData(layer, h, page), summary = this.summary(layer, h, page);
+        const data = this.takeHotSlot(layer, h, page), summary = this.summary(layer, h, page);
         kernels.kv_seal_page(KV_TYPE_CODE[this.type], tail * 4, (tail + P * D) * 4, P, D, data, summary);
         this.setDescriptor(desc, data, summary, P, KV_TYPE_CODE[this.type]);
+        this.sealedPages++;
       } else {
         this.setDescriptor(desc, tail * 4, 0, slot + 1, KV_TYPE_CODE.f32);
       }
     }
+  }
+
+  /** A hot slot for a page about to be sealed: a free one, or the oldest unpinned page's, which moves to warm. */
+  private takeHotSlot(layer: number, h: number, page: number): number {
+    const key = this.head(layer, h) * this.pagesPerHead + page;
+    if (!this.tiered) return this.data + key * this.pageBytes;
+    let slot: number;
+    if (this.nFreeHot > 0) {
+      slot = this.freeHot[--this.nFreeHot];
+    } else {
+      // The plan keeps more hot slots than pinned pages, so the FIFO is not empty, and enough warm slots for the rest.
+      const victim = this.fifo[this.fifoHead];
+      this.fifoHead = (this.fifoHead + 1) % this.fifo.length;
+      this.fifoLength--;
+      slot = this.where[victim];
+      const warmSlot = this.freeWarm[--this.nFreeWarm];
+      const addr = this.data + slot * this.pageBytes;
+      this.warm!.write(warmSlot, this.bytes.subarray(addr, addr + this.pageBytes));
+      this.where[victim] = -1 - warmSlot;
+    }
+    this.where[key] = slot;
+    if (page >= this.pinned) {
+      this.fifo[(this.fifoHead + this.fifoLength) % this.fifo.length] = key;
+      this.fifoLength++;
+    }
+    return this.data + slot * this.pageBytes;
+  }
+
+  usage(): KVUsage {
+    const p = this.plan;
+    const hotInUse = this.tiered ? p.hotSlots - this.nFreeHot : this.sealedPages;
+    return {
+      type: this.type,
+      pageTokens: this.P,
+      bytesPerToken: this.bytesPerToken,
+      hotBytes: p.hotBytes,
+      hotPageSlots: p.hotSlots,
+      hotPagesInUse: hotInUse,
+      stagingSlots: p.stagingSlots,
+      warmBytes: p.warmBytes,
+      warmBytesAllocated: this.warm?.bytesAllocated() ?? 0,
+      warmPagesInUse: p.warmSlots - this.nFreeWarm,
+      pagesStaged: this.pagesStaged,
+    };
   }
 
   private setDescriptor(at: number, data: number, summary: number, ntok: number, type: number): void {

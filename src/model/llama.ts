@@ -3,7 +3,7 @@ import { GGMLType } from '../gguf/types.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
-import { attend, type AttentionState } from '../attention/attend.js';
+import { attend, bindAttention, type AttentionState } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
 import type { LlamaWeights, Matrix } from './weights.js';
 
@@ -59,7 +59,7 @@ export class Llama {
     readonly config: LlamaConfig,
     readonly weights: LlamaWeights,
     readonly kv: KVCache,
-    private readonly attention: AttentionState,
+    readonly attention: AttentionState,
     private readonly s: RunState,
     readonly kernels: Kernels,
     memory: WebAssembly.Memory,
@@ -67,6 +67,7 @@ export class Llama {
   ) {
     this.heap = new Float32Array(memory.buffer);
     kv.bind(memory);
+    bindAttention(attention, memory);
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
     this.fillRopeTable();
