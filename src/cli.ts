@@ -131,19 +131,31 @@ Options:
   --batch N                prompt tokens per forward batch (default 32)
   --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
   --page-tokens N          tokens per KV page (default 32)
+  --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
+  --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
+  --attention full|sparse  which pages each query reads (default full)
+  --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
+  --window N               sparse: recent tokens always read (default 64)
+  --sinks N                sparse: first tokens always read (default 4)
   --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB
   -h, --help               show this help`,
   perplexity: `Usage: edgellm perplexity MODEL TEXTFILE [options]
 
-Tokenizes the text without BOS and scores consecutive windows, each BOS + the next WINDOW-1 tokens, as llama.cpp's
+Tokenizes the text without BOS and scores consecutive windows, each BOS + the next CTX-1 tokens, as llama.cpp's
 perplexity does. Progress per window on stderr; the summary on stdout.
 
 Options:
-  --window N               tokens per window, BOS included (default 2048)
+  --ctx N                  tokens per window, BOS included (default 2048)
   --windows N              how many windows to score (default: as many as the text fills)
   --batch N                tokens per forward batch (default 32)
-  --kv f32|f16|int8|int4   KV page type (default f32)
+  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
   --page-tokens N          tokens per KV page (default 32)
+  --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
+  --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
+  --attention full|sparse  which pages each query reads (default full)
+  --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
+  --window N               sparse: recent tokens always read (default 64)
+  --sinks N                sparse: first tokens always read (default 4)
   --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
   -h, --help               show this help`,
   info: `Usage: edgellm info MODEL [options]
@@ -210,11 +222,50 @@ async function load(source: string, opts: LoadOptions): Promise<Model> {
   return model;
 }
 
-/** --kv and --page-tokens: the loader validates the values (BAD_ARGUMENT naming the choices). */
-function kvOption(p: Parsed): LoadOptions['kv'] {
-  const type = p.flags.get('kv') as KVType | undefined;
-  const pageTokens = num(p, 'page-tokens');
-  return type === undefined && pageTokens === undefined ? undefined : { type, pageTokens };
+/** The KV cache and attention flags, shared by run and perplexity. */
+const CACHE_FLAGS: FlagSpec[] = [
+  { name: 'kv', kind: 'string' },
+  { name: 'page-tokens', kind: 'int' },
+  { name: 'kv-hot', kind: 'string' },
+  { name: 'kv-warm', kind: 'string' },
+  { name: 'attention', kind: 'string' },
+  { name: 'top-k-pages', kind: 'int' },
+  { name: 'window', kind: 'int' },
+  { name: 'sinks', kind: 'int' },
+];
+
+/** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
+function cacheOptions(p: Parsed): Pick<LoadOptions, 'kv' | 'attention'> {
+  const defined = <T extends object>(o: T): T | undefined => {
+    for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+    return Object.keys(o).length ? o : undefined;
+  };
+  return {
+    kv: defined({
+      type: p.flags.get('kv') as KVType | undefined,
+      pageTokens: num(p, 'page-tokens'),
+      hotBytes: p.flags.get('kv-hot') as string | undefined,
+      warmBytes: p.flags.get('kv-warm') as string | undefined,
+    }),
+    attention: defined({
+      mode: p.flags.get('attention') as 'full' | 'sparse' | undefined,
+      topKPages: num(p, 'top-k-pages'),
+      windowTokens: num(p, 'window'),
+      sinkTokens: num(p, 'sinks'),
+    }),
+  };
+}
+
+/** What the KV cache and attention did: one stderr line, and the numbers for --json. */
+function cacheReport(model: Model) {
+  const kv = model.memory().kv;
+  const a = model.attentionStats();
+  const attention = { mode: model.info.attention, mean_tokens_read: a.meanTokensRead, mean_positions: a.meanPositions, pages_scored: a.pagesScored };
+  const warm = kv.warmBytes ? `, warm ${formatBytes(kv.warmBytes)} (${kv.warmPagesInUse} pages in use, ${kv.pagesStaged} staged)` : '';
+  const line =
+    `kv ${kv.type}: ${kv.bytesPerToken.toFixed(0)} B/token, hot ${formatBytes(kv.hotBytes)} (${kv.hotPagesInUse}/${kv.hotPageSlots} page slots in use)${warm}; ` +
+    `attention ${attention.mode}: ${a.meanTokensRead.toFixed(1)} of ${a.meanPositions.toFixed(1)} positions read per query`;
+  return { line, kv, attention };
 }
 
 // ───────────────────────────── run ─────────────────────────────
@@ -232,8 +283,7 @@ const RUN_FLAGS: FlagSpec[] = [
   { name: 'stop', kind: 'list' },
   { name: 'ctx', kind: 'int' },
   { name: 'batch', kind: 'int' },
-  { name: 'kv', kind: 'string' },
-  { name: 'page-tokens', kind: 'int' },
+  ...CACHE_FLAGS,
   { name: 'memory-budget', kind: 'string' },
 ];
 
@@ -245,7 +295,7 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
   const model = await load(source, {
     contextLength: num(p, 'ctx'),
     batchSize: num(p, 'batch'),
-    kv: kvOption(p),
+    ...cacheOptions(p),
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
     signal,
   });
@@ -275,6 +325,7 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
       wrote = true;
     }
     process.stdout.write('\n');
+    stderr(cacheReport(model).line);
   } catch (err) {
     // End a text cut short (Ctrl-C) with its newline too, so the shell prompt starts on a fresh line.
     if (wrote) process.stdout.write('\n');
@@ -285,18 +336,17 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
 // ───────────────────────────── perplexity ─────────────────────────────
 
 const PPL_FLAGS: FlagSpec[] = [
-  { name: 'window', kind: 'int' },
+  { name: 'ctx', kind: 'int' },
   { name: 'windows', kind: 'int' },
   { name: 'batch', kind: 'int' },
-  { name: 'kv', kind: 'string' },
-  { name: 'page-tokens', kind: 'int' },
+  ...CACHE_FLAGS,
   { name: 'json', kind: 'bool' },
 ];
 
 async function perplexity(p: Parsed, controller: AbortController): Promise<void> {
   const [source, textFile] = positionals(p, ['MODEL', 'TEXTFILE'], 'perplexity');
-  const window = num(p, 'window') ?? 2048;
-  if (window < 2) throw new UsageError(`--window must be at least 2, got ${window}`, 'perplexity');
+  const window = num(p, 'ctx') ?? 2048;
+  if (window < 2) throw new UsageError(`--ctx must be at least 2, got ${window}`, 'perplexity');
   const windowsAsked = num(p, 'windows');
   if (windowsAsked !== undefined && windowsAsked < 1) throw new UsageError(`--windows must be at least 1, got ${windowsAsked}`, 'perplexity');
   let text: string;
@@ -306,7 +356,7 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
     throw new EdgeLLMError('BAD_SOURCE', `text file "${textFile}": cannot read: ${(err as Error).message}`, { cause: err });
   }
   // The KV cache only has to hold one window.
-  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), kv: kvOption(p), signal: controller.signal });
+  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...cacheOptions(p), signal: controller.signal });
   if (window > model.info.contextLength) {
     stderr(`warning: window ${window} is longer than the model's training context of ${model.info.contextLength}`);
   }
@@ -326,6 +376,8 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   };
   const r = await model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow });
   const seconds = (performance.now() - t0) / 1000;
+  const cache = cacheReport(model);
+  stderr(cache.line);
   process.stdout.write(
     `perplexity ${r.ppl.toFixed(4)} (nll ${r.nll.toFixed(6)}) over ${r.tokensScored} tokens: ` +
       `${r.windows.length} window${r.windows.length === 1 ? '' : 's'} of ${r.window} from ${r.textTokens} text tokens, ${seconds.toFixed(1)} s\n`,
@@ -341,6 +393,8 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
       model: source,
       text: textFile,
       seconds,
+      kv: cache.kv,
+      attention: cache.attention,
     };
     process.stdout.write(JSON.stringify(json) + '\n');
   }

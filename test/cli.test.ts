@@ -73,9 +73,9 @@ describe('edgellm CLI: usage and errors', () => {
     expect(notNumber.code).toBe(2);
     expect(notNumber.stderr).toMatch(/--top-k.*"many"/);
 
-    const noValue = cli('perplexity', 'model.gguf', 'text.txt', '--window');
+    const noValue = cli('perplexity', 'model.gguf', 'text.txt', '--ctx');
     expect(noValue.code).toBe(2);
-    expect(noValue.stderr).toMatch(/--window needs a value/);
+    expect(noValue.stderr).toMatch(/--ctx needs a value/);
 
     expect(cli('frobnicate').code).toBe(2);
     expect(cli().code).toBe(2);
@@ -103,7 +103,7 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
 
   it('perplexity --json on sotu-15m-q8_0: last line is the JSON, identical to the API', async () => {
     const text = path.join(SHARED, 'eval/dev.txt');
-    const r = cli('perplexity', modelPath('sotu-15m-q8_0.gguf'), text, '--window', '256', '--windows', '2', '--json');
+    const r = cli('perplexity', modelPath('sotu-15m-q8_0.gguf'), text, '--ctx', '256', '--windows', '2', '--json');
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split('\n');
     const json = JSON.parse(lines[lines.length - 1]);

@@ -126,6 +126,8 @@ export interface KVUsage {
   pageTokens: number;
   /** bytes of cache (page data + summaries) per token, all layers */
   bytesPerToken: number;
+  /** bytes of one page (P tokens of one layer × KV head) */
+  pageBytes: number;
   /** wasm bytes planned for the KV cache */
   hotBytes: number;
   hotPageSlots: number;
@@ -329,6 +331,7 @@ export class KVCache {
       type: this.type,
       pageTokens: this.P,
       bytesPerToken: this.bytesPerToken,
+      pageBytes: this.pageBytes,
       hotBytes: p.hotBytes,
       hotPageSlots: p.hotSlots,
       hotPagesInUse: hotInUse,
