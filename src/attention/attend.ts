@@ -144,7 +144,7 @@ export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionStat
       n.tokensRead += nPos;
     } else {
       n.tokensRead += runPages(k, kv, a, layer, h, qh, group, count === pages ? null : a.selected, count, a.state, scale);
-      if (a.policy.measureRecall) {
+      if (a.policy.measureRecall && count < pages) {
         k.attend_begin(a.fullState, group, D);
         runPages(k, kv, a, layer, h, qh, group, null, pages, a.fullState, scale);
         recordRecall(a, layer, group, D);
