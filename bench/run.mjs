@@ -1,6 +1,8 @@
 // Prefill and decode speed of one GGUF model in edgellm, optionally side by side with wllama and llama.cpp:
 //   npm run bench -- MODEL.gguf [options]
 //   npm run bench -- --synthetic smollm-135m --type q8_0 [--anchors]
+// or decode speed by context length, KV cache type, attention mode and KV tier budget (see benchContexts):
+//   npm run bench -- MODEL.gguf --contexts 128,1024,2048 [--attention full,sparse] [--kv f16,int8] [--kv-hot all,4MB]
 //
 // One untimed warmup run (it includes the wasm engine's tier-up), then --repeat timed runs; medians count. Each run
 // prefills the same prompt of exactly --prompt-tokens ids from position 0 (in batches of --batch), then decodes --gen
@@ -31,24 +33,45 @@ const PASSAGE =
 
 const USAGE = `Usage: npm run bench -- MODEL.gguf [options]
        npm run bench -- --synthetic NAME --type q4_0|q8_0|f16 [options]
+       npm run bench -- MODEL.gguf|--synthetic NAME --contexts C1,C2,... [sweep options] [options]
 
 Options:
-  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b
-                      (generated once into the bench cache, ~/.cache/edgellm-bench/models)
+  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b, or
+                      long-15m (sotu-15m's shape with a 16K context_length); generated once into the bench
+                      cache, ~/.cache/edgellm-bench/models
   --type T            weight type of the synthetic model: q4_0, q8_0, f16
   --threads N         threads (default 1; edgellm runs one thread so far)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
-  --repeat N          timed runs; medians are reported (default 3)
+  --repeat N          timed runs; medians are reported (default 3; 1 with --contexts)
   --batch N           prompt tokens per forward batch (default: the library's, 32)
   --simd MODE         kernel build: auto (default), baseline (SIMD128) or relaxed
   --anchors           also run llama.cpp (native) and wllama (wasm, Chromium) on the same ids
-  --json              end stdout with one JSON line: {"prefill_tps","decode_tps","rss_mb","build",...}`;
+  --json              end stdout with one JSON line: {"prefill_tps","decode_tps","rss_mb","build",...}
+                      (with --contexts: {"rows":[...],...})
+
+KV cache and attention (one value each; with --contexts, comma-separated lists to sweep):
+  --kv TYPES          KV page type: f32, f16, int8, int4 (default: the library's, f32; with --contexts f16,int8)
+  --attention MODES   full or sparse (Quest with the library's top-k, window and sinks) (default: full; with
+                      --contexts full,sparse)
+  --kv-hot SIZES      wasm bytes for the whole KV cache, e.g. 4MB, the pages beyond it going to the warm tier
+                      (host memory); 'all' (default) keeps every page hot
+  --kv-warm SIZE      warm tier budget (default 1TB: host memory is only taken as pages go warm)
+
+Decode speed by context (one table: a row per KV type × attention × hot budget × context):
+  --contexts LIST     e.g. 128,1024,2048: for each C, plan a context of exactly C, prefill C − gen prompt ids,
+                      then decode --gen tokens, so decode reads between C − gen and C positions
+  --breakdown         one more run per row with every kernel call timed: decode ms per token in attention,
+                      matmul and JS/other (staging warm pages and choosing pages are JS)`;
 
 const FLAGS = {
   synthetic: 'string', type: 'string', threads: 'int', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
-  simd: 'string', anchors: 'bool', json: 'bool',
+  simd: 'string', anchors: 'bool', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
+  'kv-warm': 'string', breakdown: 'bool',
 };
+
+const KV_TYPES = ['f32', 'f16', 'int8', 'int4'];
+const ATTENTION_MODES = ['full', 'sparse'];
 
 function usage(message) {
   console.error(`bench: ${message}\n\n${USAGE}`);
@@ -56,7 +79,7 @@ function usage(message) {
 }
 
 function parseArgs(argv) {
-  const o = { threads: 1, 'prompt-tokens': 128, gen: 64, repeat: 3, simd: 'auto', anchors: false, json: false };
+  const o = { threads: 1, gen: 64, simd: 'auto', anchors: false, json: false, breakdown: false };
   const positional = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -87,12 +110,47 @@ function parseArgs(argv) {
     if (positional.length !== 1) usage(positional.length ? `one model, got ${positional.length} arguments` : 'which model?');
     if (o.type) usage('--type goes with --synthetic');
   }
+  if (o.contexts !== undefined && o['prompt-tokens'] !== undefined) usage('--prompt-tokens: with --contexts the prompt is each context − --gen');
+  o['prompt-tokens'] ??= 128;
   if (o['prompt-tokens'] < 2) usage('--prompt-tokens must be at least 2');
   if (!['auto', 'baseline', 'relaxed'].includes(o.simd)) usage(`--simd must be auto, baseline or relaxed, got ${JSON.stringify(o.simd)}`);
   if (o.threads !== 1) usage('--threads: edgellm runs one thread so far, so the comparison is at --threads 1');
+  // A comma-separated option; `fallback` when absent (undefined: the library's default).
+  const list = (name, fallback, allowed, what) => {
+    if (o[name] === undefined) return fallback;
+    const items = o[name].split(',').map((x) => x.trim());
+    for (const x of items) if (!allowed(x)) usage(`--${name}: ${JSON.stringify(x)} is not ${what}`);
+    return items;
+  };
+  const contexts = list('contexts', undefined, (x) => /^\d+$/.test(x) && Number(x) >= o.gen + 2, `a context of at least --gen + 2 (${o.gen + 2}) tokens`)?.map(Number);
+  const sweep = contexts !== undefined;
+  // With --contexts the KV types and modes are lists to sweep; without, one value each, or the library's defaults.
+  // The sweep's default KV types are llama.cpp's default (f16) and int8: each type adds a quadratic full-attention
+  // prefill per context, minutes at 16K, so f32 and int4 are asked for by name.
+  const cache = {
+    kv: list('kv', sweep ? ['f16', 'int8'] : [undefined], (x) => KV_TYPES.includes(x), KV_TYPES.join(', ')),
+    attention: list('attention', sweep ? ATTENTION_MODES : [undefined], (x) => ATTENTION_MODES.includes(x), ATTENTION_MODES.join(', ')),
+    kvHot: list('kv-hot', ['all'], (x) => x === 'all' || /^\d+(\.\d+)?\s*[kmgt]?i?b?$/i.test(x), "'all' or a size like 4MB"),
+    kvWarm: o['kv-warm'] ?? '1TB',
+  };
+  if (contexts && o.anchors) usage('--anchors runs one prompt length: not with --contexts');
+  if (o.breakdown && !sweep) usage('--breakdown goes with --contexts (the plain bench always prints its breakdown)');
+  if (!sweep && (cache.kv.length > 1 || cache.attention.length > 1 || cache.kvHot.length > 1)) {
+    usage('lists of --kv, --attention or --kv-hot go with --contexts; without it, give one value each');
+  }
   return {
     model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, promptTokens: o['prompt-tokens'], gen: o.gen,
-    repeat: o.repeat, batch: o.batch, simd: o.simd, anchors: o.anchors, json: o.json,
+    // Long contexts prefill for minutes under full attention, so the sweep defaults to one timed run per row.
+    repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors: o.anchors, json: o.json, contexts,
+    breakdown: o.breakdown, ...cache,
+  };
+}
+
+/** The loadModel options of one KV type, attention mode and hot budget ('all': every page hot). */
+function cacheOptions(cfg, kv, attention, hot) {
+  return {
+    kv: { type: kv, ...(hot === 'all' ? {} : { hotBytes: hot, warmBytes: cfg.kvWarm }) },
+    attention: { mode: attention },
   };
 }
 
@@ -152,7 +210,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   }
   const { loadModel } = await import(pathToFileURL(DIST).href);
   // The KV cache is planned for exactly what a run uses, so the memory reported is what this workload needs.
-  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd };
+  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
   const t0 = performance.now();
   let model = await loadModel(modelPath, options);
   const loadMs = performance.now() - t0;
@@ -206,9 +264,10 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
     min_generated_tokens: Math.min(...timed.map((r) => r.generated_tokens)),
     context: info.context,
     batch: info.batchSize,
+    kv: info.kvType,
+    attention: info.attention,
     node: process.version,
-    describe: `${info.name || info.architecture}: ${info.nLayers} layers, dim ${info.dim}, ${info.nHeads}/${info.nKvHeads} heads, ` +
-      `ffn ${info.ffn}, vocab ${info.vocab}; ` + Object.entries(info.tensorTypes).map(([t, n]) => `${n} ${t}`).join(' + '),
+    describe: describeModel(info),
     prompt,
     runs,
     breakdown,
@@ -229,6 +288,134 @@ function perToken(ops, wallMs, sampleMs, tokens) {
   return out;
 }
 
+// ───────────────────────────── decode speed by context (--contexts) ─────────────────────────────
+
+/**
+ * One row per KV type × attention mode × hot budget × context C: a model planned for exactly C positions (so the KV
+ * numbers are what that context needs), one short untimed warmup (the kernels' tier-up is shared by every load, so a
+ * full-length warmup would only double the quadratic prefill of full attention), then --repeat timed runs that
+ * prefill C − gen ids and decode gen tokens. Decode tok/s is the median of the library's own GenerationStats; the
+ * attention counters and pages staged are taken at the first generated token and at the end, so they are decode's
+ * alone. The KV tier numbers are memory().kv at the end of the last run, i.e. with C positions cached.
+ */
+async function benchContexts(cfg, modelPath, text) {
+  if (!existsSync(DIST)) {
+    console.error(`bench: ${path.relative(process.cwd(), DIST)} is missing: run \`npm run build\` first`);
+    process.exit(1);
+  }
+  const { loadModel, EdgeLLMError } = await import(pathToFileURL(DIST).href);
+  const configs = [];
+  for (const hot of cfg.kvHot) for (const kv of cfg.kv) for (const attention of cfg.attention) for (const context of cfg.contexts) {
+    configs.push({ hot, kv, attention, context });
+  }
+  const rows = [];
+  let info;
+  const started = performance.now();
+  for (const [i, c] of configs.entries()) {
+    const label = `[${i + 1}/${configs.length}] KV ${c.kv}, ${c.attention}, hot ${c.hot}, context ${c.context}`;
+    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
+    let model;
+    try {
+      model = await loadModel(modelPath, options);
+    } catch (err) {
+      // A hot budget too small for this context's page summaries and tails: say so in the table and go on.
+      if (!(err instanceof EdgeLLMError && err.code === 'BUDGET')) throw err;
+      console.error(`bench: ${label}: ${err.message}`);
+      rows.push({ ...c, error: err.message });
+      continue;
+    }
+    info = model.info;
+    const ids = contextIds(model, c.context - cfg.gen, text);
+    console.error(`bench: ${label}: prefill ${ids.length} + decode ${cfg.gen} tokens, ${cfg.repeat} timed run(s)...`);
+    const t0 = performance.now();
+    await decodeAt(model, ids.slice(0, Math.min(ids.length, 128)), 16);
+    const runs = [];
+    for (let r = 0; r < cfg.repeat; r++) runs.push(await decodeAt(model, ids, cfg.gen));
+    const memory = model.memory();
+    model.dispose();
+    const last = runs[runs.length - 1];
+    const kv = memory.kv;
+    const row = {
+      ...c,
+      prompt_tokens: ids.length,
+      generated_tokens: Math.min(...runs.map((r) => r.stats.generatedTokens)),
+      prefill_tps: round1(median(runs.map((r) => r.stats.prefillTokensPerSecond))),
+      decode_tps: round1(median(runs.map((r) => r.stats.decodeTokensPerSecond))),
+      tokens_read: round1(last.attention.meanTokensRead),
+      positions: round1(last.attention.meanPositions),
+      pages_scored: round1(last.attention.queries ? last.attention.pagesScored / last.attention.queries : 0),
+      pages_staged_per_token: round1(last.stagedPerToken),
+      kv_bytes_per_token: kv.bytesPerToken,
+      kv_hot_bytes: kv.hotBytes,
+      hot_page_slots: kv.hotPageSlots,
+      hot_pages_in_use: kv.hotPagesInUse,
+      staging_slots: kv.stagingSlots,
+      warm_bytes: kv.warmBytes,
+      warm_bytes_allocated: kv.warmBytesAllocated,
+      warm_pages_in_use: kv.warmPagesInUse,
+      wasm_memory_mb: round1(mb(memory.totalBytes)),
+    };
+    if (cfg.breakdown) {
+      // Its own load: profiling adds about 1 µs per kernel call, which the timed runs must not pay.
+      const profiled = await loadModel(modelPath, { ...options, profile: true });
+      await decodeAt(profiled, ids.slice(0, Math.min(ids.length, 128)), 16);
+      const r = await decodeAt(profiled, ids, cfg.gen, () => profiled.profile());
+      const b = perToken(profiled.profile(), r.stats.decodeMs, r.stats.sampleMs, r.steps);
+      profiled.dispose();
+      row.decode_ms = Object.fromEntries(Object.entries(b).map(([k, v]) => [k, Number(v.toFixed(3))]));
+    }
+    rows.push(row);
+    const note = row.generated_tokens < cfg.gen ? ` (only ${row.generated_tokens} tokens: ${last.stats.stopReason})` : '';
+    console.error(`bench: ${label}: decode ${row.decode_tps} tok/s, prefill ${row.prefill_tps} tok/s${note}; ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s, ${((performance.now() - started) / 1000).toFixed(0)} s so far`);
+  }
+  // Decode speed relative to the same configuration at the shortest context: how much longer contexts cost.
+  for (const row of rows) {
+    const first = rows.find((r) => r.kv === row.kv && r.attention === row.attention && r.hot === row.hot && !r.error);
+    if (first && !row.error) row.decode_vs_shortest = Number((row.decode_tps / first.decode_tps).toFixed(3));
+  }
+  return {
+    build: info?.build, node: process.version, rss_mb: round1(mb(process.resourceUsage().maxRSS * 1024)),
+    describe: info && describeModel(info), seconds: Math.round((performance.now() - started) / 1000), rows,
+  };
+}
+
+/**
+ * n prompt ids: the model's BOS (if it adds one), then `text`'s ids, repeated as needed. Decode speed depends on how
+ * many positions there are, not on which tokens; tokenizing once and repeating the ids keeps a 16K prompt instant.
+ */
+function contextIds(model, n, text) {
+  const ids = model.tokenize('');
+  const body = model.tokenize(text, { bos: false });
+  while (ids.length < n) ids.push(body[(ids.length - 1) % body.length]);
+  return ids.slice(0, n);
+}
+
+/**
+ * One generation with the counters split at the first generated token (after prefill, before the first decode
+ * forward pass): returns decode's attention stats and pages staged per decode step. `atDecode` runs there too.
+ */
+async function decodeAt(model, ids, maxTokens, atDecode) {
+  model.attentionStats(); // drop earlier runs' counters
+  let stats, stagedAtDecode;
+  const onToken = () => {
+    if (stagedAtDecode !== undefined) return;
+    model.attentionStats();
+    stagedAtDecode = model.memory().kv.pagesStaged;
+    atDecode?.();
+  };
+  for await (const _ of model.generate(ids, { maxTokens, temperature: 0, onToken, onStats: (s) => (stats = s) }));
+  const attention = model.attentionStats();
+  // decodeTokensPerSecond counts generated − 1 tokens: the last one is sampled but never run through the model
+  const steps = Math.max(1, stats.generatedTokens - 1);
+  return { stats, attention, steps, stagedPerToken: (model.memory().kv.pagesStaged - (stagedAtDecode ?? 0)) / steps };
+}
+
+function describeModel(info) {
+  return `${info.name || info.architecture}: ${info.nLayers} layers, dim ${info.dim}, ${info.nHeads}/${info.nKvHeads} heads, ` +
+    `ffn ${info.ffn}, vocab ${info.vocab}; ` + Object.entries(info.tensorTypes).map(([t, n]) => `${n} ${t}`).join(' + ');
+}
+
 // ───────────────────────────── report ─────────────────────────────
 
 function printEdgellm(cfg, modelPath, e) {
@@ -236,7 +423,7 @@ function printEdgellm(cfg, modelPath, e) {
   const lines = [
     `edgellm bench: ${path.basename(modelPath)} (${e.describe})`,
     `build ${e.build}, node ${e.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, 1 thread; ` +
-      `load ${e.load_ms} ms; wasm memory ${e.wasm_memory_mb} MB (context ${e.context}, batch ${e.batch})`,
+      `load ${e.load_ms} ms; wasm memory ${e.wasm_memory_mb} MB (context ${e.context}, batch ${e.batch}, KV ${e.kv}, ${e.attention} attention)`,
     `prompt ${cfg.promptTokens} tokens, decode ${cfg.gen} tokens greedily; 1 untimed warmup + ${cfg.repeat} timed runs`,
   ];
   e.runs.forEach((r, i) => {
@@ -254,6 +441,42 @@ function printEdgellm(cfg, modelPath, e) {
     const b = e.breakdown[phase];
     lines.push(`  ${phase.padEnd(8)}${cols.map((c) => `${b[c].toFixed(3)} (${((100 * b[c]) / b.total).toFixed(0).padStart(3)}%)`.padStart(16)).join('')}`);
   }
+  console.log(lines.join('\n'));
+}
+
+function printContexts(cfg, modelPath, result) {
+  const { rows } = result;
+  const fix = (x, d = 1) => (x === undefined ? '—' : x.toFixed(d));
+  const columns = [
+    ['KV', (r) => r.kv], ['attention', (r) => r.attention], ['hot', (r) => r.hot], ['context', (r) => String(r.context)],
+    ['prefill tok/s', (r) => fix(r.prefill_tps)], ['decode tok/s', (r) => fix(r.decode_tps)],
+    ['÷ shortest', (r) => fix(r.decode_vs_shortest, 2)], ['read/query', (r) => fix(r.tokens_read, 0)],
+    ['scored/query', (r) => fix(r.pages_scored, 0)], ['KV B/token', (r) => fix(r.kv_bytes_per_token, 0)],
+    ['KV hot MB', (r) => fix(mb(r.kv_hot_bytes), 2)], ['hot pages', (r) => `${r.hot_pages_in_use}/${r.hot_page_slots}`],
+    ['warm MB', (r) => fix(mb(r.warm_bytes_allocated), 2)], ['warm pages', (r) => String(r.warm_pages_in_use)],
+    ['staged/token', (r) => fix(r.pages_staged_per_token, 0)],
+  ];
+  if (cfg.breakdown) {
+    for (const k of ['attention', 'matmul', 'js/other', 'total']) columns.push([`${k} ms`, (r) => fix(r.decode_ms?.[k], 3)]);
+  }
+  const ok = rows.filter((r) => !r.error);
+  const cells = ok.map((r) => columns.map(([, f]) => f(r)));
+  const widths = columns.map(([h], i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
+  const line = (c) => `  ${c.map((x, i) => (i < 3 ? x.padEnd(widths[i]) : x.padStart(widths[i]))).join('  ')}`;
+  const lines = [
+    `edgellm bench by context: ${path.basename(modelPath)} (${result.describe ?? 'no configuration loaded'})`,
+    `build ${result.build ?? '—'}, node ${result.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, 1 thread; ` +
+      `each row: a context of exactly C planned, prefill C − ${cfg.gen} ids, decode ${cfg.gen} tokens greedily; ` +
+      `1 short untimed warmup + ${cfg.repeat} timed run(s), medians; ${result.seconds} s in all, peak RSS ${result.rss_mb} MB`,
+    'read/query and scored/query: KV tokens read and page summaries scored per (decode token, layer, KV head); ' +
+      'hot/warm: KV pages in wasm memory / in host memory, with C positions cached; staged/token: warm pages copied in per decode token' +
+      (cfg.breakdown ? '; ms: decode time per token by op (a separate run with every kernel call timed)' : ''),
+    '',
+    line(columns.map(([h]) => h)),
+    ...cells.map(line),
+  ];
+  for (const r of rows.filter((x) => x.error)) lines.push(`  KV ${r.kv}, ${r.attention}, hot ${r.hot}, context ${r.context}: ${r.error}`);
+  if (ok.some((r) => r.generated_tokens < cfg.gen)) lines.push('note: greedy decoding reached EOS in some rows; their decode speed is over the tokens actually generated');
   console.log(lines.join('\n'));
 }
 
@@ -276,15 +499,30 @@ relaunchForRelaxedSimd(cfg);
 
 let modelPath = cfg.model;
 let syntheticPrompt;
+let contextText = PASSAGE;
 if (cfg.synthetic) {
   const synthetic = await import('./synthetic.mjs');
-  if (!synthetic.SHAPES[cfg.synthetic]) usage(`unknown --synthetic ${cfg.synthetic}; known: ${Object.keys(synthetic.SHAPES).join(', ')}`);
+  const shapes = { ...synthetic.SHAPES, ...synthetic.OTHER_SHAPES };
+  if (!shapes[cfg.synthetic]) usage(`unknown --synthetic ${cfg.synthetic}; known: ${Object.keys(shapes).join(', ')}`);
   if (!synthetic.TYPES.includes(cfg.type)) usage(`--type must be one of ${synthetic.TYPES.join(', ')}`);
   modelPath = await synthetic.syntheticModel(cfg.synthetic, cfg.type);
   syntheticPrompt = synthetic.syntheticPrompt;
+  contextText = synthetic.SYNTHETIC_TEXT;
 } else if (!existsSync(modelPath)) {
   console.error(`bench: no such model file: ${modelPath}`);
   process.exit(1);
+}
+
+if (cfg.contexts) {
+  const result = await benchContexts(cfg, modelPath, contextText);
+  printContexts(cfg, modelPath, result);
+  if (cfg.json) {
+    console.log(JSON.stringify({
+      model: path.basename(modelPath), describe: result.describe, build: result.build, node: result.node, gen_tokens: cfg.gen,
+      repeat: cfg.repeat, seconds: result.seconds, rss_mb: result.rss_mb, rows: result.rows,
+    }));
+  }
+  process.exit(0);
 }
 
 const e = await benchEdgellm(cfg, modelPath, syntheticPrompt);

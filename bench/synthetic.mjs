@@ -28,6 +28,15 @@ export const SHAPES = {
   'llama-3.2-1b': { name: 'llama-3.2-1b', dim: 2048, nLayers: 16, nHeads: 32, nKvHeads: 8, ffn: 8192, vocab: 128256, ctx: 131072, ropeBase: 500000, eps: 1e-5, tied: true },
 };
 
+/**
+ * Shapes of no real model, kept apart from SHAPES (whose sizes are checked against the real models'). long-15m is
+ * sotu-15m's shape (head dim 48, 6/2 heads) with a 16K context_length, for decode speed at long contexts
+ * (bench --contexts), where attention rather than the small matmuls takes most of a token's time.
+ */
+export const OTHER_SHAPES = {
+  'long-15m': { name: 'long-15m', dim: 288, nLayers: 6, nHeads: 6, nKvHeads: 2, ffn: 768, vocab: 32000, ctx: 16384, ropeBase: 10000, eps: 1e-5, tied: true },
+};
+
 export const TYPES = ['q4_0', 'q8_0', 'f16'];
 
 // ───────────────────────────── vocabulary and text ─────────────────────────────
@@ -426,14 +435,14 @@ export function syntheticSize(shape, type) {
 }
 
 /**
- * The path of the synthetic model `name` (a SHAPES key, or a shape object with a `name` field) in `type`, generating
- * it into `dir` once (default: <bench cache>/models). Written to a temporary file and renamed, so a crash or a
- * concurrent run never leaves a partial file under the final name; the generator version in the name makes a changed
- * generator write a new file instead of reusing an old one.
+ * The path of the synthetic model `name` (a SHAPES or OTHER_SHAPES key, or a shape object with a `name` field) in
+ * `type`, generating it into `dir` once (default: <bench cache>/models). Written to a temporary file and renamed, so a
+ * crash or a concurrent run never leaves a partial file under the final name; the generator version in the name makes
+ * a changed generator write a new file instead of reusing an old one.
  */
 export async function syntheticModel(name, type, { dir, log = (m) => console.error(m), seed = 0 } = {}) {
-  const shape = typeof name === 'string' ? SHAPES[name] : name;
-  if (!shape) throw new Error(`synthetic: unknown shape ${JSON.stringify(name)}; known: ${Object.keys(SHAPES).join(', ')}`);
+  const shape = typeof name === 'string' ? SHAPES[name] ?? OTHER_SHAPES[name] : name;
+  if (!shape) throw new Error(`synthetic: unknown shape ${JSON.stringify(name)}; known: ${[...Object.keys(SHAPES), ...Object.keys(OTHER_SHAPES)].join(', ')}`);
   const label = shape.name;
   if (!label || !/^[\w.-]+$/.test(label)) throw new Error(`synthetic: a custom shape needs a file-name-safe "name", got ${JSON.stringify(label)}`);
   dir = path.resolve(dir ?? path.join(cacheRoot(), 'models'));
