@@ -115,22 +115,33 @@ export function attend_end(state: usize, out: usize, nq: i32, D: i32): void {
 
 /**
  * Quest page scores: out[p] = Σ_j Σ_c max(q_jc·kmin_c, q_jc·kmax_c), an upper bound of Σ_j q_j·k over every key k of
- * page p (its summary at summaries + p·8·D). Heads outer, channels inner, in 4 lanes then hsum_f32x4.
+ * page p (its summary at summaries + p·8·D). Since kmax ≥ kmin, each term is q_jc·kmax_c when q_jc > 0 and q_jc·kmin_c
+ * otherwise, so the group folds first into qpos_c = Σ_j max(q_jc, 0) and qneg_c = Σ_j min(q_jc, 0) (in scratch, 8·D
+ * bytes), and a page costs one 2·D dot product, whatever the group size: out[p] = Σ_c qneg_c·kmin_c + qpos_c·kmax_c.
  */
-export function quest_scores(q: usize, nq: i32, D: i32, summaries: usize, npages: i32, out: usize): void {
+export function quest_scores(q: usize, nq: i32, D: i32, summaries: usize, npages: i32, out: usize, scratch: usize): void {
   const rowBytes = <usize>D << 2;
-  for (let p = 0; p < npages; p++) {
-    const kmin = summaries + (<usize>p * rowBytes << 1);
-    const kmax = kmin + rowBytes;
-    let acc = f32x4.splat(0);
+  const qneg = scratch, qpos = scratch + rowBytes;
+  const zero = f32x4.splat(0);
+  for (let c = 0; c < D; c += 4) {
+    const o = <usize>c << 2;
+    let neg = zero, pos = zero;
     for (let j = 0; j < nq; j++) {
-      const qj = q + <usize>j * rowBytes;
-      for (let c = 0; c < D; c += 4) {
-        const o = <usize>c << 2;
-        const qv = v128.load(qj + o);
-        // pmax: one instruction; the products are never NaN
-        acc = f32x4.add(acc, f32x4.pmax(f32x4.mul(qv, v128.load(kmin + o)), f32x4.mul(qv, v128.load(kmax + o))));
-      }
+      const qv = v128.load(q + <usize>j * rowBytes + o);
+      neg = f32x4.add(neg, f32x4.pmin(qv, zero));
+      pos = f32x4.add(pos, f32x4.pmax(qv, zero));
+    }
+    v128.store(qneg + o, neg);
+    v128.store(qpos + o, pos);
+  }
+  // [qneg | qpos] and [kmin | kmax] line up: one dot product of 2·D lanes per page.
+  const n = D << 1;
+  for (let p = 0; p < npages; p++) {
+    const s = summaries + (<usize>p * rowBytes << 1);
+    let acc = zero;
+    for (let c = 0; c < n; c += 4) {
+      const o = <usize>c << 2;
+      acc = f32x4.add(acc, f32x4.mul(v128.load(scratch + o), v128.load(s + o)));
     }
     store<f32>(out + (<usize>p << 2), hsum_f32x4(acc));
   }

@@ -15,7 +15,7 @@ interface KvKernels {
   attend_begin(state: number, nq: number, D: number): void;
   attend_pages(state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number): void;
   attend_end(state: number, out: number, nq: number, D: number): void;
-  quest_scores(q: number, nq: number, D: number, summaries: number, npages: number, out: number): void;
+  quest_scores(q: number, nq: number, D: number, summaries: number, npages: number, out: number, scratch: number): void;
   exp_f32(x: number, out: number, n: number): void;
 }
 
@@ -512,7 +512,7 @@ describe('quest_scores', () => {
         // the summaries as the kernel writes them, back to back
         const sp = x.alloc(summaries.byteLength);
         pages.forEach((p, i) => x.k.kv_seal_page(INT8, x.put(p.k), x.put(p.v), P, D, x.alloc(2 * P * D + 8 * P), sp + 8 * D * i));
-        x.k.quest_scores(x.put(q), nq, D, sp, npages, out);
+        x.k.quest_scores(x.put(q), nq, D, sp, npages, out, x.alloc(8 * D));
         return new Uint8Array([...x.bytes(out, 4 * npages), ...x.bytes(sp, summaries.byteLength)]);
       }, `quest D=${D} P=${P} nq=${nq}`));
       expect(got.subarray(npages)).toEqual(summaries);

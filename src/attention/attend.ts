@@ -96,7 +96,8 @@ export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy:
     policy,
     state: arena.reserve('attention.state', stateBytes),
     fullState: arena.reserve('attention.state (recall)', policy.measureRecall ? stateBytes : 0),
-    scratch: arena.reserve('attention.scratch', 4 * kv.P + 4 * c.headDim + 64),
+    // attend_pages: P scores and the quantized query; quest_scores: the group's query folded into 2·D floats
+    scratch: arena.reserve('attention.scratch', Math.max(4 * kv.P + 4 * c.headDim + 64, 8 * c.headDim)),
     scores: arena.reserve('attention.page scores', policy.sparse ? kv.pagesPerHead * 4 : 0),
     list: arena.reserve('attention.page list', listLength * DESC_INTS * 4),
     listLength,
@@ -173,7 +174,7 @@ export function selectPages(k: Kernels, kv: KVCache, a: AttentionState, layer: n
   let n = 0;
   for (let p = 0; p < sinks; p++) sel[n++] = p;
   // Scores of the candidate pages (between the sinks and the window), then the top k of them, kept in page order.
-  k.quest_scores(q, group, kv.headDim, kv.summary(layer, h, sinks), candidates, a.scores);
+  k.quest_scores(q, group, kv.headDim, kv.summary(layer, h, sinks), candidates, a.scores, a.scratch);
   a.counters.pagesScored += candidates;
   const chosen = topK(a.f32.subarray(a.scores / 4, a.scores / 4 + candidates), topKPages);
   for (const i of chosen) sel[n++] = sinks + i;
