@@ -13,8 +13,8 @@ import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
-import { DEFAULT_PAGE_TOKENS, KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
-import { attentionPolicy, planAttention, sinkPages, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
+import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
+import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
 import { LlamaTokenizer } from './tokenizer/index.js';
 import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
@@ -171,7 +171,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
 function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy) {
   const arena = new Arena(STATIC_RESERVE);
   const { weights, pending } = planWeights(gguf, config, arena);
-  const kv = new KVCache(arena, config, context, kvOptions, sinkPages(policy, kvOptions.pageTokens ?? DEFAULT_PAGE_TOKENS));
+  const kv = new KVCache(arena, config, context, kvOptions, sinkTokens(policy));
   const attention = planAttention(arena, config, kv, policy);
   const state = planRunState(arena, config, batchSize, context);
   arena.reserve('prefetch slack', PREFETCH_SLACK);

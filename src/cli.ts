@@ -111,6 +111,16 @@ Options:
 
 Set EDGELLM_DEBUG=1 to see stack traces on errors.`;
 
+/** The help lines of CACHE_FLAGS, shared by run and perplexity. */
+const CACHE_HELP = `  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
+  --page-tokens N          tokens per KV page (default 32)
+  --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
+  --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
+  --attention full|sparse  which pages each query reads (default full)
+  --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
+  --window N               sparse: recent tokens always read (default 64)
+  --sinks N                sparse: first tokens always read (default 4)`;
+
 const HELP: Record<string, string> = {
   run: `Usage: edgellm run MODEL -p PROMPT [options]
 
@@ -129,14 +139,7 @@ Options:
   --stop STR               stop before STR; repeatable
   --ctx N                  context length to plan (default: the model's, at most 4096)
   --batch N                prompt tokens per forward batch (default 32)
-  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
-  --page-tokens N          tokens per KV page (default 32)
-  --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
-  --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
-  --attention full|sparse  which pages each query reads (default full)
-  --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
-  --window N               sparse: recent tokens always read (default 64)
-  --sinks N                sparse: first tokens always read (default 4)
+${CACHE_HELP}
   --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB
   -h, --help               show this help`,
   perplexity: `Usage: edgellm perplexity MODEL TEXTFILE [options]
@@ -148,14 +151,7 @@ Options:
   --ctx N                  tokens per window, BOS included (default 2048)
   --windows N              how many windows to score (default: as many as the text fills)
   --batch N                tokens per forward batch (default 32)
-  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
-  --page-tokens N          tokens per KV page (default 32)
-  --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
-  --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
-  --attention full|sparse  which pages each query reads (default full)
-  --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
-  --window N               sparse: recent tokens always read (default 64)
-  --sinks N                sparse: first tokens always read (default 4)
+${CACHE_HELP}
   --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
   -h, --help               show this help`,
   info: `Usage: edgellm info MODEL [options]
@@ -222,6 +218,12 @@ async function load(source: string, opts: LoadOptions): Promise<Model> {
   return model;
 }
 
+/** Options given as undefined must be absent, not present-and-undefined, for the library's defaults to apply. */
+function withoutUndefined<T extends object>(o: T): T {
+  for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
+  return o;
+}
+
 /** The KV cache and attention flags, shared by run and perplexity. */
 const CACHE_FLAGS: FlagSpec[] = [
   { name: 'kv', kind: 'string' },
@@ -236,10 +238,7 @@ const CACHE_FLAGS: FlagSpec[] = [
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
 function cacheOptions(p: Parsed): Pick<LoadOptions, 'kv' | 'attention'> {
-  const defined = <T extends object>(o: T): T | undefined => {
-    for (const k of Object.keys(o) as (keyof T)[]) if (o[k] === undefined) delete o[k];
-    return Object.keys(o).length ? o : undefined;
-  };
+  const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
   return {
     kv: defined({
       type: p.flags.get('kv') as KVType | undefined,
@@ -316,8 +315,7 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
           `; prompt ${s.promptTokens} tokens, stopped by ${s.stopReason}`,
       ),
   };
-  // Undefined options must be absent, not present-and-undefined, for the sampler's defaults to apply.
-  for (const k of Object.keys(opts) as (keyof GenerateOptions)[]) if (opts[k] === undefined) delete opts[k];
+  withoutUndefined(opts);
   let wrote = false;
   try {
     for await (const chunk of model.generate(prompt, opts)) {

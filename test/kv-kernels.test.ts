@@ -8,16 +8,9 @@
 // quantization, within f32 rounding (1e-5 of max |out|).
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
+import type { Kernels } from '../src/runtime/kernels.js';
 
-interface KvKernels {
-  heap_base(): number;
-  kv_seal_page(type: number, k: number, v: number, P: number, D: number, data: number, summary: number): void;
-  attend_begin(state: number, nq: number, D: number): void;
-  attend_pages(state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number): void;
-  attend_end(state: number, out: number, nq: number, D: number): void;
-  quest_scores(q: number, nq: number, D: number, summaries: number, npages: number, out: number, scratch: number): void;
-  exp_f32(x: number, out: number, n: number): void;
-}
+type KvKernels = Pick<Kernels, 'heap_base' | 'kv_seal_page' | 'attend_begin' | 'attend_pages' | 'attend_end' | 'quest_scores' | 'exp_f32'>;
 
 const F32 = 0, F16 = 1, INT8 = 2, INT4 = 3;
 const TYPE_NAMES = ['f32', 'f16', 'int8', 'int4'];

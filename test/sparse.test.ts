@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { EdgeLLMError, loadModel, type KVType } from '../src/index.js';
 import { Arena } from '../src/plan/arena.js';
 import { KVCache } from '../src/kv/cache.js';
-import { attend, attentionPolicy, bindAttention, planAttention, selectPages, sinkPages, type AttentionOptions } from '../src/attention/attend.js';
+import { attend, attentionPolicy, bindAttention, planAttention, selectPages, sinkTokens, type AttentionOptions } from '../src/attention/attend.js';
 import { instantiateKernels, STATIC_RESERVE, type Kernels } from '../src/runtime/kernels.js';
 import type { LlamaConfig } from '../src/model/config.js';
 import { GGMLType } from '../src/gguf/types.js';
@@ -34,7 +34,7 @@ async function harness(ctx: number, type: KVType, attention: AttentionOptions) {
   const c = { nLayers: 1, nHeads: group, nKvHeads: 1, headDim: D } as LlamaConfig;
   const policy = attentionPolicy(attention);
   const arena = new Arena(STATIC_RESERVE);
-  const kv = new KVCache(arena, c, ctx, { type }, sinkPages(policy, 32));
+  const kv = new KVCache(arena, c, ctx, { type }, sinkTokens(policy));
   const a = planAttention(arena, c, kv, policy);
   const io = arena.reserve('test io', (2 * D + 2 * group * D) * 4);
   const memory = arena.createMemory();

@@ -1,7 +1,7 @@
 import { EdgeLLMError } from '../errors.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
-import { DESC_INTS, type KVCache } from '../kv/cache.js';
+import { DESC_INTS, pinnedPages, type KVCache } from '../kv/cache.js';
 import type { LlamaConfig } from '../model/config.js';
 
 /**
@@ -44,9 +44,9 @@ export function attentionPolicy(opts: AttentionOptions = {}): AttentionPolicy {
   return { sparse: mode === 'sparse', topKPages: int('topKPages'), windowTokens: int('windowTokens'), sinkTokens: int('sinkTokens'), measureRecall: opts.measureRecall === true };
 }
 
-/** Sink pages a policy keeps (the KV cache pins them hot). */
-export function sinkPages(policy: AttentionPolicy, P: number): number {
-  return policy.sparse ? Math.ceil(policy.sinkTokens / P) : 0;
+/** The positions a policy always reads from the start of the context (the KV cache keeps their pages hot). */
+export function sinkTokens(policy: AttentionPolicy): number {
+  return policy.sparse ? policy.sinkTokens : 0;
 }
 
 /** Counters since the last attentionStats() call. */
@@ -163,7 +163,7 @@ export function selectPages(k: Kernels, kv: KVCache, a: AttentionState, layer: n
   const { P } = kv;
   const { topKPages, windowTokens, sinkTokens } = a.policy;
   const pages = Math.ceil(nPos / P);
-  const sinks = Math.min(Math.ceil(sinkTokens / P), pages);
+  const sinks = pinnedPages(P, sinkTokens, pages);
   const windowStart = Math.max(sinks, Math.min(pages - 1, Math.floor(Math.max(0, nPos - windowTokens) / P)));
   const candidates = windowStart - sinks;
   const sel = a.selected;

@@ -28,7 +28,7 @@ export interface KVOptions {
   warmBytes?: string | number;
 }
 
-export const DEFAULT_PAGE_TOKENS = 32;
+const DEFAULT_PAGE_TOKENS = 32;
 const MAX_PAGE_TOKENS = 1024;
 /** Hot slots a head's attention stages warm pages into, a batch at a time (more only saves kernel calls). */
 const STAGING_SLOTS = 8;
@@ -62,23 +62,24 @@ export interface KVPlan {
 }
 
 /**
- * Plans the tiers for ctx tokens. `pinned` pages per head (the attention's sinks) never leave the hot tier. Throws
+ * Plans the tiers for ctx tokens. The pages holding the first `pinnedTokens` (the attention's sinks) never leave the
+ * hot tier. Throws
  * BUDGET, saying what would fit, when the pages do not fit hot + warm.
  */
-export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinned = 0): KVPlan {
-  const plan = splitTiers(c, ctx, opts, pinned);
+export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinnedTokens = 0): KVPlan {
+  const plan = splitTiers(c, ctx, opts, pinnedTokens);
   if (!('fail' in plan)) return plan;
   let lo = 0, hi = ctx; // the longest context that fits, by bisection (fitting is monotone in ctx)
   while (hi - lo > 1) {
     const mid = Math.floor((lo + hi) / 2);
-    if ('fail' in splitTiers(c, mid, opts, pinned)) hi = mid;
+    if ('fail' in splitTiers(c, mid, opts, pinnedTokens)) hi = mid;
     else lo = mid;
   }
   const hint = lo > 0 ? `a context of ${lo} tokens would fit` : 'no context fits: raise kv.hotBytes';
   throw new EdgeLLMError('BUDGET', `${plan.fail}; ${hint}`);
 }
 
-function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinned: number): KVPlan | { fail: string } {
+function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: number): KVPlan | { fail: string } {
   const type = opts.type ?? 'f32';
   if (!KV_TYPES.includes(type)) throw new EdgeLLMError('BAD_ARGUMENT', `kv.type must be one of ${KV_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
   const P = opts.pageTokens ?? DEFAULT_PAGE_TOKENS;
@@ -101,7 +102,7 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinned: number
   if (avail >= pages * bytes) return plan;
   const stagingSlots = Math.min(STAGING_SLOTS, pagesPerHead);
   const hotSlots = Math.min(pages, Math.floor((avail - stagingSlots * bytes) / bytes));
-  const minHot = heads * (Math.min(pinned, pagesPerHead) + 1);
+  const minHot = heads * (pinnedPages(P, pinnedTokens, pagesPerHead) + 1);
   if (hotSlots < minHot) {
     return {
       fail:
@@ -118,6 +119,11 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinned: number
     };
   }
   return { ...plan, hotSlots, stagingSlots, warmSlots, hotBytes: fixed + (hotSlots + stagingSlots) * bytes, warmBytes: warmSlots * bytes };
+}
+
+/** Pages of P tokens holding the first `tokens` positions, at most the pages of a head. */
+export function pinnedPages(P: number, tokens: number, pagesPerHead: number): number {
+  return Math.min(Math.ceil(tokens / P), pagesPerHead);
 }
 
 /** What the cache holds now, per tier. */
@@ -191,10 +197,13 @@ export class KVCache {
   private fifoLength = 0;
   private readonly warm: PageStore | undefined;
   private sealedPages = 0;
+  /** pages per head that stay hot: those holding the first pinnedTokens */
+  private readonly pinned: number;
   private pagesStaged = 0;
 
-  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, opts: KVOptions = {}, private readonly pinned = 0) {
-    const plan = (this.plan = planKV(c, ctx, opts, pinned));
+  constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, opts: KVOptions = {}, pinnedTokens = 0) {
+    const plan = (this.plan = planKV(c, ctx, opts, pinnedTokens));
+    this.pinned = pinnedPages(plan.P, pinnedTokens, plan.pagesPerHead);
     this.type = plan.type;
     const P = (this.P = plan.P);
     const D = (this.D = c.headDim);
