@@ -34,6 +34,8 @@ const PASSAGE =
 const USAGE = `Usage: npm run bench -- MODEL.gguf [options]
        npm run bench -- --synthetic NAME --type q4_0|q8_0|f16 [options]
        npm run bench -- MODEL.gguf|--synthetic NAME --contexts C1,C2,... [sweep options] [options]
+       npm run bench -- --tokenizer [--vocab llama-bpe] [--text FILE] [--repeat N] [--no-anchor]   (bench/tokenizer.mjs)
+       npm run bench -- --chat [MODEL.gguf] [--turns 6] [--reply 32] [--ctx 2048]                   (bench/chat.mjs)
 
 Options:
   --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b, or
@@ -493,6 +495,13 @@ function printAnchors(e, anchors) {
 }
 
 // ───────────────────────────── main ─────────────────────────────
+
+// The side benches: tokenizer speed against llama.cpp's, and what a chat session's KV reuse saves.
+const SIDE = { '--tokenizer': 'tokenizer.mjs', '--chat': 'chat.mjs' };
+if (SIDE[process.argv[2]]) {
+  const r = spawnSync(process.execPath, [...process.execArgv, path.join(ROOT, 'bench', SIDE[process.argv[2]]), ...process.argv.slice(3)], { stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
 
 const cfg = parseArgs(process.argv.slice(2));
 relaunchForRelaxedSimd(cfg);

@@ -15,13 +15,18 @@ import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
 import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
 import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
-import { LlamaTokenizer } from './tokenizer/index.js';
-import { generate, checkAborted, type GenerateOptions } from './generate/generate.js';
+import { ModelTokenizer, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
+import { ChatSession, type ChatOptions, type SessionOptions } from './chat/session.js';
+import type { ChatMessage } from './chat/template.js';
+import { generate, checkAborted, CachedPrefix, type GenerateOptions } from './generate/generate.js';
 import { yieldToEventLoop } from './generate/yield.js';
 
 export { EdgeLLMError, type ErrorCode } from './errors.js';
 export type { ModelSource } from './gguf/source.js';
 export type { GenerateOptions, GenerationStats } from './generate/generate.js';
+export { applyChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/template.js';
+export { ModelTokenizer, type ChatFormatOptions, type TokenizeOptions, type DetokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
+export { ChatSession, type ChatOptions, type SessionOptions, type TurnStats } from './chat/session.js';
 export type { SamplingOptions } from './generate/sampler.js';
 export type { LlamaConfig } from './model/config.js';
 export type { KVType, KVOptions, KVUsage } from './kv/cache.js';
@@ -86,6 +91,8 @@ export interface ModelInfo extends LlamaConfig {
   memoryBytes: number;
   /** the kernel build running: 'relaxed' (relaxed SIMD) or 'simd' (SIMD128) */
   build: KernelBuild;
+  /** the vocabulary: its kind, special ids, end-of-generation ids, and whether the file has a chat template */
+  tokenizer: TokenizerInfo;
 }
 
 export interface ScoreResult {
@@ -126,9 +133,9 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
   try {
     const gguf = await readGGUF(source);
     const config = readLlamaConfig(gguf);
-    const tokenizer = LlamaTokenizer.fromGGUF(gguf);
-    if (tokenizer.vocabSize !== config.vocab) {
-      throw new EdgeLLMError('BAD_METADATA', `tokenizer.ggml.tokens has ${tokenizer.vocabSize} entries but token_embd.weight has ${config.vocab} rows`);
+    const text = ModelTokenizer.fromGGUF(gguf);
+    if (text.info.vocabSize !== config.vocab) {
+      throw new EdgeLLMError('BAD_METADATA', `tokenizer.ggml.tokens has ${text.info.vocabSize} entries but token_embd.weight has ${config.vocab} rows`);
     }
     const context = options.contextLength ?? Math.min(config.contextLength, DEFAULT_MAX_CONTEXT);
     if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
@@ -161,7 +168,21 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
     const profile = options.profile ? new KernelProfile() : undefined;
     const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
-    return new Model(llama, tokenizer, gguf, arena.regions, arena.totalBytes, profile);
+    return new Model(llama, text, gguf, arena.regions, arena.totalBytes, profile);
+  } finally {
+    await source.close();
+  }
+}
+
+/**
+ * The tokenizer and chat template of a GGUF, from its header alone: no weights are read and no wasm is started, so a
+ * vocab-only file works. (A URL is still downloaded whole for now.)
+ */
+export async function loadTokenizerOn(platform: Platform, src: ModelSource, options: Pick<LoadOptions, 'signal' | 'onProgress'> = {}): Promise<ModelTokenizer> {
+  const { onProgress, signal } = options;
+  const source = await openSource(src, { signal, onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })) }, platform.openPath);
+  try {
+    return ModelTokenizer.fromGGUF(await readGGUF(source));
   } finally {
     await source.close();
   }
@@ -211,9 +232,13 @@ export class Model {
   private busy = false;
   private disposed = false;
 
+  /** The ids whose KV the cache holds, which the next prompt may reuse. */
+  private readonly cache = new CachedPrefix();
+
   constructor(
     private llama: Llama,
-    private readonly tokenizer: LlamaTokenizer,
+    /** The tokenizer and chat template. */
+    readonly text: ModelTokenizer,
     gguf: GGUFFile,
     private readonly regions: Region[],
     memoryBytes: number,
@@ -234,29 +259,67 @@ export class Model {
       tensorTypes,
       memoryBytes,
       build: llama.kernels.kernel_build() === 1 ? 'relaxed' : 'simd',
+      tokenizer: text.info,
     };
   }
 
-  tokenize(text: string, opts: { bos?: boolean; eos?: boolean } = {}): number[] {
+  tokenize(text: string, opts: TokenizeOptions = {}): number[] {
     this.live();
-    if (typeof text !== 'string') throw new EdgeLLMError('BAD_ARGUMENT', `tokenize needs a string, got ${typeof text}`);
-    return this.tokenizer.encode(text, opts);
+    return this.text.tokenize(text, opts);
   }
 
-  detokenize(ids: ArrayLike<number>): string {
+  detokenize(ids: ArrayLike<number>, opts: DetokenizeOptions = {}): string {
     this.live();
-    return this.tokenizer.decode(ids);
+    return this.text.detokenize(ids, opts);
   }
 
-  /** Streams generated text. A prompt string is tokenized with BOS (per the model); an id array is used as is. */
+  /**
+   * Streams generated text. A prompt string is tokenized with BOS (per the model) and no special tokens; an id array
+   * is used as is. The KV of the longest prefix shared with the previous call is reused, not computed again.
+   */
   generate(prompt: string | number[], opts: GenerateOptions = {}): AsyncIterable<string> {
     const model = this;
     return {
       async *[Symbol.asyncIterator]() {
         const ids = model.promptIds(prompt);
-        yield* model.exclusive(() => generate(model.llama, model.tokenizer, ids, opts));
+        yield* model.exclusive(() => generate(model.llama, model.text.tokenizer, model.cache, ids, opts));
       },
     };
+  }
+
+  /** Renders messages with the model's chat template (or `opts.template`), ending with the assistant's prompt. */
+  applyChatTemplate(messages: ChatMessage[], opts: ChatFormatOptions = {}): string {
+    this.live();
+    return this.text.applyChatTemplate(messages, opts);
+  }
+
+  /** Streams the assistant's reply to messages, rendered with the chat template; the same options as generate. */
+  chat(messages: ChatMessage[], opts: ChatOptions = {}): AsyncIterable<string> {
+    const model = this;
+    return {
+      async *[Symbol.asyncIterator]() {
+        const { template, tools, now, variables, ...generateOptions } = opts;
+        model.live();
+        const ids = model.text.chatIds(messages, { template, tools, now, variables, addGenerationPrompt: true });
+        yield* model.generate(ids, generateOptions);
+      },
+    };
+  }
+
+  /** A conversation that keeps its KV cache between turns: see ChatSession. */
+  session(opts: SessionOptions = {}): ChatSession {
+    this.live();
+    const model = this;
+    return new ChatSession(
+      {
+        text: this.text,
+        get contextLength() {
+          return model.info.context;
+        },
+        generate: (ids, o) => model.generate(ids, o),
+      },
+      opts,
+    );
   }
 
   async complete(prompt: string | number[], opts: GenerateOptions = {}): Promise<string> {
@@ -309,7 +372,7 @@ export class Model {
     let nllSum = 0, scored = 0;
     for (let w = 0; w < count; w++) {
       const first = w * (window - 1);
-      const seq = [this.tokenizer.bos, ...ids.slice(first, first + window - 1)];
+      const seq = [this.text.info.bos, ...ids.slice(first, first + window - 1)];
       const r = await this.score(seq, opts);
       const win = { firstToken: first, nll: r.nll, ppl: Math.exp(r.nll), tokensScored: r.tokensScored };
       windows.push(win);
@@ -350,7 +413,7 @@ export class Model {
 
   private promptIds(prompt: string | number[]): number[] {
     this.live();
-    if (typeof prompt === 'string') return this.tokenizer.encode(prompt);
+    if (typeof prompt === 'string') return this.text.tokenize(prompt);
     if (Array.isArray(prompt) && prompt.every((id) => Number.isInteger(id) && id >= 0 && id < this.llama.config.vocab)) return prompt.slice();
     throw new EdgeLLMError('BAD_ARGUMENT', 'a prompt is a string or an array of token ids within the vocabulary');
   }
@@ -358,12 +421,14 @@ export class Model {
   private async forEachLogits(ids: ArrayLike<number>, signal: AbortSignal | undefined, fn: (row: number, logits: Float32Array) => void): Promise<void> {
     this.live();
     if (ids.length > this.llama.kv.ctx) throw new EdgeLLMError('CONTEXT_FULL', `${ids.length} tokens exceed the context of ${this.llama.kv.ctx}`);
+    const cache = this.cache;
     const run = async function* (llama: Llama) {
       const vocab = llama.config.vocab;
+      cache.clear();
       for (let pos = 0; pos < ids.length; pos += llama.maxBatch) {
         checkAborted(signal);
         const batch = Array.prototype.slice.call(ids, pos, pos + llama.maxBatch) as number[];
-        const at = llama.forward(batch, pos, true);
+        const at = cache.forward(llama, batch, true);
         for (let t = 0; t < batch.length; t++) fn(pos + t, llama.heap.subarray(at + t * vocab, at + (t + 1) * vocab));
         await yieldToEventLoop();
       }

@@ -7,7 +7,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { EdgeLLMError, loadModel, type GenerateOptions, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
+import { createInterface } from 'node:readline';
+import { EdgeLLMError, loadModel, loadTokenizer, type ChatSession, type GenerateOptions, type GenerationStats, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
 import { openLocalSource } from './gguf/file.js';
 import { readGGUF, valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
@@ -98,7 +99,9 @@ const num = (p: Parsed, name: string) => p.flags.get(name) as number | undefined
 const USAGE = `edgellm: run Llama-family GGUF models in WebAssembly
 
 Usage:
-  edgellm run MODEL -p PROMPT [options]       generate text from a prompt
+  edgellm run MODEL -p PROMPT [options]       generate text from a prompt (--chat: one user turn)
+  edgellm chat MODEL [--system TEXT]          talk to a model through its chat template
+  edgellm tokenize MODEL [TEXT] [options]     print the token ids of a text (reads only the header)
   edgellm perplexity MODEL TEXTFILE [options] score a text file (llama.cpp-style perplexity)
   edgellm info MODEL [--json]                 describe a GGUF file from its header, without loading weights
 
@@ -111,7 +114,18 @@ Options:
 
 Set EDGELLM_DEBUG=1 to see stack traces on errors.`;
 
-/** The help lines of CACHE_FLAGS, shared by run and perplexity. */
+/** The help lines of SAMPLING_FLAGS, shared by run and chat. */
+const SAMPLING_HELP = `  -n, --max-tokens N       most tokens to generate (default 128 for run, 1024 per reply for chat)
+  --temperature T          0 = greedy (default 0)
+  --top-k K                keep the K most likely tokens, 0 = off (default 40)
+  --top-p P                nucleus sampling, 1 = off (default 0.95)
+  --min-p P                drop tokens below P × the best one, 0 = off (default 0.05)
+  --repeat-penalty R       penalize recent tokens, 1 = off (default 1)
+  --repeat-last-n N        how far back the penalty looks (default 64)
+  --seed S                 random seed (default: random)
+  --stop STR               stop before STR; repeatable`;
+
+/** The help lines of CACHE_FLAGS, shared by run, chat and perplexity. */
 const CACHE_HELP = `  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
   --page-tokens N          tokens per KV page (default 32)
   --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
@@ -121,6 +135,12 @@ const CACHE_HELP = `  --kv f32|f16|int8|int4   KV page type (default f32; f16 as
   --window N               sparse: recent tokens always read (default 64)
   --sinks N                sparse: first tokens always read (default 4)`;
 
+/** The help lines of MODEL_FLAGS, shared by run and chat. */
+const MODEL_HELP = `  --ctx N                  context length to plan (default: the model's, at most 4096)
+  --batch N                prompt tokens per forward batch (default 32)
+${CACHE_HELP}
+  --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB`;
+
 const HELP: Record<string, string> = {
   run: `Usage: edgellm run MODEL -p PROMPT [options]
 
@@ -128,19 +148,36 @@ Streams the generated text (only that) to stdout; load time and speed go to stde
 
 Options:
   -p, --prompt TEXT        the prompt (required); tokenized with BOS as the model asks
-  -n, --max-tokens N       most tokens to generate (default 128)
-  --temperature T          0 = greedy (default 0)
-  --top-k K                keep the K most likely tokens, 0 = off (default 40)
-  --top-p P                nucleus sampling, 1 = off (default 0.95)
-  --min-p P                drop tokens below P × the best one, 0 = off (default 0.05)
-  --repeat-penalty R       penalize recent tokens, 1 = off (default 1)
-  --repeat-last-n N        how far back the penalty looks (default 64)
-  --seed S                 random seed (default: random)
-  --stop STR               stop before STR; repeatable
-  --ctx N                  context length to plan (default: the model's, at most 4096)
-  --batch N                prompt tokens per forward batch (default 32)
-${CACHE_HELP}
-  --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB
+  --chat                   send the prompt as one user turn through the model's chat template
+  --system TEXT            with --chat: a system message first
+  --template FILE          with --chat: a Jinja chat template to use instead of the file's
+${SAMPLING_HELP}
+${MODEL_HELP}
+  -h, --help               show this help`,
+  chat: `Usage: edgellm chat MODEL [options]
+
+An interactive chat through the model's chat template; the conversation keeps its KV cache, so each turn prefills
+only its new tokens. Replies stream to stdout, speed to stderr. Up/down recall earlier lines; Ctrl-C stops a reply
+(at the prompt, it quits); Ctrl-D quits. With stdin not a terminal, each line is one user turn.
+
+Options:
+  --system TEXT            a system message
+  --template FILE          a Jinja chat template to use instead of the file's
+  --drop-oldest            when the context fills, drop the oldest turns (default: stop with CONTEXT_FULL)
+${SAMPLING_HELP}
+${MODEL_HELP}
+  -h, --help               show this help`,
+  tokenize: `Usage: edgellm tokenize MODEL [TEXT] [options]
+
+Prints the token ids of TEXT (or of --file, or of stdin), space-separated. Reads only the GGUF header, so a
+vocab-only file works.
+
+Options:
+  --file F                 tokenize the contents of file F
+  --special                turn the text of control tokens (<|im_start|>, ...) into their ids
+  --no-bos                 never prepend BOS (default: as the vocabulary says)
+  --json                   print a JSON array of ids
+  --pieces                 print one token per line: id and its text
   -h, --help               show this help`,
   perplexity: `Usage: edgellm perplexity MODEL TEXTFILE [options]
 
@@ -267,10 +304,9 @@ function cacheReport(model: Model) {
   return { line, kv, attention };
 }
 
-// ───────────────────────────── run ─────────────────────────────
+// ───────────────────────────── run and chat ─────────────────────────────
 
-const RUN_FLAGS: FlagSpec[] = [
-  { name: 'prompt', short: 'p', kind: 'string' },
+const SAMPLING_FLAGS: FlagSpec[] = [
   { name: 'max-tokens', short: 'n', kind: 'int' },
   { name: 'temperature', kind: 'number' },
   { name: 'top-k', kind: 'int' },
@@ -280,26 +316,46 @@ const RUN_FLAGS: FlagSpec[] = [
   { name: 'repeat-last-n', kind: 'int' },
   { name: 'seed', kind: 'int' },
   { name: 'stop', kind: 'list' },
+];
+
+/** Loading flags shared by run and chat. */
+const MODEL_FLAGS: FlagSpec[] = [
   { name: 'ctx', kind: 'int' },
   { name: 'batch', kind: 'int' },
   ...CACHE_FLAGS,
   { name: 'memory-budget', kind: 'string' },
 ];
 
-async function run(p: Parsed, controller: AbortController): Promise<void> {
-  const [source] = positionals(p, ['MODEL'], 'run');
-  const prompt = p.flags.get('prompt') as string | undefined;
-  if (prompt === undefined) throw new UsageError('missing -p/--prompt', 'run');
-  const signal = controller.signal;
-  const model = await load(source, {
+const RUN_FLAGS: FlagSpec[] = [
+  { name: 'prompt', short: 'p', kind: 'string' },
+  { name: 'chat', kind: 'bool' },
+  { name: 'system', kind: 'string' },
+  { name: 'template', kind: 'string' },
+  ...SAMPLING_FLAGS,
+  ...MODEL_FLAGS,
+];
+
+const CHAT_FLAGS: FlagSpec[] = [
+  { name: 'system', kind: 'string' },
+  { name: 'template', kind: 'string' },
+  { name: 'drop-oldest', kind: 'bool' },
+  ...SAMPLING_FLAGS,
+  ...MODEL_FLAGS,
+];
+
+function loadFor(p: Parsed, source: string, signal: AbortSignal): Promise<Model> {
+  return load(source, {
     contextLength: num(p, 'ctx'),
     batchSize: num(p, 'batch'),
     ...cacheOptions(p),
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
     signal,
   });
-  const opts: GenerateOptions = {
-    maxTokens: num(p, 'max-tokens') ?? 128,
+}
+
+function samplingOptions(p: Parsed, defaultMaxTokens: number): GenerateOptions {
+  return withoutUndefined({
+    maxTokens: num(p, 'max-tokens') ?? defaultMaxTokens,
     temperature: num(p, 'temperature'),
     topK: num(p, 'top-k'),
     topP: num(p, 'top-p'),
@@ -308,17 +364,45 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
     repeatLastN: num(p, 'repeat-last-n'),
     seed: num(p, 'seed'),
     stop: p.flags.get('stop') as string[] | undefined,
-    signal,
-    onStats: (s) =>
-      stderr(
-        `prefill ${s.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${s.decodeTokensPerSecond.toFixed(1)} tok/s (${s.generatedTokens} tokens)` +
-          `; prompt ${s.promptTokens} tokens, stopped by ${s.stopReason}`,
-      ),
-  };
-  withoutUndefined(opts);
+  });
+}
+
+function speedLine(s: GenerationStats): string {
+  const cached = s.cachedTokens ? ` (${s.cachedTokens} cached, ${s.prefilledTokens} prefilled)` : '';
+  return (
+    `prefill ${s.prefillTokensPerSecond.toFixed(1)} tok/s, decode ${s.decodeTokensPerSecond.toFixed(1)} tok/s (${s.generatedTokens} tokens)` +
+    `; prompt ${s.promptTokens} tokens${cached}, stopped by ${s.stopReason}`
+  );
+}
+
+async function readTemplate(p: Parsed): Promise<string | undefined> {
+  const file = p.flags.get('template') as string | undefined;
+  if (file === undefined) return undefined;
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    throw new EdgeLLMError('BAD_SOURCE', `template file "${file}": cannot read: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+async function run(p: Parsed, controller: AbortController): Promise<void> {
+  const [source] = positionals(p, ['MODEL'], 'run');
+  const prompt = p.flags.get('prompt') as string | undefined;
+  if (prompt === undefined) throw new UsageError('missing -p/--prompt', 'run');
+  const chat = p.flags.get('chat') === true;
+  for (const flag of ['system', 'template']) {
+    if (!chat && p.flags.has(flag)) throw new UsageError(`--${flag} needs --chat`, 'run');
+  }
+  const template = await readTemplate(p);
+  const signal = controller.signal;
+  const model = await loadFor(p, source, signal);
+  const opts: GenerateOptions = { ...samplingOptions(p, 128), signal, onStats: (s) => stderr(speedLine(s)) };
+  const system = p.flags.get('system') as string | undefined;
+  const messages = [...(system !== undefined ? [{ role: 'system', content: system }] : []), { role: 'user', content: prompt }];
   let wrote = false;
   try {
-    for await (const chunk of model.generate(prompt, opts)) {
+    const stream = chat ? model.chat(messages, { ...opts, template }) : model.generate(prompt, opts);
+    for await (const chunk of stream) {
       process.stdout.write(chunk);
       wrote = true;
     }
@@ -329,6 +413,110 @@ async function run(p: Parsed, controller: AbortController): Promise<void> {
     if (wrote) process.stdout.write('\n');
     throw err;
   }
+}
+
+/**
+ * The chat loop. Ctrl-C stops the reply being generated; at the prompt it quits, as does Ctrl-D (end of input).
+ * On a terminal readline keeps the line history; piped input is read line by line, each line one turn.
+ */
+async function chat(p: Parsed): Promise<void> {
+  const [source] = positionals(p, ['MODEL'], 'chat');
+  const template = await readTemplate(p);
+  const loading = new AbortController();
+  const onLoadInterrupt = () => loading.abort(new Error('SIGINT'));
+  process.once('SIGINT', onLoadInterrupt);
+  let model: Model;
+  try {
+    model = await loadFor(p, source, loading.signal);
+  } finally {
+    process.off('SIGINT', onLoadInterrupt);
+  }
+  const session: ChatSession = model.session({
+    system: p.flags.get('system') as string | undefined,
+    template,
+    overflow: p.flags.get('drop-oldest') ? 'drop-oldest' : 'error',
+  });
+  const sampling = samplingOptions(p, 1024);
+  const terminal = process.stdin.isTTY === true && process.stdout.isTTY === true;
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal, historySize: 200, prompt: terminal ? '> ' : '' });
+  let reply: AbortController | undefined;
+  const interrupt = () => {
+    if (reply) reply.abort(new Error('SIGINT'));
+    else rl.close();
+  };
+  rl.on('SIGINT', interrupt);
+  process.on('SIGINT', interrupt);
+  if (terminal) stderr('(Ctrl-C stops a reply, Ctrl-D quits)');
+  rl.prompt();
+  try {
+    for await (const line of rl) {
+      if (line.trim() === '') {
+        rl.prompt();
+        continue;
+      }
+      reply = new AbortController();
+      let wrote = false;
+      try {
+        for await (const chunk of session.send(line, { ...sampling, signal: reply.signal, onStats: (s) => stderr(speedLine(s)) })) {
+          process.stdout.write(chunk);
+          wrote = true;
+        }
+        process.stdout.write('\n');
+      } catch (err) {
+        if (wrote) process.stdout.write('\n');
+        if (!(err instanceof EdgeLLMError && err.code === 'ABORTED')) throw err;
+        stderr('(reply stopped)');
+      } finally {
+        reply = undefined;
+      }
+      rl.prompt();
+    }
+  } finally {
+    process.off('SIGINT', interrupt);
+    rl.close();
+    model.dispose();
+  }
+  if (terminal) process.stdout.write('\n');
+}
+
+// ───────────────────────────── tokenize ─────────────────────────────
+
+const TOKENIZE_FLAGS: FlagSpec[] = [
+  { name: 'file', kind: 'string' },
+  { name: 'special', kind: 'bool' },
+  { name: 'no-bos', kind: 'bool' },
+  { name: 'json', kind: 'bool' },
+  { name: 'pieces', kind: 'bool' },
+];
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function tokenize(p: Parsed, controller: AbortController): Promise<void> {
+  if (p.positionals.length > 2) throw new UsageError(`unexpected argument ${JSON.stringify(p.positionals[2])}`, 'tokenize');
+  const [source, given] = p.positionals;
+  if (source === undefined) throw new UsageError('missing MODEL', 'tokenize');
+  const file = p.flags.get('file') as string | undefined;
+  if (given !== undefined && file !== undefined) throw new UsageError('give TEXT or --file, not both', 'tokenize');
+  let text: string;
+  if (given !== undefined) text = given;
+  else if (file !== undefined) {
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw new EdgeLLMError('BAD_SOURCE', `text file "${file}": cannot read: ${(err as Error).message}`, { cause: err });
+    }
+  } else if (!process.stdin.isTTY) text = await readStdin();
+  else throw new UsageError('missing TEXT (or --file F, or text on stdin)', 'tokenize');
+  const tokenizer = await loadTokenizer(source, { signal: controller.signal });
+  const ids = tokenizer.tokenize(text, { special: p.flags.get('special') === true, ...(p.flags.get('no-bos') ? { bos: false } : {}) });
+  if (p.flags.get('json')) process.stdout.write(JSON.stringify(ids) + '\n');
+  else if (p.flags.get('pieces')) process.stdout.write(ids.map((id) => `${id}\t${JSON.stringify(tokenizer.detokenize([id], { special: true }))}\n`).join(''));
+  else process.stdout.write(ids.join(' ') + '\n');
+  stderr(`${ids.length} tokens (${tokenizer.info.model}${tokenizer.info.pre ? `/${tokenizer.info.pre}` : ''} vocabulary of ${tokenizer.info.vocabSize})`);
 }
 
 // ───────────────────────────── perplexity ─────────────────────────────
@@ -605,8 +793,11 @@ function formatCount(n: number): string {
 
 // ───────────────────────────── main ─────────────────────────────
 
-const COMMANDS: Record<string, { flags: FlagSpec[]; run: (p: Parsed, c: AbortController) => Promise<void> }> = {
+/** `interrupts`: the command handles Ctrl-C itself (chat stops a reply, not the program). */
+const COMMANDS: Record<string, { flags: FlagSpec[]; run: (p: Parsed, c: AbortController) => Promise<void>; interrupts?: boolean }> = {
   run: { flags: RUN_FLAGS, run },
+  chat: { flags: CHAT_FLAGS, run: chat, interrupts: true },
+  tokenize: { flags: TOKENIZE_FLAGS, run: tokenize },
   perplexity: { flags: PPL_FLAGS, run: perplexity },
   info: { flags: INFO_FLAGS, run: info },
 };
@@ -634,7 +825,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP[first] + '\n');
     return 0;
   }
-  const controller = interruptible();
+  const controller = command.interrupts ? new AbortController() : interruptible();
   try {
     await command.run(parsed, controller);
   } catch (err) {

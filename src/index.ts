@@ -3,7 +3,7 @@
  * never the whole file), and the kernels are read from the package's own files.
  */
 import { readFile } from 'node:fs/promises';
-import { loadModelOn, type LoadOptions, type Model, type Platform } from './api.js';
+import { loadModelOn, loadTokenizerOn, type LoadOptions, type Model, type ModelTokenizer, type Platform } from './api.js';
 import { openFile } from './gguf/file.js';
 import type { ModelSource } from './gguf/source.js';
 import { compileOncePerBuild, fetchOk } from './runtime/kernels.js';
@@ -19,4 +19,9 @@ const platform: Platform = { openPath: openFile, fetchBytes, packagedKernels: co
 /** Reads a GGUF (a path, file: or http(s) URL, bytes or a Blob), plans memory, loads the weights and the kernels. */
 export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Model> {
   return loadModelOn(platform, src, options);
+}
+
+/** Reads only the header of a GGUF (any source loadModel takes): its tokenizer and chat template, no weights. */
+export function loadTokenizer(src: ModelSource, options?: Pick<LoadOptions, 'signal' | 'onProgress'>): Promise<ModelTokenizer> {
+  return loadTokenizerOn(platform, src, options);
 }

@@ -3,7 +3,7 @@
  * builds are imported as precompiled WebAssembly.Module objects, which wrangler and workerd resolve at deploy time.
  * A model is bytes (e.g. a bundled Data module or an R2 object's arrayBuffer()), a Blob, or an http(s) URL.
  */
-import { loadModelOn, type LoadOptions, type Model, type Platform } from './api.js';
+import { loadModelOn, loadTokenizerOn, type LoadOptions, type Model, type ModelTokenizer, type Platform } from './api.js';
 import { fetchRelativePath, type ModelSource } from './gguf/source.js';
 import { fetchOk, type KernelBuild } from './runtime/kernels.js';
 import simd from './edgellm-simd.wasm';
@@ -22,4 +22,9 @@ const platform: Platform = {
 /** Reads a GGUF (bytes, a Blob or an http(s) URL), plans memory, loads the weights; the kernels are already compiled. */
 export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Model> {
   return loadModelOn(platform, src, options);
+}
+
+/** Reads only the header of a GGUF (any source loadModel takes): its tokenizer and chat template, no weights. */
+export function loadTokenizer(src: ModelSource, options?: Pick<LoadOptions, 'signal' | 'onProgress'>): Promise<ModelTokenizer> {
+  return loadTokenizerOn(platform, src, options);
 }

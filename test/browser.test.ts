@@ -1,19 +1,22 @@
-// The browser example (examples/browser/) in a real browser: headless Chromium (Debian's) driven by playwright-core,
-// the page served by the example's own zero-dependency server with NO COOP/COEP headers, as a mobile WebView or a
-// plain static host would load it. So the page is not cross-origin isolated and has no SharedArrayBuffer, which
-// edgellm (single-threaded) does not need. Through the page's own controls:
-// - tiny-260k-q8_0 opened with the file picker (a File, read slice by slice), on a desktop viewport;
-// - sotu-15m-q4_0 loaded by URL (fetched from the same server), in an emulated Android WebView (small viewport, touch,
-//   isMobile, a WebView user agent);
-// each with the default kernels (relaxed SIMD in current Chromium) and ?simd=baseline (SIMD128). Every run must give
-// exactly Node's 32 greedy token ids and text, and plan the same wasm memory as Node.
+// The browser example (examples/browser/, a chat page) in a real browser: headless Chromium (Debian's) driven by
+// playwright-core, the page served by the example's own zero-dependency server with NO COOP/COEP headers, as a mobile
+// WebView or a plain static host would load it. So the page is not cross-origin isolated and has no SharedArrayBuffer,
+// which edgellm (single-threaded) does not need. Through the page's own controls, as a person would use them:
+// - tiny-260k-q8_0 opened with the file picker (a File, read slice by slice), on a desktop viewport, with the keyboard
+//   (Enter sends, Shift+Enter is a new line);
+// - sotu-15m-q4_0 loaded by URL (fetched from the same server), in an emulated Android WebView (a phone-sized screen,
+//   touch, isMobile, a WebView user agent): a conversation of several turns sent by tapping Send, a reply stopped
+//   with Stop, a turn after it, and New chat;
+// each with the default kernels (relaxed SIMD in current Chromium) and ?simd=baseline (SIMD128). Every reply must be
+// exactly what Node's ChatSession gives for the same turns (greedy, the page's template and stop strings), token for
+// token, with the same cache reuse, and the page must plan the same wasm memory as Node.
 // The page tests dist/browser.js, the bundle users get: `npm test` builds it first (`npm run build` otherwise).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { chromium, devices, type Browser, type BrowserContext, type BrowserContextOptions, type Page } from 'playwright-core';
-import { loadModel } from '../src/index.js';
+import { loadModel, type ChatMessage, type Model, type TurnStats } from '../src/index.js';
 import { startServer, type RunningServer } from '../examples/browser/serve.mjs';
+import { PLAIN_STOP, PLAIN_TEMPLATE } from '../examples/browser/chat-format.js';
 import { announceSkipIfNoModels, modelPath, MODELS } from './util/shared.js';
 import { checkDist } from './util/dist.js';
 
@@ -35,28 +38,59 @@ const WEBVIEW: BrowserContextOptions = {
 };
 const DESKTOP: BrowserContextOptions = { viewport: { width: 1280, height: 800 } };
 
-const N = 32;
-const CONTEXT = 512; // the page's default
-const TINY = { file: 'tiny-260k-q8_0.gguf', prompt: 'Once upon a time' };
-const SOTU = { file: 'sotu-15m-q4_0.gguf', prompt: 'The state of the Union is' };
+const CONTEXT = 1024; // the page's default
+const MAX_TOKENS = 48; // per reply in the conversations
+const TINY = {
+  file: 'tiny-260k-q8_0.gguf',
+  // typed with Shift+Enter between the lines
+  turns: [['Once upon a time', 'there was a little dog.'], ['What did the dog do?']],
+};
+const SOTU = {
+  file: 'sotu-15m-q4_0.gguf',
+  // The third carries markup, which must show as text (the page never writes messages as HTML).
+  turns: ['What is the state of the Union?', 'What should the Congress do this year?', 'Thank you, <b>Mr. President</b> & good night.'],
+  // Stopped by Stop part way; greedy, Node's reply to it runs to well past the stop.
+  long: 'Tell us about the history of the nation and its wars.',
+  longMaxTokens: 200,
+  after: 'What comes next?',
+};
 const STEP_MS = 60_000;
 
-interface Reference { ids: number[]; text: string; memoryBytes: number }
-interface LastRun { build: string; ids: number[]; text: string; memoryBytes: number; stopped: boolean; stats?: { generatedTokens: number; stopReason: string } }
-interface Loaded { name: string; build: string; memoryBytes: number; context: number }
+interface Turn { user: string; text: string; ids: number[]; stopped: boolean; stats?: TurnStats; messages: ChatMessage[] }
+interface Loaded { name: string; build: string; memoryBytes: number; context: number; chatTemplate: boolean }
 /** The page's test hooks (see examples/browser/app.js). */
-type Hooks = { edgellmLoaded?: Loaded; edgellmLastRun?: LastRun; edgellmError?: string };
+type Hooks = { edgellmLoaded?: Loaded; edgellmTurns?: Turn[]; edgellmError?: string };
 // (page functions are serialized into the page, so they spell out `window as unknown as Hooks` themselves)
 
-/** Node's greedy ids and text: the reference every browser run must equal. */
-async function nodeReference(file: string, prompt: string): Promise<Reference> {
-  const model = await loadModel(modelPath(file), { contextLength: CONTEXT });
-  const ids: number[] = [];
-  let text = '';
-  for await (const chunk of model.generate(prompt, { maxTokens: N, temperature: 0, onToken: (id) => ids.push(id) })) text += chunk;
-  const memoryBytes = model.memory().totalBytes;
-  model.dispose();
-  return { ids, text, memoryBytes };
+/** Node: one model per file, shared by every reference session (a session's replies do not depend on what the model's cache held before). */
+const nodeModels = new Map<string, Model>();
+async function nodeModel(file: string): Promise<Model> {
+  if (!nodeModels.has(file)) nodeModels.set(file, await loadModel(modelPath(file), { contextLength: CONTEXT }));
+  return nodeModels.get(file)!;
+}
+
+/** Node's turns for the same user messages, as the page holds them: its template and stop strings, greedy. */
+async function nodeTurns(file: string, users: string[], maxTokens = MAX_TOKENS, messages: ChatMessage[] = []): Promise<Turn[]> {
+  const model = await nodeModel(file);
+  const session = model.session({ template: PLAIN_TEMPLATE, overflow: 'drop-oldest', messages });
+  const turns: Turn[] = [];
+  for (const user of users) {
+    const ids: number[] = [];
+    let text = '';
+    for await (const chunk of session.send(user, { maxTokens, temperature: 0, stop: PLAIN_STOP, onToken: (id) => ids.push(id) })) text += chunk;
+    turns.push({ user, text, ids, stopped: false, stats: session.stats, messages: session.messages });
+  }
+  return turns;
+}
+
+/** What a turn's reply must equal in the browser: everything but the timings. */
+function sameTurn(page: Turn, node: Turn): void {
+  expect(page.stopped).toBe(false);
+  expect(page.text).toBe(node.text);
+  expect(page.ids).toEqual(node.ids);
+  expect(page.messages).toEqual(node.messages);
+  const { promptTokens, cachedTokens, prefilledTokens, generatedTokens, stopReason, droppedMessages } = node.stats!;
+  expect(page.stats).toMatchObject({ promptTokens, cachedTokens, prefilledTokens, generatedTokens, stopReason, droppedMessages });
 }
 
 /** A page of the example with everything that goes wrong in it (errors, failed requests, HTTP errors) recorded. */
@@ -94,9 +128,9 @@ class ExamplePage {
     expect(this.problems).toEqual([]);
   }
 
-  async until(what: string, predicate: () => unknown): Promise<void> {
+  async until<A>(what: string, predicate: (arg: A) => unknown, arg?: A): Promise<void> {
     try {
-      await this.page.waitForFunction(predicate, undefined, { timeout: STEP_MS, polling: 50 });
+      await this.page.waitForFunction(predicate as (arg: unknown) => unknown, arg, { timeout: STEP_MS, polling: 50 });
     } catch (e) {
       const state = await this.page.evaluate(() => `state ${document.body.dataset.state}; status: ${document.getElementById('status')?.textContent}; error: ${document.getElementById('error')?.textContent}`).catch(() => '?');
       throw new Error(`waiting for ${what}: ${(e as Error).message}\n${state}\n${this.problems.join('\n')}\n--- console ---\n${this.log.join('\n')}`);
@@ -109,6 +143,10 @@ class ExamplePage {
     const { edgellmLoaded, edgellmError } = await this.page.evaluate(() => ({ edgellmLoaded: (window as unknown as Hooks).edgellmLoaded, edgellmError: (window as unknown as Hooks).edgellmError }));
     expect(edgellmError, 'the page shows an error').toBeUndefined();
     expect(await this.page.getAttribute('body', 'data-state')).toBe('ready');
+    // The test models are base models: the page says it writes a plain transcript instead.
+    expect(edgellmLoaded!.chatTemplate).toBe(false);
+    expect(await this.page.textContent('#messages .notice')).toContain('no chat template');
+    expect(await this.page.isEnabled('#send')).toBe(true);
     this.check('loading');
     return edgellmLoaded!;
   }
@@ -124,18 +162,49 @@ class ExamplePage {
     return this.loaded();
   }
 
-  /** Fills in the controls, presses Generate and waits for the run to end. */
-  async generate(prompt: string, maxTokens: number, temperature = 0): Promise<LastRun> {
-    await this.page.fill('#prompt', prompt);
-    await this.page.fill('#max-tokens', String(maxTokens));
-    await this.page.fill('#temperature', String(temperature));
-    await this.page.click('#generate');
-    await this.until('the generation to end', () => (window as unknown as Hooks).edgellmLastRun || (window as unknown as Hooks).edgellmError);
-    const { run, error } = await this.page.evaluate(() => ({ run: (window as unknown as Hooks).edgellmLastRun, error: (window as unknown as Hooks).edgellmError }));
+  turns(): Promise<Turn[]> {
+    return this.page.evaluate(() => (window as unknown as Hooks).edgellmTurns ?? []);
+  }
+
+  /** Waits for the turn under way to end (the page appends it to its turns) and checks the page is ready again. */
+  async turnEnded(count: number): Promise<Turn> {
+    await this.until(`turn ${count} to end`, (n) => ((window as unknown as Hooks).edgellmTurns?.length ?? 0) >= n || (window as unknown as Hooks).edgellmError, count);
+    const { turns, error, state } = await this.page.evaluate(() => ({ turns: (window as unknown as Hooks).edgellmTurns!, error: (window as unknown as Hooks).edgellmError, state: document.body.dataset.state }));
     expect(error, 'the page shows an error').toBeUndefined();
-    expect(await this.page.getAttribute('body', 'data-state')).toBe('ready');
-    this.check('generating');
-    return run!;
+    expect(state).toBe('ready');
+    expect(turns).toHaveLength(count);
+    expect(await this.page.isVisible('#send')).toBe(true);
+    expect(await this.page.isVisible('#stop')).toBe(false);
+    this.check('replying');
+    return turns[count - 1];
+  }
+
+  /** Sets one of the settings under "Model" (folded away after a load), as a person would: unfold, type, fold. */
+  async setting(id: string, value: string): Promise<void> {
+    const folded = !(await this.page.evaluate(() => (document.getElementById('setup') as HTMLDetailsElement).open));
+    if (folded) await this.page.click('#setup > summary');
+    await this.page.fill(`#${id}`, value);
+    if (folded) await this.page.click('#setup > summary');
+  }
+
+  /** Types a message and sends it with the Send button (tapped on a touch screen) or the Enter key. */
+  async say(text: string, how: 'tap' | 'enter'): Promise<Turn> {
+    const count = (await this.turns()).length;
+    await this.page.fill('#input', text);
+    if (how === 'tap') await this.page.tap('#send');
+    else await this.page.press('#input', 'Enter');
+    const turn = await this.turnEnded(count + 1);
+    expect(turn.user).toBe(text.trim());
+    expect(await this.page.inputValue('#input')).toBe('');
+    return turn;
+  }
+
+  /** The text of the last assistant bubble, and whether it is marked stopped. */
+  async lastReply(): Promise<{ text: string; stopped: boolean }> {
+    return this.page.$$eval('#messages .msg.assistant', (els) => {
+      const last = els[els.length - 1];
+      return { text: last.querySelector('.text')!.textContent ?? '', stopped: last.classList.contains('stopped') };
+    });
   }
 
   async status(): Promise<string> {
@@ -143,16 +212,20 @@ class ExamplePage {
   }
 }
 
-describe.skipIf(!HAVE)('browser example in headless Chromium (no cross-origin isolation)', () => {
-  const ref = new Map<string, Reference>();
+describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cross-origin isolation)', () => {
   let server: RunningServer;
   let browser: Browser;
   let desktop: BrowserContext;
   let webview: BrowserContext;
+  let tinyRef: Turn[];
+  let sotuRef: Turn[];
 
   beforeAll(async () => {
     checkDist();
-    for (const c of [TINY, SOTU]) ref.set(c.file, await nodeReference(c.file, c.prompt));
+    tinyRef = await nodeTurns(TINY.file, TINY.turns.map((lines) => lines.join('\n')));
+    sotuRef = await nodeTurns(SOTU.file, SOTU.turns);
+    // A conversation where a reply says nothing would not show much: the chosen turns all get text.
+    for (const t of [...tinyRef, ...sotuRef]) expect(t.text.trim(), `Node's reply to ${JSON.stringify(t.user)}`).not.toBe('');
     server = await startServer({ port: 0, mounts: { '/models/': MODELS } });
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     desktop = await browser.newContext(DESKTOP);
@@ -162,6 +235,7 @@ describe.skipIf(!HAVE)('browser example in headless Chromium (no cross-origin is
   afterAll(async () => {
     await browser?.close();
     await server?.close();
+    for (const m of nodeModels.values()) m.dispose();
   });
 
   it('runs without cross-origin isolation or SharedArrayBuffer (the WebView condition), on a phone-sized screen', async () => {
@@ -183,59 +257,141 @@ describe.skipIf(!HAVE)('browser example in headless Chromium (no cross-origin is
     expect(env.coarse).toBe(true);
     expect(env.overflow, 'the page scrolls sideways on a phone').toBe(false);
     expect(await p.status()).toContain('crossOriginIsolated false · SharedArrayBuffer absent');
+    // Nothing to send to before a model is loaded.
+    expect(await p.page.isDisabled('#send')).toBe(true);
+    expect(await p.page.isDisabled('#input')).toBe(true);
     await p.page.close();
   });
 
   for (const simd of ['auto', 'baseline'] as const) {
     const build = simd === 'auto' ? 'relaxed' : 'simd';
 
-    it(`tiny-260k by file picker, simd ${simd}: the ${build} build gives Node's greedy tokens`, async () => {
+    it(`tiny-260k by file picker with the keyboard, simd ${simd}: the ${build} build replies as Node does`, async () => {
       const p = await ExamplePage.open(desktop, `${server.url}?simd=${simd}`);
       expect(await p.page.evaluate(() => globalThis.crossOriginIsolated)).toBe(false);
+      await p.setting('max-tokens', String(MAX_TOKENS));
       const loaded = await p.loadFile(modelPath(TINY.file));
-      expect(loaded.name).toBe(TINY.file);
-      expect(loaded.build).toBe(build);
-      expect(loaded.context).toBe(CONTEXT);
-      const want = ref.get(TINY.file)!;
-      const run = await p.generate(TINY.prompt, N);
-      expect(run.build).toBe(build);
-      expect(run.ids).toEqual(want.ids);
-      expect(run.text).toBe(want.text);
-      expect(run.memoryBytes).toBe(want.memoryBytes);
-      expect(run.stats?.generatedTokens).toBe(N);
-      const status = await p.status();
-      expect(status).toContain(`build ${build}`);
-      expect(status).toMatch(/\d tok\/s decode/);
-      expect(status).toContain('wasm memory');
-      expect(await p.page.textContent('#output')).toBe(TINY.prompt + want.text);
+      expect(loaded).toMatchObject({ name: TINY.file, build, context: CONTEXT, memoryBytes: (await nodeModel(TINY.file)).memory().totalBytes });
+      // The message box has the focus after a load on a desktop: typing goes straight in.
+      expect(await p.page.evaluate(() => document.activeElement?.id)).toBe('input');
 
-      // Stop: pressed right after Generate, the run ends at the next token boundary, and the page stays usable.
-      await p.page.evaluate(() => {
-        (window as unknown as Hooks).edgellmLastRun = undefined;
-        (document.getElementById('generate') as HTMLButtonElement).click();
-        (document.getElementById('stop') as HTMLButtonElement).click();
-      });
-      await p.until('the stopped run', () => (window as unknown as Hooks).edgellmLastRun);
-      const stopped = await p.page.evaluate(() => ({ run: (window as unknown as Hooks).edgellmLastRun!, error: (window as unknown as Hooks).edgellmError, state: document.body.dataset.state }));
-      expect(stopped).toMatchObject({ run: { stopped: true }, error: undefined, state: 'ready' });
-      expect(stopped.run.ids.length).toBeLessThan(N);
-      expect((await p.generate(TINY.prompt, N)).ids).toEqual(want.ids);
+      for (const [i, lines] of TINY.turns.entries()) {
+        // Shift+Enter is a new line inside the message, Enter sends it.
+        await p.page.fill('#input', '');
+        for (const [j, line] of lines.entries()) {
+          if (j > 0) await p.page.keyboard.press('Shift+Enter');
+          await p.page.keyboard.type(line);
+        }
+        expect(await p.page.inputValue('#input')).toBe(lines.join('\n'));
+        expect(await p.turns()).toHaveLength(i);
+        await p.page.keyboard.press('Enter');
+        const turn = await p.turnEnded(i + 1);
+        sameTurn(turn, tinyRef[i]);
+        expect((await p.lastReply()).text).toBe(turn.text.trimStart());
+      }
+      const status = await p.status();
+      expect(status).toContain(`${build} build`);
+      expect(status).toMatch(/decode \d+(\.\d)? tok\/s/);
+      expect(status).toContain('wasm ');
       await p.page.close();
     });
 
-    it(`sotu-15m by URL in an Android WebView, simd ${simd}: the ${build} build gives Node's greedy tokens`, async () => {
+    it(`sotu-15m by URL in an Android WebView, simd ${simd}: a conversation with Stop and New chat, as Node replies`, async () => {
       const p = await ExamplePage.open(webview, `${server.url}?simd=${simd}`);
+      await p.setting('max-tokens', String(MAX_TOKENS));
       // a page-relative URL, resolved against the page's location by loadModel
       const loaded = await p.loadUrl(`/models/${SOTU.file}`);
-      expect(loaded.name).toBe(SOTU.file);
-      expect(loaded.build).toBe(build);
-      const want = ref.get(SOTU.file)!;
-      const run = await p.generate(SOTU.prompt, N);
-      expect(run.build).toBe(build);
-      expect(run.ids).toEqual(want.ids);
-      expect(run.text).toBe(want.text);
-      expect(run.memoryBytes).toBe(want.memoryBytes);
-      expect(await p.status()).toContain(`build ${build}`);
+      expect(loaded).toMatchObject({ name: SOTU.file, build, context: CONTEXT, memoryBytes: (await nodeModel(SOTU.file)).memory().totalBytes });
+      // The settings fold away after a load, leaving the screen to the conversation.
+      expect(await p.page.evaluate(() => (document.getElementById('setup') as HTMLDetailsElement).open)).toBe(false);
+
+      // Several turns, tapped: each the same reply as Node, and from the second on most of the prompt comes from the
+      // KV cache (the status line says how much).
+      for (const [i, text] of SOTU.turns.entries()) {
+        const turn = await p.say(text, 'tap');
+        sameTurn(turn, sotuRef[i]);
+        expect(turn.text.trim()).not.toBe('');
+        expect((await p.lastReply()).text).toBe(turn.text.trimStart());
+        const status = await p.status();
+        const { promptTokens, cachedTokens, prefilledTokens } = turn.stats!;
+        expect(status).toContain(`prompt ${promptTokens} tokens: ${cachedTokens} from the cache, ${prefilledTokens} new`);
+        expect(status).toMatch(/decode \d+(\.\d)? tok\/s · prefill \d+(\.\d)? tok\/s/);
+        expect(status).toMatch(/wasm \d+\.\d+ MB · KV \d+\.\d+ MB of \d+\.\d+ MB in use/);
+        expect(status).toContain(`${build} build`);
+        if (i > 0) expect(turn.stats!.cachedTokens, 'turns after the first reuse the cache').toBeGreaterThan(sotuRef[i - 1].stats!.promptTokens / 2);
+      }
+      // Markup typed by the user is shown as text.
+      expect(await p.page.$$eval('#messages .msg.user .text', (els) => els.map((e) => e.textContent))).toEqual(SOTU.turns);
+      expect(await p.page.locator('#messages b').count()).toBe(0);
+
+      // Stop: pressed once the reply has shown a few words. (The in-page observer presses it: a click from the test
+      // process could come after this small model has already finished.) The partial reply stays, in the page and in
+      // the session, and is where Node's full reply to the same turn starts.
+      const [full] = await nodeTurns(SOTU.file, [SOTU.long], SOTU.longMaxTokens, sotuRef[sotuRef.length - 1].messages);
+      expect(full.ids.length, "Node's reply to the long turn").toBeGreaterThan(40);
+      await p.setting('max-tokens', String(SOTU.longMaxTokens));
+      await p.page.fill('#input', SOTU.long);
+      await p.page.evaluate(() => {
+        const n = document.querySelectorAll('#messages .msg.assistant').length;
+        const watch = new MutationObserver(() => {
+          const reply = document.querySelectorAll('#messages .msg.assistant')[n];
+          if ((reply?.querySelector('.text')?.textContent ?? '').length >= 12) {
+            watch.disconnect();
+            (document.getElementById('stop') as HTMLButtonElement).click();
+          }
+        });
+        watch.observe(document.getElementById('messages')!, { subtree: true, childList: true, characterData: true });
+      });
+      await p.page.tap('#send');
+      const stopped = await p.turnEnded(SOTU.turns.length + 1);
+      expect(stopped.stopped).toBe(true);
+      expect(stopped.text.trim()).not.toBe('');
+      expect(stopped.ids.length).toBeLessThan(full.ids.length);
+      expect(full.ids.slice(0, stopped.ids.length)).toEqual(stopped.ids);
+      expect(full.text.startsWith(stopped.text)).toBe(true);
+      expect(stopped.messages[stopped.messages.length - 1]).toEqual({ role: 'assistant', content: stopped.text });
+      expect(await p.lastReply()).toEqual({ text: stopped.text.trimStart(), stopped: true });
+      expect(await p.status()).toContain(`Stopped after ${stopped.ids.length} tokens`);
+
+      // The next turn goes on from the partial reply: as a fresh Node session holding the same messages replies.
+      await p.setting('max-tokens', String(MAX_TOKENS));
+      const after = await p.say(SOTU.after, 'tap');
+      const [afterRef] = await nodeTurns(SOTU.file, [SOTU.after], MAX_TOKENS, stopped.messages);
+      expect(after.text).toBe(afterRef.text);
+      expect(after.ids).toEqual(afterRef.ids);
+      expect(after.messages).toEqual(afterRef.messages);
+      expect(after.stats!.cachedTokens).toBeGreaterThan(0);
+
+      // Still a phone layout after a long conversation: nothing sideways, the message box on screen, the newest reply
+      // scrolled into view.
+      const layout = await p.page.evaluate(() => {
+        const box = (id: string) => document.getElementById(id)!.getBoundingClientRect();
+        const replies = document.querySelectorAll('#messages .msg.assistant');
+        const last = replies[replies.length - 1].getBoundingClientRect();
+        const chat = box('chat');
+        return {
+          overflow: document.documentElement.scrollWidth > window.innerWidth,
+          pageScrolls: document.documentElement.scrollHeight > window.innerHeight,
+          inputBottom: box('input').bottom,
+          sendRight: box('send').right,
+          height: window.innerHeight,
+          width: window.innerWidth,
+          lastVisible: last.bottom <= chat.bottom + 1 && last.bottom > chat.top,
+        };
+      });
+      expect(layout.overflow).toBe(false);
+      expect(layout.pageScrolls, 'only the message list scrolls').toBe(false);
+      expect(layout.inputBottom).toBeLessThanOrEqual(layout.height);
+      expect(layout.sendRight).toBeLessThanOrEqual(layout.width);
+      expect(layout.lastVisible).toBe(true);
+
+      // New chat: an empty conversation (the notice only), whose first turn is the first turn again.
+      await p.page.tap('#new-chat');
+      expect(await p.page.locator('#messages .msg').count()).toBe(0);
+      expect(await p.turns()).toEqual([]);
+      const again = await p.say(SOTU.turns[0], 'tap');
+      expect(again.text).toBe(sotuRef[0].text);
+      expect(again.messages).toEqual(sotuRef[0].messages);
       await p.page.close();
     });
   }
@@ -247,7 +403,7 @@ describe.skipIf(!HAVE)('browser example in headless Chromium (no cross-origin is
     await p.until('the error', () => (window as unknown as Hooks).edgellmError);
     expect(await p.page.textContent('#error')).toMatch(/^BAD_MAGIC: /);
     expect(await p.page.getAttribute('body', 'data-state')).toBe('error');
-    expect(await p.page.isDisabled('#generate')).toBe(true);
+    expect(await p.page.isDisabled('#send')).toBe(true);
     p.check();
     await p.page.close();
   });

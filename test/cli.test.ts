@@ -2,6 +2,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { brotliDecompressSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadModel } from '../src/index.js';
@@ -14,7 +15,11 @@ const have = announceSkipIfNoModels('CLI tests on real models (test/cli.test.ts)
 beforeAll(checkDist);
 
 function cli(...args: string[]) {
-  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, EDGELLM_DEBUG: '' } });
+  return cliWithInput(undefined, ...args);
+}
+
+function cliWithInput(input: string | undefined, ...args: string[]) {
+  const r = spawnSync(process.execPath, [CLI, ...args], { cwd: ROOT, encoding: 'utf8', input, env: { ...process.env, EDGELLM_DEBUG: '' } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -137,5 +142,81 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
     expect(Object.keys(info.tensor_types).sort()).toEqual(['F32', 'Q4_0', 'Q8_0']);
     expect(info.metadata['llama.block_count']).toBe(6);
     expect(info.tensors).toHaveLength(56);
+  });
+});
+
+describe.skipIf(!have)('edgellm tokenize, chat and run --chat', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'edgellm-cli-chat-'));
+  const QWEN2 = path.join(dir, 'qwen2-vocab.gguf');
+  const TEMPLATE = path.join(dir, 'transcript.jinja');
+  const SOTU = modelPath('sotu-15m-q8_0.gguf');
+  const template = "{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
+  beforeAll(() => {
+    // A vocab-only GGUF (no tensors): tokenize reads nothing else.
+    writeFileSync(QWEN2, brotliDecompressSync(readFileSync(path.join(SHARED, 'conformance/vocab/ggml-vocab-qwen2.gguf.br'))));
+    writeFileSync(TEMPLATE, template);
+  });
+
+  it('tokenize: ids of a vocab-only file, --special, --json, --file, stdin', () => {
+    const plain = cli('tokenize', QWEN2, 'Hello world');
+    expect(plain.code).toBe(0);
+    expect(plain.stdout).toBe('9707 1879\n');
+    expect(plain.stderr).toMatch(/2 tokens \(gpt2\/qwen2 vocabulary of 151936\)/);
+
+    // The text of a control token is plain text unless --special says otherwise.
+    const special = cli('tokenize', QWEN2, '<|im_start|>user', '--special', '--json');
+    expect(JSON.parse(special.stdout)).toEqual([151644, 872]);
+    const literal = JSON.parse(cli('tokenize', QWEN2, '<|im_start|>user', '--json').stdout) as number[];
+    expect(literal).not.toContain(151644);
+    expect(literal.length).toBeGreaterThan(3);
+
+    const file = path.join(dir, 'text.txt');
+    writeFileSync(file, 'Hello world');
+    expect(cli('tokenize', QWEN2, '--file', file).stdout).toBe('9707 1879\n');
+    expect(cliWithInput('Hello world', 'tokenize', QWEN2).stdout).toBe('9707 1879\n');
+
+    // SentencePiece with its BOS, and without.
+    expect(cli('tokenize', SOTU, 'Hello world').stdout).toBe('1 15043 3186\n');
+    expect(cli('tokenize', SOTU, 'Hello world', '--no-bos').stdout).toBe('15043 3186\n');
+    expect(cli('tokenize', QWEN2, 'a', 'b').code).toBe(2);
+  });
+
+  it('chat driven through stdin: a turn per line, each reply as the API session gives it', async () => {
+    const lines = ['What is the state of the Union?', 'And the finances?', 'Thank you.'];
+    const r = cliWithInput(lines.join('\n') + '\n', 'chat', SOTU, '--template', TEMPLATE, '--system', 'Congress.', '-n', '12', '--ctx', '512');
+    expect(r.code, r.stderr).toBe(0);
+
+    const model = await loadModel(SOTU, { contextLength: 512 });
+    const session = model.session({ system: 'Congress.', template });
+    const replies: string[] = [];
+    const prefilled: number[] = [];
+    for (const line of lines) {
+      let reply = '';
+      for await (const chunk of session.send(line, { maxTokens: 12 })) reply += chunk;
+      replies.push(reply);
+      prefilled.push(session.stats!.prefilledTokens);
+    }
+    expect(r.stdout).toBe(replies.map((reply) => reply + '\n').join(''));
+    // One speed line per turn, with the cached prefix from the second turn on.
+    const speed = r.stderr.split('\n').filter((l) => l.startsWith('prefill '));
+    expect(speed).toHaveLength(3);
+    expect(speed[1]).toMatch(new RegExp(`\\d+ cached, ${prefilled[1]} prefilled`));
+  });
+
+  it('run --chat: one user turn through the template; no template is NO_TEMPLATE', async () => {
+    const r = cli('run', SOTU, '--chat', '--template', TEMPLATE, '-p', 'What is the state of the Union?', '-n', '12');
+    expect(r.code, r.stderr).toBe(0);
+    const model = await loadModel(SOTU);
+    const expected = await (async () => {
+      let out = '';
+      for await (const chunk of model.chat([{ role: 'user', content: 'What is the state of the Union?' }], { template, maxTokens: 12 })) out += chunk;
+      return out;
+    })();
+    expect(r.stdout).toBe(expected + '\n');
+
+    const none = cli('run', SOTU, '--chat', '-p', 'hi', '-n', '4');
+    expect(none.code).toBe(1);
+    expectOneLineError(none.stderr.split('\n').filter((l) => l.startsWith('edgellm:')).join('\n') + '\n', 'NO_TEMPLATE');
+    expect(cli('run', SOTU, '-p', 'hi', '--system', 'x').code).toBe(2);
   });
 });

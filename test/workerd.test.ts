@@ -4,6 +4,8 @@
 //   - tiny-260k-q8_0 and sotu-15m-q4_0 bundled with the worker (a Data module);
 //   - sotu-15m-q4_0 as a static asset (the ASSETS binding; here a workerd disk service);
 //   - sotu-15m-f16, the largest model claimed to fit the 128 MB isolate, from MODEL_URL (a server in this test).
+// POST /v1/chat/completions is asked exactly as OpenAI's Node client asks (its headers, its body, its SSE parsing) and
+// must stream Node's greedy chat reply.
 // The isolate's memory is read through workerd's inspector (V8 heap + ArrayBuffers, plus the wasm memory planned) and
 // must stay under 128 MiB; workerd's process RSS is logged beside it.
 import { afterAll, beforeAll, describe, expect, onTestFailed, test } from 'vitest';
@@ -13,7 +15,7 @@ import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { loadModel } from '../src/index.js';
+import { loadModel, type GenerationStats } from '../src/index.js';
 import { announceSkipIfNoModels, modelPath, ROOT } from './util/shared.js';
 import { checkDist } from './util/dist.js';
 
@@ -154,6 +156,73 @@ async function isolateHeap(port: number): Promise<{ totalSize: number; usedSize:
     p.on('exit', (code) => (code === 0 ? resolve(stdout) : reject(new Error(`inspector query failed (${code}): ${stderr}`))));
   });
   return JSON.parse(out.trim());
+}
+
+/** The example's plain chat template, given to the worker (--chat-template) and to Node: the test models carry none. */
+const TEMPLATE_FILE = path.join(ROOT, 'examples/workers/chat-template.jinja');
+
+/** The headers OpenAI's Node client (openai v4) sends with every request. */
+const OPENAI_HEADERS = {
+  'content-type': 'application/json',
+  accept: 'application/json',
+  authorization: 'Bearer sk-test-0000',
+  'user-agent': 'OpenAI/JS 4.104.0',
+  'x-stainless-lang': 'js',
+  'x-stainless-package-version': '4.104.0',
+  'x-stainless-os': 'Linux',
+  'x-stainless-arch': 'x64',
+  'x-stainless-runtime': 'node',
+  'x-stainless-runtime-version': process.version,
+  'x-stainless-retry-count': '0',
+  'x-stainless-timeout': '600',
+};
+
+/**
+ * A streamed response read as OpenAI's Node client reads it (openai v4 src/streaming.ts): lines split at \r\n, \n or
+ * \r; `field: value` with one leading space dropped from the value; `:` comments skipped; a blank line ends an event;
+ * data `[DONE]` ends the stream and anything after it is ignored; an event whose JSON has `error` is thrown.
+ */
+async function readOpenAIStream(res: Response): Promise<{ chunks: any[]; done: boolean }> {
+  const chunks: any[] = [];
+  let done = false;
+  let event: string | null = null;
+  let data: string[] = [];
+  const dispatch = () => {
+    if (event === null && data.length === 0) return;
+    const sse = { event, data: data.join('\n') };
+    event = null;
+    data = [];
+    if (done) return;
+    if (sse.data.startsWith('[DONE]')) return void (done = true);
+    expect(sse.event).toBeNull();
+    const json = JSON.parse(sse.data);
+    if (json && json.error) throw new Error(`the stream sent an error: ${JSON.stringify(json.error)}`);
+    chunks.push(json);
+  };
+  const line = (l: string) => {
+    if (l === '') return dispatch();
+    if (l.startsWith(':')) return;
+    const colon = l.indexOf(':');
+    const field = colon < 0 ? l : l.slice(0, colon);
+    let value = colon < 0 ? '' : l.slice(colon + 1);
+    if (value.startsWith(' ')) value = value.slice(1);
+    if (field === 'event') event = value;
+    else if (field === 'data') data.push(value);
+  };
+  const decoder = new TextDecoder();
+  let buffer = '';
+  for await (const bytes of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(bytes, { stream: true });
+    // A trailing \r may be the first half of a \r\n split across reads: it stays with the unfinished last line.
+    const hold = buffer.endsWith('\r') ? '\r' : '';
+    const parts = buffer.slice(0, buffer.length - hold.length).split(/\r\n|\r|\n/);
+    buffer = parts.pop()! + hold;
+    for (const l of parts) line(l);
+  }
+  buffer += decoder.decode();
+  if (buffer) line(buffer);
+  dispatch();
+  return { chunks, done };
 }
 
 describe.skipIf(!HAVE)('Workers example in workerd', () => {
@@ -311,5 +380,107 @@ describe.skipIf(!HAVE)('Workers example in workerd', () => {
     expect(busy[0].lines[0].error?.code).toBe('QUEUE_FULL');
     for (const r of ok) expect(idsOf(r).slice(0, N)).toEqual(ids);
     expect(await queue()).toMatchObject({ running: false, waiting: 0 });
+  });
+  test("POST /v1/chat/completions: the OpenAI Node client's streaming request gets Node's greedy chat reply", async () => {
+    const file = 'tiny-260k-q8_0.gguf';
+    const maxTokens = 24;
+    const messages = [
+      { role: 'system', content: 'You tell short stories.' },
+      { role: 'user', content: 'Once upon a time' },
+    ];
+    const model = await loadModel(modelPath(file), { contextLength: CONTEXT });
+    let stats: GenerationStats | undefined;
+    let reference = '';
+    const template = readFileSync(TEMPLATE_FILE, 'utf8');
+    for await (const t of model.chat(messages, { template, maxTokens, temperature: 0, onStats: (s) => (stats = s) })) reference += t;
+    model.dispose();
+    const finish = stats!.stopReason === 'eos' || stats!.stopReason === 'stop' ? 'stop' : 'length';
+    const usage = { prompt_tokens: stats!.promptTokens, completion_tokens: stats!.generatedTokens, total_tokens: stats!.promptTokens + stats!.generatedTokens };
+    expect(reference.length).toBeGreaterThan(20);
+
+    const server = await serve({ name: 'tiny-260k-q8_0 chat', file, source: 'bundled' }, ['--chat-template', TEMPLATE_FILE, '--cors-origin', '*']);
+    const completions = `${server.url}/v1/chat/completions`;
+    const post = (body: unknown) => fetch(completions, { method: 'POST', headers: OPENAI_HEADERS, body: JSON.stringify(body) });
+
+    // Streamed, exactly as `openai.chat.completions.create({ ..., stream: true, stream_options: { include_usage: true } })` asks.
+    const res = await post({ model: 'tiny-260k-q8_0', messages, stream: true, stream_options: { include_usage: true }, max_tokens: maxTokens, temperature: 0 });
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(res.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+    const { chunks, done } = await readOpenAIStream(res);
+    expect(done).toBe(true);
+    const id = chunks[0].id;
+    expect(id).toMatch(/^chatcmpl-\w+$/);
+    for (const c of chunks) {
+      expect(c).toMatchObject({ id, object: 'chat.completion.chunk', model: 'tiny-260k-q8_0' });
+      expect(Number.isInteger(c.created)).toBe(true);
+    }
+    const [first, ...rest] = chunks;
+    const usageChunk = rest.pop();
+    const finishChunk = rest.pop();
+    expect(first.choices).toEqual([{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
+    expect(first.usage).toBeNull(); // OpenAI sends "usage": null on every chunk but the last when usage is asked for
+    for (const c of rest) {
+      expect(c.choices).toEqual([{ index: 0, delta: { content: expect.any(String) }, logprobs: null, finish_reason: null }]);
+      expect(c.usage).toBeNull();
+    }
+    expect(rest.map((c) => c.choices[0].delta.content).join('')).toBe(reference);
+    expect(finishChunk.choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: finish }]);
+    expect(usageChunk.choices).toEqual([]);
+    expect(usageChunk.usage).toMatchObject(usage);
+
+    // Not streamed, content as text parts, the newer max_completion_tokens; a stop string cuts the same reply short.
+    const parts = messages.map((m) => ({ role: m.role, content: [{ type: 'text', text: m.content }] }));
+    const whole = await post({ model: 'any-name', messages: parts, max_completion_tokens: maxTokens, temperature: 0 });
+    expect(whole.status).toBe(200);
+    expect(whole.headers.get('content-type')).toMatch(/^application\/json/);
+    const completion = await whole.json();
+    expect(completion).toMatchObject({
+      id: expect.stringMatching(/^chatcmpl-\w+$/),
+      object: 'chat.completion',
+      created: expect.any(Number),
+      model: 'any-name',
+      choices: [{ index: 0, message: { role: 'assistant', content: reference }, finish_reason: finish }],
+      usage,
+    });
+    // The same conversation again: its KV is reused, all but the last prompt token (whose logits are needed), which
+    // OpenAI's usage calls cached tokens.
+    expect(completion.usage.prompt_tokens_details.cached_tokens).toBe(usage.prompt_tokens - 1);
+    const stop = reference.slice(12, 16);
+    const stopped = await (await post({ messages, max_tokens: maxTokens, temperature: 0, stop })).json();
+    expect(stopped.choices[0]).toMatchObject({ message: { content: reference.slice(0, reference.indexOf(stop)) }, finish_reason: 'stop' });
+
+    // Errors in OpenAI's shape, which its clients raise as APIError.
+    const expectError = async (r: Response, status: number, param: string | null, code: string) => {
+      expect(r.status).toBe(status);
+      expect(r.headers.get('content-type')).toMatch(/^application\/json/);
+      const body = await r.json();
+      expect(body, JSON.stringify(body)).toEqual({ error: { message: expect.any(String), type: status < 500 ? 'invalid_request_error' : 'server_error', param, code } });
+      return body.error.message as string;
+    };
+    await expectError(await post({ model: 'm', messages, n: 2 }), 400, 'n', 'unsupported_value');
+    expect(await expectError(await post({ messages, frequency_penalty: 0.5 }), 400, 'frequency_penalty', 'unsupported_value')).toMatch(/repeat_penalty/);
+    await expectError(await post({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://x/y.png' } }] }] }), 400, 'messages[0].content[0].type', 'unsupported_value');
+    await expectError(await post({ messages: [] }), 400, 'messages', 'invalid_type');
+    await expectError(await post({ messages, max_tokens: 5000 }), 400, 'max_tokens', 'invalid_value');
+    await expectError(await post({ messages: [{ role: 'user', content: 'the '.repeat(600) }] }), 400, 'messages', 'context_length_exceeded');
+    await expectError(await fetch(`${server.url}/v1/nope`), 404, null, 'unknown_url');
+    await expectError(await fetch(completions), 405, null, 'method_not_allowed');
+
+    // The model list OpenAI's clients fetch, and the CORS preflight a browser sends before the client's request.
+    expect(await (await fetch(`${server.url}/v1/models`, { headers: OPENAI_HEADERS })).json()).toEqual({
+      object: 'list',
+      data: [{ id: 'tiny-260k-q8_0', object: 'model', created: expect.any(Number), owned_by: 'edgellm' }],
+    });
+    const preflight = await fetch(completions, { method: 'OPTIONS', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'authorization,content-type,x-stainless-os' } });
+    expect(preflight.status).toBe(204);
+    expect(preflight.headers.get('access-control-allow-origin')).toBe('*');
+    expect(preflight.headers.get('access-control-allow-headers')).toBe('authorization,content-type,x-stainless-os');
+
+    // A model with no chat template, and none configured: the worker's setup is at fault, so a 500 the clients do not retry.
+    const bare = await serve({ name: 'tiny-260k-q8_0 no template', file, source: 'bundled' });
+    const noTemplate = await fetch(`${bare.url}/v1/chat/completions`, { method: 'POST', headers: OPENAI_HEADERS, body: JSON.stringify({ messages }) });
+    expect(noTemplate.headers.get('x-should-retry')).toBe('false');
+    expect(await expectError(noTemplate, 500, null, 'no_chat_template')).toMatch(/CHAT_TEMPLATE/);
   });
 });

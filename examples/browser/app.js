@@ -1,4 +1,5 @@
-// The browser example: open a GGUF (file picker or URL) and stream generated text. Plain ES module, no build step.
+// The browser example: a chat page. Open a GGUF (file picker or URL), then talk to it; one ChatSession keeps the
+// model's KV cache between turns, so each turn prefills only its new tokens. Plain ES module, no build step.
 //
 // In an app, `import { loadModel } from 'edgellm'` resolves to this same browser build (the package's "browser" and
 // default export condition); here the page imports it from the repository's dist/ (run `npm run build` first).
@@ -9,50 +10,71 @@
 //
 // Query parameters: ?simd=auto|baseline|relaxed (the kernel build), ?ctx=N (context tokens), ?model=URL (load at once).
 //
-// Test hooks (read by test/browser.test.ts; harmless elsewhere):
+// Test hooks (read by test/browser.test.ts and examples/browser/screenshot.mjs; harmless elsewhere):
 //   document.body.dataset.state: 'idle' | 'loading' | 'ready' | 'generating' | 'error'
-//   window.edgellmLoaded  = { name, build, memoryBytes, context } after each successful load
-//   window.edgellmLastRun = { build, ids, text, memoryBytes, stats, stopped } after each generation (ids from onToken,
-//                           text = the streamed chunks joined, stats from onStats; stopped when Stop ended it)
-//   window.edgellmError   = 'CODE: message' of the last error
+//   window.edgellmLoaded = { name, build, memoryBytes, context, chatTemplate } after each successful load
+//   window.edgellmTurns  = [{ user, text, ids, stopped, stats, messages }] one per finished turn of this chat
+//                          (text: the reply as streamed; ids from onToken; stats: session.stats, absent when stopped;
+//                          messages: session.messages after the turn)
+//   window.edgellmError  = 'CODE: message' of the last error
 import { loadModel, supportedBuilds, EdgeLLMError } from '../../dist/browser.js';
+import { PLAIN_STOP, PLAIN_TEMPLATE } from './chat-format.js';
 
 /** the test hooks described above live on window */
 const hooks = /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (window));
 const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id));
 const el = {
+  newChat: /** @type {HTMLButtonElement} */ ($('new-chat')),
+  setup: /** @type {HTMLDetailsElement} */ ($('setup')),
+  modelLabel: $('model-label'),
   file: /** @type {HTMLInputElement} */ ($('file')),
   url: /** @type {HTMLInputElement} */ ($('url')),
   load: /** @type {HTMLButtonElement} */ ($('load')),
   context: /** @type {HTMLInputElement} */ ($('context')),
   simd: /** @type {HTMLSelectElement} */ ($('simd')),
-  progressBox: $('progress-box'),
-  progress: /** @type {HTMLProgressElement} */ ($('progress')),
-  progressText: $('progress-text'),
-  prompt: /** @type {HTMLTextAreaElement} */ ($('prompt')),
   maxTokens: /** @type {HTMLInputElement} */ ($('max-tokens')),
   temperature: /** @type {HTMLInputElement} */ ($('temperature')),
-  generate: /** @type {HTMLButtonElement} */ ($('generate')),
-  stop: /** @type {HTMLButtonElement} */ ($('stop')),
-  output: $('output'),
+  system: /** @type {HTMLTextAreaElement} */ ($('system')),
+  env: $('env'),
+  progress: /** @type {HTMLProgressElement} */ ($('progress')),
+  chat: $('chat'),
+  empty: $('empty'),
+  messages: $('messages'),
   error: $('error'),
+  composer: /** @type {HTMLFormElement} */ ($('composer')),
+  input: /** @type {HTMLTextAreaElement} */ ($('input')),
+  send: /** @type {HTMLButtonElement} */ ($('send')),
+  stop: /** @type {HTMLButtonElement} */ ($('stop')),
   status: $('status'),
 };
 
-/** @type {import('../../dist/browser.js').Model | undefined} */
+/** @typedef {import('../../dist/browser.js').Model} Model */
+/** @typedef {import('../../dist/browser.js').ChatSession} ChatSession */
+
+/** @type {Model | undefined} */
 let model;
 let modelName = '';
-/** @type {AbortController | undefined} the running load or generation, which Stop aborts */
+/** @type {ChatSession | undefined} */
+let session;
+/** How this model's conversations are written: its own template, or the page's transcript (see chat-format.js). */
+let format = /** @type {{ template?: string, stop?: string[] }} */ ({});
+/** @type {AbortController | undefined} the running load or reply, which Stop (or a new load) aborts */
 let running;
+/** New chat was pressed while a reply streamed: start it once that reply has stopped. */
+let newChatPending = false;
+/** The bubbles of the messages the session still holds, oldest first (the system message has none). */
+/** @type {HTMLLIElement[]} */
+let live = [];
 
 const params = new URLSearchParams(location.search);
 if (['auto', 'baseline', 'relaxed'].includes(params.get('simd') ?? '')) el.simd.value = /** @type {string} */ (params.get('simd'));
-// A modest default context: the KV cache is the part of memory that grows with it (layers × 2 × kv dims × 4 bytes per
-// token in f32), and a phone's browser or WebView may refuse large wasm memories. 512 tokens is plenty for a demo
-// and keeps the plan close to the weights' size; raise it under Options if you need longer texts.
+// The KV cache is the part of memory that grows with the context, and a phone's browser or WebView may refuse a large
+// wasm memory; 1024 tokens holds a few turns of chat and keeps the plan close to the weights' size for small models.
+// Past it the session drops the oldest turns (overflow: 'drop-oldest') rather than failing.
 if (params.get('ctx')) el.context.value = /** @type {string} */ (params.get('ctx'));
 
 const mb = (bytes) => `${(bytes / 1024 / 1024).toFixed(bytes < 10 * 1024 * 1024 ? 2 : 1)} MB`;
+const rate = (perSecond) => (Number.isFinite(perSecond) ? perSecond.toFixed(perSecond < 100 ? 1 : 0) : '–');
 const environment = () =>
   `crossOriginIsolated ${String(globalThis.crossOriginIsolated ?? false)} · SharedArrayBuffer ${typeof SharedArrayBuffer === 'undefined' ? 'absent' : 'present'}`;
 
@@ -64,10 +86,15 @@ function describe(err) {
 
 function setState(state) {
   document.body.dataset.state = state;
-  const busy = state === 'loading' || state === 'generating';
-  el.file.disabled = el.url.disabled = el.load.disabled = el.context.disabled = el.simd.disabled = busy;
-  el.generate.disabled = busy || !model;
-  el.stop.disabled = !busy;
+  const loading = state === 'loading';
+  const generating = state === 'generating';
+  el.file.disabled = el.url.disabled = el.load.disabled = el.context.disabled = el.simd.disabled = loading || generating;
+  el.newChat.disabled = !session || loading;
+  el.input.disabled = !session || loading;
+  el.send.disabled = !session || loading || generating;
+  // One slot: Send while idle, Stop while a reply streams (and while loading, to cancel the load).
+  el.send.hidden = generating || loading;
+  el.stop.hidden = !(generating || loading);
 }
 
 function showError(err) {
@@ -77,17 +104,187 @@ function showError(err) {
   console.warn('edgellm:', err);
 }
 
-function modelStatus(extra = '') {
-  if (!model) return `No model loaded. ${environment()}`;
-  const i = model.info;
-  return [
-    `${modelName} (${i.architecture}, ${i.nLayers} layers, dim ${i.dim})`,
-    `build ${i.build}`,
-    extra,
-    `wasm memory ${mb(model.memory().totalBytes)} (context ${i.context})`,
-    environment(),
-  ].filter(Boolean).join(' · ');
+/** The status: a few short lines rather than one long one, so that each fits a phone's width. */
+function setStatus(...lines) {
+  el.status.replaceChildren(
+    ...lines.filter(Boolean).map((line) => {
+      const span = document.createElement('span');
+      span.textContent = line;
+      return span;
+    }),
+  );
 }
+
+/** Memory now: the wasm memory planned at load (it does not grow), and the KV cache's pages in use. */
+function memoryLine() {
+  if (!model) return '';
+  const m = model.memory();
+  const kvBytes = m.kv.hotPagesInUse * m.kv.pageBytes;
+  return `wasm ${mb(m.totalBytes)} · KV ${mb(kvBytes)} of ${mb(m.kv.hotBytes)} in use`;
+}
+
+// ---- messages -------------------------------------------------------------------------------------------------------
+
+const nearBottom = () => el.chat.scrollHeight - el.chat.scrollTop - el.chat.clientHeight < 48;
+const scrollDown = () => (el.chat.scrollTop = el.chat.scrollHeight);
+
+/** A message bubble. Model output goes in through textContent only, never as HTML. */
+function bubble(role, text) {
+  const li = document.createElement('li');
+  li.className = `msg ${role}`;
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  const meta = document.createElement('span');
+  meta.className = 'meta';
+  li.append(body, meta);
+  el.messages.append(li);
+  el.empty.hidden = true;
+  return li;
+}
+const bubbleText = (li) => /** @type {HTMLElement} */ (li.querySelector('.text'));
+const bubbleMeta = (li) => /** @type {HTMLElement} */ (li.querySelector('.meta'));
+
+function notice(text) {
+  const li = document.createElement('li');
+  li.className = 'notice';
+  li.textContent = text;
+  el.messages.append(li);
+}
+
+/** Fades the bubbles of messages the session no longer holds (it dropped the oldest turns to fit the context). */
+function markDropped() {
+  if (!session) return;
+  const held = session.messages.filter((m) => m.role !== 'system').length;
+  const gone = live.length - held;
+  if (gone <= 0) return;
+  for (const li of live.slice(0, gone)) {
+    li.classList.add('dropped');
+    li.title = 'no longer in the model’s context';
+  }
+  live = live.slice(gone);
+  notice(`The context (${model?.info.context} tokens) is full: the oldest ${gone === 1 ? 'message was' : `${gone} messages were`} dropped.`);
+}
+
+// ---- chat -----------------------------------------------------------------------------------------------------------
+
+function newChat() {
+  if (!model) return;
+  if (running && document.body.dataset.state === 'generating') {
+    newChatPending = true;
+    running.abort();
+    return;
+  }
+  newChatPending = false;
+  el.messages.replaceChildren();
+  el.error.textContent = '';
+  hooks.edgellmError = undefined;
+  live = [];
+  hooks.edgellmTurns = [];
+  const system = el.system.value.trim();
+  try {
+    session = model.session({ system: system || undefined, template: format.template, overflow: 'drop-oldest' });
+  } catch (err) {
+    session = undefined;
+    showError(err);
+  }
+  if (format.template !== undefined) {
+    notice('This model’s file has no chat template (a base model), so the conversation is written as a plain “User: … / Assistant: …” transcript.');
+  }
+  el.empty.hidden = el.messages.childElementCount > 0;
+  setState(session ? 'ready' : 'error');
+}
+
+async function send() {
+  const text = el.input.value.trim();
+  if (!model || !session || running || !text) return;
+  const chat = session;
+  el.input.value = '';
+  autosize();
+  el.error.textContent = '';
+  hooks.edgellmError = undefined;
+  const userLi = bubble('user', text);
+  const botLi = bubble('assistant', '');
+  botLi.classList.add('pending');
+  live.push(userLi);
+  scrollDown();
+  const ctrl = (running = new AbortController());
+  setState('generating');
+
+  const maxTokens = Math.max(1, Math.floor(Number(el.maxTokens.value) || 128));
+  const temperature = Math.max(0, Number(el.temperature.value) || 0);
+  /** @type {number[]} */
+  const ids = [];
+  let reply = '';
+  let stopped = false;
+  /** @type {unknown} */
+  let failure;
+  let tFirst = 0;
+  setStatus('Reading the prompt…', memoryLine());
+  try {
+    const chunks = chat.send(text, { maxTokens, temperature, stop: format.stop, signal: ctrl.signal, onToken: (id) => ids.push(id) });
+    for await (const chunk of chunks) {
+      const follow = nearBottom();
+      if (!tFirst) {
+        tFirst = performance.now();
+        botLi.classList.remove('pending');
+      }
+      reply += chunk;
+      // The first token after "Assistant:" usually brings a space: the bubble does not show it.
+      bubbleText(botLi).textContent = reply.trimStart();
+      const secs = (performance.now() - tFirst) / 1000;
+      setStatus(`Replying… ${ids.length} tokens${secs > 0.2 ? `, ${rate((ids.length - 1) / secs)} tok/s` : ''}`, memoryLine());
+      if (follow) scrollDown();
+    }
+  } catch (err) {
+    if (ctrl.signal.aborted && /** @type {{ code?: string }} */ (err)?.code === 'ABORTED') stopped = true;
+    else failure = err;
+  } finally {
+    if (running === ctrl) running = undefined;
+  }
+  botLi.classList.remove('pending');
+  bubbleText(botLi).textContent = reply.trimStart();
+
+  // A turn that failed before any text leaves no trace in the session, so it leaves none on the page either: the text
+  // goes back into the box to try again. (One that failed part way keeps what it got, as the session does.)
+  if (failure && !reply) {
+    userLi.remove();
+    botLi.remove();
+    live.pop();
+    el.input.value = text;
+    autosize();
+    el.empty.hidden = el.messages.childElementCount > 0;
+    showError(failure);
+    setStatus(`${modelName}: the turn failed`, memoryLine());
+    setState('ready');
+    if (newChatPending) newChat();
+    return;
+  }
+  live.push(botLi);
+
+  const stats = stopped || failure ? undefined : chat.stats;
+  if (stats) {
+    bubbleMeta(botLi).textContent = `${stats.generatedTokens} tokens · ${rate(stats.decodeTokensPerSecond)} tok/s`;
+    setStatus(
+      `decode ${rate(stats.decodeTokensPerSecond)} tok/s · prefill ${rate(stats.prefillTokensPerSecond)} tok/s · ${model.info.build} build`,
+      `prompt ${stats.promptTokens} tokens: ${stats.cachedTokens} from the cache, ${stats.prefilledTokens} new`,
+      memoryLine(),
+    );
+  } else {
+    botLi.classList.add('stopped');
+    bubbleMeta(botLi).textContent = failure ? 'failed' : 'stopped';
+    if (failure) showError(failure);
+    const secs = tFirst ? (performance.now() - tFirst) / 1000 : 0;
+    setStatus(`${failure ? 'Failed' : 'Stopped'} after ${ids.length} tokens${secs > 0.2 ? ` (${rate((ids.length - 1) / secs)} tok/s)` : ''}`, memoryLine());
+  }
+  markDropped();
+  if (nearBottom()) scrollDown();
+  /** @type {unknown[]} */ (hooks.edgellmTurns).push({ user: text, text: reply, ids, stopped, stats, messages: chat.messages });
+  setState('ready');
+  if (newChatPending) newChat();
+}
+
+// ---- loading --------------------------------------------------------------------------------------------------------
 
 async function load(source, name) {
   running?.abort();
@@ -95,94 +292,63 @@ async function load(source, name) {
   // Drop the previous model first, so its wasm memory can be collected before the next one is allocated.
   model?.dispose();
   model = undefined;
+  session = undefined;
   el.error.textContent = '';
-  el.output.textContent = '';
+  el.messages.replaceChildren();
+  el.empty.hidden = false;
+  live = [];
   hooks.edgellmLoaded = undefined;
+  hooks.edgellmError = undefined;
+  hooks.edgellmTurns = [];
+  el.modelLabel.textContent = `loading ${name}…`;
   setState('loading');
-  el.progressBox.hidden = false;
+  el.progress.hidden = false;
   el.progress.removeAttribute('value');
-  el.progressText.textContent = `Opening ${name}…`;
-  el.status.textContent = `Loading ${name}… ${environment()}`;
+  setStatus(`Opening ${name}…`, environment());
   const t0 = performance.now();
   try {
     const context = Number(el.context.value);
     const loaded = await loadModel(source, {
-      contextLength: Number.isInteger(context) && context > 0 ? context : 512,
+      contextLength: Number.isInteger(context) && context > 0 ? context : 1024,
       simd: /** @type {'auto' | 'baseline' | 'relaxed'} */ (el.simd.value),
       signal: ctrl.signal,
       onProgress: ({ phase, loaded, total }) => {
         if (total) el.progress.value = loaded / total;
         else el.progress.removeAttribute('value');
-        const what = phase === 'download' ? 'Downloading' : 'Loading weights';
-        el.progressText.textContent = `${what}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ''}`;
+        setStatus(`${phase === 'download' ? 'Downloading' : 'Loading weights'}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ''}`, environment());
       },
     });
     model = loaded;
     modelName = name;
-    hooks.edgellmLoaded = { name, build: loaded.info.build, memoryBytes: loaded.memory().totalBytes, context: loaded.info.context };
-    el.progressText.textContent = `Loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s`;
-    el.progress.value = 1;
-    el.status.textContent = modelStatus();
-    setState('ready');
+    const hasTemplate = loaded.text.info.chatTemplate;
+    format = hasTemplate ? {} : { template: PLAIN_TEMPLATE, stop: PLAIN_STOP };
+    const i = loaded.info;
+    el.modelLabel.textContent = `${name} · ${i.build} · ${i.context} tokens`;
+    hooks.edgellmLoaded = { name, build: i.build, memoryBytes: loaded.memory().totalBytes, context: i.context, chatTemplate: hasTemplate };
+    el.progress.hidden = true;
+    setStatus(`${name} loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s (${i.architecture}, ${i.nLayers} layers, dim ${i.dim})`, memoryLine());
+    // Out of the way of the conversation, which needs the height on a phone.
+    el.setup.open = false;
+    newChat();
+    // Not on touch screens: focusing would pop up the keyboard over the page before the user asked for it.
+    if (!matchMedia('(pointer: coarse)').matches) el.input.focus();
   } catch (err) {
-    el.progressBox.hidden = true;
+    el.progress.hidden = true;
+    el.modelLabel.textContent = 'none loaded';
     if (!ctrl.signal.aborted) showError(err);
-    el.status.textContent = ctrl.signal.aborted ? `Loading stopped. ${environment()}` : modelStatus();
+    setStatus(ctrl.signal.aborted ? 'Loading stopped.' : 'No model loaded.', environment());
     setState(ctrl.signal.aborted ? 'idle' : 'error');
   } finally {
     if (running === ctrl) running = undefined;
   }
 }
 
-async function generate() {
-  if (!model) return;
-  const ctrl = (running = new AbortController());
-  el.error.textContent = '';
-  const prompt = el.prompt.value;
-  const maxTokens = Math.max(1, Math.floor(Number(el.maxTokens.value) || 128));
-  const temperature = Math.max(0, Number(el.temperature.value) || 0);
-  el.output.textContent = '';
-  const promptSpan = document.createElement('span');
-  promptSpan.className = 'prompt';
-  promptSpan.textContent = prompt;
-  const genSpan = document.createElement('span');
-  el.output.append(promptSpan, genSpan);
-  hooks.edgellmLastRun = undefined;
-  setState('generating');
+// ---- controls -------------------------------------------------------------------------------------------------------
 
-  /** @type {number[]} */
-  const ids = [];
-  let text = '';
-  /** @type {import('../../dist/browser.js').GenerationStats | undefined} */
-  let stats;
-  let stopped = false;
-  const t0 = performance.now();
-  try {
-    const chunks = model.generate(prompt, {
-      maxTokens,
-      temperature,
-      signal: ctrl.signal,
-      onToken: (id) => ids.push(id),
-      onStats: (s) => (stats = s),
-    });
-    for await (const chunk of chunks) {
-      text += chunk;
-      genSpan.append(chunk);
-      const secs = (performance.now() - t0) / 1000;
-      el.status.textContent = modelStatus(`${ids.length} tokens, ${(ids.length / secs).toFixed(1)} tok/s`);
-    }
-  } catch (err) {
-    if (ctrl.signal.aborted) stopped = true;
-    else showError(err);
-  } finally {
-    if (running === ctrl) running = undefined;
-  }
-  const speed = stats
-    ? `${stats.generatedTokens} tokens, ${stats.decodeTokensPerSecond.toFixed(1)} tok/s decode, ${stats.prefillTokensPerSecond.toFixed(0)} tok/s prefill (${stats.stopReason})`
-    : `${ids.length} tokens${stopped ? ', stopped' : ''}`;
-  el.status.textContent = modelStatus(speed);
-  hooks.edgellmLastRun = { build: model.info.build, ids, text, memoryBytes: model.memory().totalBytes, stats, stopped };
-  setState(el.error.textContent ? 'error' : 'ready');
+/** The message box grows with its text, up to its max-height (then it scrolls). */
+function autosize() {
+  el.input.style.height = 'auto';
+  el.input.style.height = `${el.input.scrollHeight + 2}px`;
 }
 
 el.file.addEventListener('change', () => {
@@ -199,11 +365,29 @@ el.load.addEventListener('click', () => {
 el.url.addEventListener('keydown', (e) => {
   if (e.key === 'Enter') el.load.click();
 });
-el.generate.addEventListener('click', generate);
+el.composer.addEventListener('submit', (e) => {
+  e.preventDefault();
+  send();
+});
+el.input.addEventListener('keydown', (e) => {
+  // Enter sends, Shift+Enter is a new line; not while an input method is composing (Enter picks its candidate).
+  if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    if (!el.send.disabled) el.composer.requestSubmit();
+  }
+});
+el.input.addEventListener('input', autosize);
 el.stop.addEventListener('click', () => running?.abort());
+el.newChat.addEventListener('click', () => {
+  newChat();
+  if (!matchMedia('(pointer: coarse)').matches) el.input.focus();
+});
 
 const builds = supportedBuilds();
-el.status.textContent = `No model loaded. Kernels: ${builds.relaxed ? 'relaxed SIMD' : builds.simd ? 'SIMD128' : 'none (WebAssembly SIMD is missing)'} · ${environment()}`;
+const kernels = builds.relaxed ? 'relaxed SIMD' : builds.simd ? 'SIMD128' : 'none (WebAssembly SIMD is missing)';
+el.env.textContent = `Kernels here: ${kernels} · ${environment()}`;
+setStatus(`No model loaded. Kernels: ${kernels}`, environment());
+hooks.edgellmTurns = [];
 setState('idle');
 if (params.get('model')) {
   el.url.value = /** @type {string} */ (params.get('model'));

@@ -5,13 +5,17 @@
 //   worker.js, edgellm-simd.wasm, edgellm-relaxed.wasm  the bundle and its precompiled kernels (wasm modules)
 //   model.gguf                                          with --model: the bundled model (a data module)
 //   assets/<name>.gguf                                  with --asset: the model as a static asset (MODEL_URL=/<name>)
+//   chat-template.jinja                                 with --chat-template: the CHAT_TEMPLATE var
 //   config.capnp                                        the workerd config naming all of them
 // Then: npx workerd serve OUT/config.capnp   (listens on --port, default 8787; override with --socket-addr http=HOST:PORT)
 //
 // Usage: node examples/workers/build.mjs (--model FILE.gguf | --asset FILE.gguf | --model-url URL)
 //          [--out DIR] [--port 8787] [--context 512] [--budget 64MB] [--max-queue 8] [--max-tokens 1024] [--allow-local]
+//          [--chat-template FILE.jinja] [--model-id NAME] [--cors-origin ORIGIN]
 // Paths are relative to the current directory. --allow-local lets the worker fetch() private and loopback addresses
-// (workerd blocks them by default), e.g. a MODEL_URL served from this machine.
+// (workerd blocks them by default), e.g. a MODEL_URL served from this machine. --chat-template embeds a Jinja chat
+// template as the CHAT_TEMPLATE var, for /v1/chat/completions with a model that has none (or to replace its own);
+// --model-id names the model in /v1/models (default: the file name without .gguf); --cors-origin sets CORS_ORIGIN.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,10 +37,13 @@ const { values: o } = parseArgs({
     'max-queue': { type: 'string' },
     'max-tokens': { type: 'string' },
     'allow-local': { type: 'boolean', default: false },
+    'chat-template': { type: 'string' },
+    'model-id': { type: 'string' },
+    'cors-origin': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
-const usage = 'usage: node examples/workers/build.mjs (--model FILE.gguf | --asset FILE.gguf | --model-url URL) [--out DIR] [--port N] [--context N] [--budget SIZE] [--max-queue N] [--max-tokens N] [--allow-local]';
+const usage = 'usage: node examples/workers/build.mjs (--model FILE.gguf | --asset FILE.gguf | --model-url URL) [--out DIR] [--port N] [--context N] [--budget SIZE] [--max-queue N] [--max-tokens N] [--allow-local] [--chat-template FILE] [--model-id NAME] [--cors-origin ORIGIN]';
 if (o.help) {
   console.log(usage);
   process.exit(0);
@@ -46,6 +53,7 @@ if (sources.length !== 1) fail(`give exactly one of --model, --asset, --model-ur
 const file = o.model ?? o.asset;
 if (file !== undefined && !existsSync(file)) fail(`${file}: no such file`);
 if (o['model-url'] !== undefined && !/^https?:\/\//i.test(o['model-url'])) fail(`--model-url must be an http(s) URL, got ${o['model-url']}`);
+if (o['chat-template'] !== undefined && !existsSync(o['chat-template'])) fail(`${o['chat-template']}: no such file`);
 if (!/^\d+$/.test(o.port)) fail(`--port must be a number, got ${o.port}`);
 
 const dist = path.join(ROOT, 'dist');
@@ -108,6 +116,14 @@ if (o.context !== undefined) text('CONTEXT_LENGTH', o.context);
 if (o.budget !== undefined) text('MEMORY_BUDGET', o.budget);
 if (o['max-queue'] !== undefined) text('MAX_QUEUE', o['max-queue']);
 if (o['max-tokens'] !== undefined) text('MAX_TOKENS', o['max-tokens']);
+if (o['chat-template'] !== undefined) {
+  // Embedded from a file: a template is many lines of quotes and braces, which need no escaping that way.
+  copyFileSync(o['chat-template'], path.join(out, 'chat-template.jinja'));
+  bindings.push('(name = "CHAT_TEMPLATE", text = embed "chat-template.jinja")');
+}
+// A bundled model has no name at run time, so it is given one; otherwise the worker takes MODEL_URL's file name.
+if (o['model-id'] !== undefined || o.model !== undefined) text('MODEL_ID', o['model-id'] ?? path.basename(o.model).replace(/\.gguf$/i, ''));
+if (o['cors-origin'] !== undefined) text('CORS_ORIGIN', o['cors-origin']);
 if (o['allow-local']) services.push('(name = "internet", network = (allow = ["public", "private", "local"]))');
 
 const list = (items) => (items.length ? `[\n    ${items.join(',\n    ')},\n  ]` : '[]');

@@ -1,6 +1,6 @@
 import { EdgeLLMError } from '../errors.js';
 import type { Llama } from '../model/llama.js';
-import type { LlamaTokenizer } from '../tokenizer/index.js';
+import type { Tokenizer } from '../tokenizer/index.js';
 import { Sampler, type SamplingOptions } from './sampler.js';
 import { StopMatcher } from './stop.js';
 import { yieldToEventLoop } from './yield.js';
@@ -19,9 +19,14 @@ export interface GenerateOptions extends SamplingOptions {
 
 export interface GenerationStats {
   promptTokens: number;
+  /** prompt tokens whose KV was already cached from an earlier call (a shared prefix), so not computed again */
+  cachedTokens: number;
+  /** prompt tokens run through the model: promptTokens − cachedTokens */
+  prefilledTokens: number;
   generatedTokens: number;
   prefillMs: number;
   decodeMs: number;
+  /** prefilledTokens per second */
   prefillTokensPerSecond: number;
   decodeTokensPerSecond: number;
   /** time spent choosing tokens from logits (inside decodeMs) */
@@ -33,19 +38,59 @@ export function checkAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new EdgeLLMError('ABORTED', 'generation was aborted by its AbortSignal', { cause: signal.reason });
 }
 
-/** Runs the prompt through the model in batches from position 0 and returns the logits of its last token. */
-async function prefill(llama: Llama, ids: ArrayLike<number>, signal?: AbortSignal): Promise<Float32Array> {
+/**
+ * The ids whose keys and values are in the KV cache, in order: what the last computation left there. A new prompt that
+ * starts with some of them reuses them (llama.cpp's server does the same), which is what makes a chat session prefill
+ * only its new turn. Batched and one-at-a-time forwards give the same bits, so reuse never changes a logit.
+ */
+export class CachedPrefix {
+  readonly ids: number[] = [];
+
+  /**
+   * Makes the cache hold a prefix of `ids` (at most all but the last, whose logits are needed) and returns its
+   * length: the shared prefix, or less where the KV cache has to restart a page (see KVCache.truncate).
+   */
+  reuse(llama: Llama, ids: ArrayLike<number>): number {
+    let shared = 0;
+    const limit = Math.min(this.ids.length, ids.length - 1);
+    while (shared < limit && this.ids[shared] === ids[shared]) shared++;
+    const keep = llama.kv.truncate(Math.min(shared, llama.kv.positions));
+    this.ids.length = keep;
+    return keep;
+  }
+
+  /** Forwards ids at the end of the cache; the logits offset as Llama.forward returns it. */
+  forward(llama: Llama, ids: number[], allLogits: boolean): number {
+    let done = false;
+    try {
+      const at = llama.forward(ids, this.ids.length, allLogits);
+      done = true;
+      this.ids.push(...ids);
+      return at;
+    } finally {
+      // A forward that threw half way left the cache matching no list of ids.
+      if (!done) this.ids.length = 0;
+    }
+  }
+
+  clear(): void {
+    this.ids.length = 0;
+  }
+}
+
+/** Runs the prompt (after what is cached) through the model in batches and returns the logits of its last token. */
+async function prefill(llama: Llama, cache: CachedPrefix, ids: number[], signal?: AbortSignal): Promise<{ logits: Float32Array; cached: number }> {
   if (ids.length > llama.kv.ctx) {
     throw new EdgeLLMError('CONTEXT_FULL', `the prompt has ${ids.length} tokens; the context holds ${llama.kv.ctx}`);
   }
+  const cached = cache.reuse(llama, ids);
   let at = 0;
-  for (let pos = 0; pos < ids.length; pos += llama.maxBatch) {
+  for (let pos = cached; pos < ids.length; pos += llama.maxBatch) {
     checkAborted(signal);
-    const batch = Array.prototype.slice.call(ids, pos, pos + llama.maxBatch) as number[];
-    at = llama.forward(batch, pos, false);
+    at = cache.forward(llama, ids.slice(pos, pos + llama.maxBatch), false);
     if (pos + llama.maxBatch < ids.length) await yieldToEventLoop();
   }
-  return llama.heap.subarray(at, at + llama.config.vocab);
+  return { logits: llama.heap.subarray(at, at + llama.config.vocab), cached };
 }
 
 /**
@@ -54,7 +99,8 @@ async function prefill(llama: Llama, ids: ArrayLike<number>, signal?: AbortSigna
  */
 export async function* generate(
   llama: Llama,
-  tokenizer: LlamaTokenizer,
+  tokenizer: Tokenizer,
+  cache: CachedPrefix,
   promptIds: number[],
   opts: GenerateOptions,
 ): AsyncGenerator<string, void, undefined> {
@@ -69,7 +115,8 @@ export async function* generate(
   const { signal } = opts;
 
   const t0 = now();
-  let logits = await prefill(llama, promptIds, signal);
+  const prefilled = await prefill(llama, cache, promptIds, signal);
+  let logits = prefilled.logits;
   const t1 = now();
   let generated = 0;
   let stopReason: GenerationStats['stopReason'] = 'maxTokens';
@@ -99,7 +146,7 @@ export async function* generate(
     }
     await yieldToEventLoop();
     checkAborted(signal);
-    const at = llama.forward([id], history.length - 1, false);
+    const at = cache.forward(llama, [id], false);
     logits = llama.heap.subarray(at, at + llama.config.vocab);
   }
   if (stopReason !== 'stop') {
@@ -108,12 +155,15 @@ export async function* generate(
     if (rest) yield rest;
   }
   const t2 = now();
+  const prefilledTokens = promptIds.length - prefilled.cached;
   opts.onStats?.({
     promptTokens: promptIds.length,
+    cachedTokens: prefilled.cached,
+    prefilledTokens,
     generatedTokens: generated,
     prefillMs: t1 - t0,
     decodeMs: t2 - t1,
-    prefillTokensPerSecond: promptIds.length / ((t1 - t0) / 1000),
+    prefillTokensPerSecond: prefilledTokens / ((t1 - t0) / 1000),
     decodeTokensPerSecond: generated > 1 ? (generated - 1) / ((t2 - t1) / 1000) : 0,
     sampleMs,
     stopReason,

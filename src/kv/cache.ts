@@ -200,6 +200,8 @@ export class KVCache {
   /** pages per head that stay hot: those holding the first pinnedTokens */
   private readonly pinned: number;
   private pagesStaged = 0;
+  /** positions held: every layer has appended 0..length−1 */
+  private length = 0;
 
   constructor(arena: Arena, private readonly c: LlamaConfig, readonly ctx: number, opts: KVOptions = {}, pinnedTokens = 0) {
     const plan = (this.plan = planKV(c, ctx, opts, pinnedTokens));
@@ -242,6 +244,56 @@ export class KVCache {
     this.nFreeWarm = this.freeWarm.length;
     this.fifoHead = this.fifoLength = 0;
     this.sealedPages = 0;
+    this.length = 0;
+  }
+
+  /** Positions the cache holds for every layer. */
+  get positions(): number {
+    return this.length;
+  }
+
+  /**
+   * Keeps the first n positions, so the next append is at the position returned: n itself where the f32 tail still
+   * holds the cut page (the current page, or the page just sealed), else the start of n's page, since a sealed page
+   * is quantized and cannot be unsealed exactly. Pages from the cut on give their slots back. Sessions call this to
+   * reuse the prefix a new prompt shares with what is cached.
+   */
+  truncate(n: number): number {
+    const { P } = this;
+    if (!Number.isSafeInteger(n) || n < 0) throw new EdgeLLMError('BAD_ARGUMENT', `cannot keep ${n} KV positions`);
+    if (n >= this.length) return this.length;
+    const tailStart = this.length === 0 ? 0 : Math.ceil(this.length / P) * P - P;
+    const keep = n >= tailStart ? n : n - (n % P);
+    if (keep === 0) {
+      this.reset();
+      return 0;
+    }
+    const cutPage = Math.floor(keep / P);
+    const sealedBefore = Math.floor(this.length / P);
+    if (cutPage < sealedBefore) this.releasePages(cutPage, sealedBefore);
+    this.length = keep;
+    return keep;
+  }
+
+  /** Frees the slots of sealed pages [from, to) of every head, hot or warm, and drops them from the eviction FIFO. */
+  private releasePages(from: number, to: number): void {
+    const heads = this.heads;
+    this.sealedPages -= heads * (to - from);
+    if (!this.tiered) return;
+    let kept = 0;
+    for (let i = 0; i < this.fifoLength; i++) {
+      const key = this.fifo[(this.fifoHead + i) % this.fifo.length];
+      if (key % this.pagesPerHead < from) this.fifo[(this.fifoHead + kept++) % this.fifo.length] = key;
+    }
+    this.fifoLength = kept;
+    for (let head = 0; head < heads; head++) {
+      for (let page = from; page < to; page++) {
+        const key = head * this.pagesPerHead + page;
+        const at = this.where[key];
+        if (at >= 0) this.freeHot[this.nFreeHot++] = at;
+        else this.freeWarm[this.nFreeWarm++] = -1 - at;
+      }
+    }
   }
 
   private head(layer: number, h: number): number {
@@ -289,6 +341,10 @@ export class KVCache {
   append(kernels: Kernels, layer: number, k: number, v: number, pos: number): void {
     const { P, D } = this;
     if (pos === 0 && layer === 0) this.reset();
+    // Layer 0 goes first for every token of a batch, so it alone says where the sequence ends.
+    if (layer === 0 && pos !== this.length) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `KV append at position ${pos}, but the cache holds ${this.length} positions`);
+    }
     const slot = pos % P;
     const page = (pos - slot) / P;
     for (let h = 0; h < this.c.nKvHeads; h++) {
@@ -305,6 +361,7 @@ export class KVCache {
         this.setDescriptor(desc, tail * 4, 0, slot + 1, KV_TYPE_CODE.f32);
       }
     }
+    if (layer === 0) this.length = pos + 1;
   }
 
   /** A hot slot for a page about to be sealed: a free one, or the oldest unpinned page's, which moves to warm. */

@@ -20,3 +20,14 @@ export function announceSkipIfNoModels(suite: string): boolean {
   }
   return HAVE_MODELS;
 }
+
+/** llama.cpp's tokenizer conformance kit: vocab-only GGUFs with test strings and expected ids. */
+export const CONFORMANCE_VOCAB = path.join(SHARED, 'conformance/vocab');
+
+/** Loud, never silent, like announceSkipIfNoModels: true when `dir` exists, else a notice that `suite` did not run. */
+export function announceSkipIfMissing(suite: string, dir: string): boolean {
+  if (existsSync(dir)) return true;
+  const line = '!'.repeat(100);
+  console.warn(`\n${line}\n!!! SKIPPED: ${suite}: ${dir} is absent, so these tests did not run.\n${line}\n`);
+  return false;
+}

@@ -10,12 +10,18 @@
  *   POST /generate  body: JSON {"prompt": "...", "maxTokens": 64, "temperature": 0, ...} or a plain-text prompt.
  *                   Streams text/plain chunks as they are generated; with `Accept: application/x-ndjson`, one line
  *                   per token {"id":..,"text":".."} then {"done":true,"build":..,"decodeTps":..,...}.
+ *   POST /v1/chat/completions, GET /v1/models   OpenAI's Chat Completions API, for OpenAI's client libraries
+ *                   (baseURL "https://<worker>/v1"): see openai.ts. The chat template is the CHAT_TEMPLATE var, or the
+ *                   model's own.
  * Errors are JSON {"error":{"code","message"}}: 400 for a bad request, 404/405 for a bad route, 503 (Retry-After)
- * when the queue is full, 500 otherwise.
+ * when the queue is full, 500 otherwise. Under /v1 they are in OpenAI's shape (openai.ts).
  *
- * One model runs one sequence at a time (a second concurrent generate() throws BUSY), so requests to an isolate are
- * served in arrival order: up to MAX_QUEUE (default 8) wait their turn, beyond that the worker answers 503. A client
- * that disconnects, while queued or while generating, is dropped and its generation aborted.
+ * One model runs one sequence at a time (a second concurrent generate() throws BUSY), so requests to an isolate, to
+ * either API, are served in arrival order: up to MAX_QUEUE (default 8) wait their turn, beyond that the worker answers
+ * 503. A client that disconnects, while queued or while generating, is dropped and its generation aborted.
+ *
+ * CORS: off unless CORS_ORIGIN is set ("*" or one origin), since with it any web page can spend this worker's CPU from
+ * its visitors' browsers. Then preflights are answered and every response names the origin.
  *
  * Memory: an isolate may use 128 MB, counting the V8 heap (the tokenizer and the rest: 4-15 MiB), ArrayBuffers (a
  * bundled model's bytes for good, a downloaded one's while it loads) and the wasm memory (about the model's size plus
@@ -26,6 +32,8 @@
  * decodeTps of the final ndjson line are coarse there, possibly 0; workerd run locally has a running clock.
  */
 import { EdgeLLMError, loadModel, type GenerateOptions, type GenerationStats, type Model } from 'edgellm';
+import { HttpError } from './http.js';
+import { completeReply, errorEvent, modelObject, newReplyId, openaiErrorResponse, parseChatRequest, streamReply } from './openai.js';
 
 /** The Workers bindings this worker reads; every one is optional. */
 export interface Env {
@@ -39,8 +47,17 @@ export interface Env {
   MEMORY_BUDGET?: string;
   /** Requests that may wait for the model while it is busy (default 8); more get 503. */
   MAX_QUEUE?: string;
-  /** Largest maxTokens a request may ask for (default 1024). */
+  /** Largest maxTokens a request may ask for (default 1024); also a chat reply's length when it does not say. */
   MAX_TOKENS?: string;
+  /**
+   * A Jinja chat template for /v1/chat/completions, used instead of the model's own `tokenizer.chat_template`: for a
+   * model without one, or to fix one. build.mjs --chat-template FILE sets it; in wrangler.toml a TOML multi-line string.
+   */
+  CHAT_TEMPLATE?: string;
+  /** The model's name in GET /v1/models (default: MODEL_URL's file name without .gguf, else "edgellm"). */
+  MODEL_ID?: string;
+  /** "*" or one origin (https://app.example) that browsers may call the worker from; unset, no CORS headers. */
+  CORS_ORIGIN?: string;
 }
 
 export interface ExecutionContext {
@@ -56,12 +73,6 @@ const MAX_BODY = 256 * 1024;
 const FIELDS = ['prompt', 'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'repeatPenalty', 'repeatLastN', 'seed', 'stop'] as const;
 
 type Source = 'bundled' | 'url' | 'asset';
-
-class HttpError extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly headers: Record<string, string> = {}) {
-    super(message);
-  }
-}
 
 export function createWorker(bundled?: ArrayBuffer | Uint8Array) {
   let loaded: Promise<{ model: Model; source: Source; modelBytes: number }> | undefined;
@@ -80,35 +91,133 @@ export function createWorker(bundled?: ArrayBuffer | Uint8Array) {
 
   return {
     async fetch(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+      const { pathname } = new URL(request.url);
+      const openai = pathname === '/v1' || pathname.startsWith('/v1/');
+      const cors = env.CORS_ORIGIN?.trim();
+      let response: Response;
       try {
-        const { pathname } = new URL(request.url);
-        if (pathname === '/') {
-          if (request.method !== 'GET' && request.method !== 'HEAD') throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${request.method} / : use GET`, { allow: 'GET, HEAD' });
-          const { model, source, modelBytes } = await getModel(env, ctx);
-          return Response.json({
-            ...model.info, // memoryBytes: the wasm memory planned
-            source,
-            modelBytes,
-            queue: { running: queue.running, waiting: queue.waiting, max: intVar(env.MAX_QUEUE, 'MAX_QUEUE', DEFAULTS.maxQueue) },
-          });
-        }
-        if (pathname === '/generate') {
-          if (request.method !== 'POST') throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${request.method} /generate: use POST`, { allow: 'POST' });
-          return await generate(request, env, ctx);
-        }
-        throw new HttpError(404, 'NOT_FOUND', `no route ${pathname}: use GET / or POST /generate`);
+        response = cors && request.method === 'OPTIONS' ? preflight(request, cors) : await route(request, pathname, env, ctx);
       } catch (err) {
-        return errorResponse(err);
+        response = openai ? openaiErrorResponse(err) : errorResponse(err);
       }
+      if (cors) {
+        response.headers.set('access-control-allow-origin', cors);
+        response.headers.set('access-control-expose-headers', 'retry-after');
+      }
+      return response;
     },
   };
+
+  async function route(request: Request, pathname: string, env: Env, ctx: ExecutionContext): Promise<Response> {
+    const method = request.method;
+    const only = (allowed: string) => {
+      if (!allowed.split(', ').includes(method)) throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${method} ${pathname}: use ${allowed.split(', ')[0]}`, { allow: allowed });
+    };
+    if (pathname === '/') {
+      only('GET, HEAD');
+      const { model, source, modelBytes } = await getModel(env, ctx);
+      return Response.json({
+        ...model.info, // memoryBytes: the wasm memory planned
+        source,
+        modelBytes,
+        queue: { running: queue.running, waiting: queue.waiting, max: intVar(env.MAX_QUEUE, 'MAX_QUEUE', DEFAULTS.maxQueue) },
+      });
+    }
+    if (pathname === '/generate') {
+      only('POST');
+      return await generate(request, env, ctx);
+    }
+    if (pathname === '/v1/chat/completions') {
+      only('POST');
+      return await chatCompletions(request, env, ctx);
+    }
+    if (pathname === '/v1/models' || pathname.startsWith('/v1/models/')) {
+      only('GET, HEAD');
+      // Listed without loading the model: clients call this to check the connection, and it should stay cheap.
+      const model = modelObject(modelId(env), 0);
+      if (pathname === '/v1/models') return Response.json({ object: 'list', data: [model] });
+      const id = decodeURIComponent(pathname.slice('/v1/models/'.length));
+      if (id !== model.id) throw new HttpError(404, 'model_not_found', `The model ${JSON.stringify(id)} does not exist: this worker serves ${JSON.stringify(model.id)}`, {}, 'model');
+      return Response.json(model);
+    }
+    if (pathname === '/v1' || pathname.startsWith('/v1/')) {
+      throw new HttpError(404, 'unknown_url', `Invalid URL (${request.method} ${pathname}): the routes are POST /v1/chat/completions and GET /v1/models`);
+    }
+    throw new HttpError(404, 'NOT_FOUND', `no route ${pathname}: use GET /, POST /generate or POST /v1/chat/completions`);
+  }
 
   async function generate(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
     const { prompt, options } = await readRequest(request, env);
     const ndjson = /application\/x-ndjson/i.test(request.headers.get('accept') ?? '');
     const { model } = await getModel(env, ctx);
+    const format = ndjson ? (e: TokenEvent) => JSON.stringify(e) + '\n' : (e: TokenEvent) => ('text' in e ? e.text : '');
+    return respond(request, env, ctx, {
+      produce: async function* (signal) {
+        for await (const e of tokenEvents(model, prompt, { ...options, signal })) yield format(e);
+      },
+      // The status line is sent; an ndjson stream says what failed in its last line, a text stream is cut.
+      onError: ndjson ? (err) => JSON.stringify(errorBody(err)) + '\n' : undefined,
+      headers: {
+        'content-type': ndjson ? 'application/x-ndjson; charset=utf-8' : 'text/plain; charset=utf-8',
+        'cache-control': 'no-store',
+        'x-content-type-options': 'nosniff',
+      },
+    });
+  }
 
-    // Aborted when the client disconnects: request.signal where the runtime provides it, and the response's cancel().
+  async function chatCompletions(request: Request, env: Env, ctx: ExecutionContext): Promise<Response> {
+    const text = await readText(request);
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      throw new HttpError(400, 'invalid_json', `We could not parse the JSON body of your request: ${(err as Error).message}`);
+    }
+    const chat = parseChatRequest(body, intVar(env.MAX_TOKENS, 'MAX_TOKENS', DEFAULTS.maxTokens));
+    const { model } = await getModel(env, ctx);
+    // Rendered and tokenized before queueing, so that a conversation the template refuses, or one too long for the
+    // context, is answered at once rather than after the requests ahead of it.
+    let ids: number[];
+    try {
+      ids = model.text.chatIds(chat.messages, { template: env.CHAT_TEMPLATE || undefined, tools: chat.tools, addGenerationPrompt: true });
+    } catch (err) {
+      if (err instanceof EdgeLLMError && err.code === 'NO_TEMPLATE') {
+        throw new HttpError(
+          500,
+          'no_chat_template',
+          'The model has no chat template (tokenizer.chat_template) and the worker has none configured: set the CHAT_TEMPLATE var (wrangler.toml [vars]), or build with build.mjs --chat-template FILE',
+          { 'x-should-retry': 'false' },
+        );
+      }
+      throw err;
+    }
+    const context = model.info.context;
+    if (ids.length >= context) {
+      throw new HttpError(400, 'context_length_exceeded', `The messages are ${ids.length} tokens once rendered, and this model's context is ${context} tokens, with room needed for the reply`, {}, 'messages');
+    }
+    const meta = { id: newReplyId(), created: Math.floor(Date.now() / 1000), model: chat.model ?? modelId(env) };
+    return respond(request, env, ctx, {
+      produce: (signal) =>
+        chat.stream ? streamReply(model, ids, { ...chat.options, signal }, meta, chat.includeUsage) : completeReply(model, ids, { ...chat.options, signal }, meta),
+      onError: errorEvent,
+      headers: chat.stream
+        ? { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' }
+        : { 'content-type': 'application/json', 'cache-control': 'no-store' },
+    });
+  }
+
+  /**
+   * Runs a request's generation in its turn and streams what `produce` yields. Aborted when the client disconnects:
+   * request.signal where the runtime provides it, and the response's cancel(). The first chunk is awaited before the
+   * response is returned, so that a bad option or an over-long prompt answers with its own status rather than a
+   * broken stream.
+   */
+  async function respond(
+    request: Request,
+    env: Env,
+    ctx: ExecutionContext,
+    how: { produce: (signal: AbortSignal) => AsyncIterable<string>; onError?: (err: unknown) => string; headers: Record<string, string> },
+  ): Promise<Response> {
     const abort = new AbortController();
     const onAbort = () => abort.abort(new Error('the client disconnected'));
     if (request.signal?.aborted) onAbort();
@@ -125,55 +234,70 @@ export function createWorker(bundled?: ArrayBuffer | Uint8Array) {
     const finished = new Promise<void>((resolve) => (finish = resolve));
     // The generation (and the queue slot) outlive a disconnected client's request until the abort is seen.
     ctx.waitUntil(finished);
-    const events = tokenEvents(model, prompt, { ...options, signal: abort.signal }, () => {
+    const done = () => {
       release();
       request.signal?.removeEventListener('abort', onAbort);
       finish();
-    });
+    };
+    const chunks = (async function* () {
+      try {
+        yield* how.produce(abort.signal);
+      } finally {
+        done();
+      }
+    })();
 
-    // The first event is awaited here, so that a bad option or an over-long prompt answers 400 rather than a broken stream.
-    let first: IteratorResult<TokenEvent> | undefined;
+    let first: IteratorResult<string> | undefined;
     try {
-      first = await events.next();
+      first = await chunks.next();
     } catch (err) {
-      release();
-      finish();
+      done();
       throw err;
     }
     const encoder = new TextEncoder();
-    const format = ndjson ? (e: TokenEvent) => JSON.stringify(e) + '\n' : (e: TokenEvent) => ('text' in e ? e.text : '');
     const body = new ReadableStream<Uint8Array>({
-      // Pulled as the runtime sends: one token per pull, so each token is flushed as it is generated.
+      // Pulled as the runtime sends: one chunk per pull, so each token is flushed as it is generated.
       async pull(controller) {
         try {
           for (;;) {
-            const r = first ?? (await events.next());
+            const r = first ?? (await chunks.next());
             first = undefined;
             if (r.done) return controller.close();
-            const line = format(r.value);
-            if (line) return controller.enqueue(encoder.encode(line));
+            if (r.value) return controller.enqueue(encoder.encode(r.value));
           }
         } catch (err) {
-          // The status line is sent; an ndjson stream says what failed in its last line, a text stream is cut.
           if (abort.signal.aborted) return; // cancelled: nobody is reading
-          if (!ndjson) return controller.error(err);
-          controller.enqueue(encoder.encode(JSON.stringify(errorBody(err)) + '\n'));
+          if (!how.onError) return controller.error(err);
+          controller.enqueue(encoder.encode(how.onError(err)));
           controller.close();
         }
       },
       async cancel(reason) {
         abort.abort(reason ?? new Error('the client disconnected'));
-        await events.return(undefined);
+        await chunks.return(undefined);
       },
     });
-    return new Response(body, {
-      headers: {
-        'content-type': ndjson ? 'application/x-ndjson; charset=utf-8' : 'text/plain; charset=utf-8',
-        'cache-control': 'no-store',
-        'x-content-type-options': 'nosniff',
-      },
-    });
+    return new Response(body, { headers: how.headers });
   }
+}
+
+/** The answer to a CORS preflight; the request headers are echoed because "*" does not cover Authorization. */
+function preflight(request: Request, origin: string): Response {
+  return new Response(null, {
+    status: 204,
+    headers: {
+      'access-control-allow-origin': origin,
+      'access-control-allow-methods': 'GET, HEAD, POST, OPTIONS',
+      'access-control-allow-headers': request.headers.get('access-control-request-headers') ?? '',
+      'access-control-max-age': '86400',
+    },
+  });
+}
+
+function modelId(env: Env): string {
+  if (env.MODEL_ID) return env.MODEL_ID;
+  const file = env.MODEL_URL?.trim().split(/[?#]/)[0].split('/').pop();
+  return file ? decodeURIComponent(file).replace(/\.gguf$/i, '') : 'edgellm';
 }
 
 type TokenEvent =
@@ -185,23 +309,19 @@ type TokenEvent =
  * Generation as one event per token: a token's text is what it completed (possibly "", e.g. half a UTF-8 character or
  * a possible stop-string prefix, whose text comes with a later token); text held back to the end comes as {text}.
  */
-async function* tokenEvents(model: Model, prompt: string | number[], options: GenerateOptions, done: () => void): AsyncGenerator<TokenEvent> {
-  try {
-    const pending: number[] = [];
-    let stats: GenerationStats | undefined;
-    const chunks = model.generate(prompt, { ...options, onToken: (id) => pending.push(id), onStats: (s) => (stats = s) });
-    for await (const text of chunks) {
-      const ids = pending.splice(0);
-      const last = ids.pop();
-      for (const id of ids) yield { id, text: '' };
-      yield last === undefined ? { text } : { id: last, text };
-    }
-    for (const id of pending.splice(0)) yield { id, text: '' };
-    const { decodeTokensPerSecond, prefillTokensPerSecond, ...s } = stats!;
-    yield { done: true, build: model.info.build, ...s, prefillTps: round(prefillTokensPerSecond), decodeTps: round(decodeTokensPerSecond) };
-  } finally {
-    done();
+async function* tokenEvents(model: Model, prompt: string | number[], options: GenerateOptions): AsyncGenerator<TokenEvent> {
+  const pending: number[] = [];
+  let stats: GenerationStats | undefined;
+  const chunks = model.generate(prompt, { ...options, onToken: (id) => pending.push(id), onStats: (s) => (stats = s) });
+  for await (const text of chunks) {
+    const ids = pending.splice(0);
+    const last = ids.pop();
+    for (const id of ids) yield { id, text: '' };
+    yield last === undefined ? { text } : { id: last, text };
   }
+  for (const id of pending.splice(0)) yield { id, text: '' };
+  const { decodeTokensPerSecond, prefillTokensPerSecond, ...s } = stats!;
+  yield { done: true, build: model.info.build, ...s, prefillTps: round(prefillTokensPerSecond), decodeTps: round(decodeTokensPerSecond) };
 }
 
 async function load(env: Env, bundled: ArrayBuffer | Uint8Array | undefined): Promise<{ model: Model; source: Source; modelBytes: number }> {
@@ -267,12 +387,18 @@ async function readBody(response: Response, url: string): Promise<Uint8Array> {
   return bytes;
 }
 
-/** The prompt and generate() options of a request: a JSON object, or else the body is the prompt. */
-async function readRequest(request: Request, env: Env): Promise<{ prompt: string | number[]; options: GenerateOptions }> {
+/** The request body as text, at most MAX_BODY. */
+async function readText(request: Request): Promise<string> {
   const declared = Number(request.headers.get('content-length') ?? 0);
   if (declared > MAX_BODY) throw new HttpError(413, 'TOO_LARGE', `the request body is ${declared} bytes; the limit is ${MAX_BODY}`);
   const text = await request.text();
   if (text.length > MAX_BODY) throw new HttpError(413, 'TOO_LARGE', `the request body is over ${MAX_BODY} bytes`);
+  return text;
+}
+
+/** The prompt and generate() options of a request: a JSON object, or else the body is the prompt. */
+async function readRequest(request: Request, env: Env): Promise<{ prompt: string | number[]; options: GenerateOptions }> {
+  const text = await readText(request);
   let fields: Record<string, unknown>;
   const json = /json/i.test(request.headers.get('content-type') ?? '') || /^\s*\{/.test(text);
   if (json) {
