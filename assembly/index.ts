@@ -5,6 +5,7 @@ export { matmul_f32, dequant_row_f32 } from './f32';
 export { matmul_f16, dequant_row_f16 } from './f16';
 export { quantize_q8_0, matmul_q8_0, dequant_row_q8_0 } from './q8_0';
 export { matmul_q4_0, dequant_row_q4_0 } from './q4_0';
+export { quantize_q8_k } from './q8_k';
 export { rmsnorm, rope, silu_mul, add } from './ops';
 // The paged KV cache: like the weight types, one file per KV type (kv_f32/f16/int8/int4.ts) with the same ops (seal a
 // page, score its keys, accumulate its values), driven by attend_pages over a mixed list of pages.

@@ -47,7 +47,7 @@ export function f32ToF16(x: number): number {
 let table: Float32Array | undefined;
 
 /** All 65536 halves as f32, built by bit pattern so NaN payloads survive as in ggml's table. */
-function f16Table(): Float32Array {
+export function f16Table(): Float32Array {
   if (table) return table;
   const t = new Float32Array(65536);
   const bits = new Uint32Array(t.buffer);
@@ -70,3 +70,4 @@ export function f16ArrayToF32(src: Uint16Array, dst: Float32Array): Float32Array
   for (let i = 0; i < n; i++) dst[i] = t[src[i]];
   return dst;
 }
+

@@ -5,7 +5,9 @@
  */
 import { EdgeLLMError } from '../errors.js';
 import { GGMLType, typeName } from './types.js';
-import { f16ToF32, f32ToF16 } from './f16.js';
+import { f16Table, f32ToF16 } from './f16.js';
+import { LEGACY_FORMATS } from './quantize-legacy.js';
+import { K_FORMATS } from './quantize-k.js';
 
 export const QK = 32;
 export const Q8_0_BLOCK_BYTES = 34;
@@ -91,81 +93,71 @@ export function quantizeRowQ4_0(x: ArrayLike<number>, dst?: Uint8Array): Uint8Ar
   return y;
 }
 
-/** f32 values to GGUF bytes of the given type (F32, F16, Q8_0, Q4_0). */
-export function quantizeRow(type: number, x: ArrayLike<number>, dst?: Uint8Array): Uint8Array {
-  const n = x.length;
-  switch (type) {
-    case GGMLType.F32: {
-      const y = dst ?? new Uint8Array(n * 4);
-      checkDst('quantizeRow(F32)', y, n * 4);
-      const dv = new DataView(y.buffer, y.byteOffset, n * 4);
-      for (let i = 0; i < n; i++) dv.setFloat32(i * 4, x[i], true);
-      return y;
-    }
-    case GGMLType.F16: {
-      const y = dst ?? new Uint8Array(n * 2);
-      checkDst('quantizeRow(F16)', y, n * 2);
-      for (let i = 0; i < n; i++) {
+/**
+ * One row per type the host can write and read: `quantize` (f32 → GGUF bytes: ggml's reference quantizer where the
+ * project needs its exact bytes, else round-to-nearest, which is enough for test models whose reference reads the
+ * same bytes back) and `dequantize` (GGUF bytes → f32, as ggml's dequantize_row_*). Families of types add their rows
+ * from their own files.
+ */
+export interface RowFormat {
+  type: GGMLType;
+  /** elements per block and bytes per block (as TYPE_TRAITS) */
+  blockSize: number;
+  blockBytes: number;
+  quantize?(x: ArrayLike<number>, y: Uint8Array): void;
+  dequantize(bytes: Uint8Array, n: number, out: Float32Array): void;
+}
+
+const BASIC_FORMATS: RowFormat[] = [
+  {
+    type: GGMLType.F32,
+    blockSize: 1,
+    blockBytes: 4,
+    quantize(x, y) {
+      const dv = new DataView(y.buffer, y.byteOffset, x.length * 4);
+      for (let i = 0; i < x.length; i++) dv.setFloat32(i * 4, x[i], true);
+    },
+    dequantize(bytes, n, out) {
+      const dv = new DataView(bytes.buffer, bytes.byteOffset, n * 4);
+      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
+    },
+  },
+  {
+    type: GGMLType.F16,
+    blockSize: 1,
+    blockBytes: 2,
+    quantize(x, y) {
+      for (let i = 0; i < x.length; i++) {
         const h = f32ToF16(x[i]);
         y[2 * i] = h & 0xff;
         y[2 * i + 1] = h >>> 8;
       }
-      return y;
-    }
-    case GGMLType.Q8_0:
-      return quantizeRowQ8_0(x, dst);
-    case GGMLType.Q4_0:
-      return quantizeRowQ4_0(x, dst);
-    default:
-      throw new EdgeLLMError('UNSUPPORTED_TYPE', `quantizeRow: type ${typeName(type)} (${type}) is not one of F32, F16, Q8_0, Q4_0`);
-  }
-}
-
-let f16Lut: Float32Array | undefined;
-function lut(): Float32Array {
-  if (!f16Lut) {
-    f16Lut = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) f16Lut[h] = f16ToF32(h);
-  }
-  return f16Lut;
-}
-
-/** n values of the given type from GGUF bytes to f32 (F32, F16, Q8_0, Q4_0), as ggml's dequantize_row_*. */
-export function dequantizeRow(type: number, bytes: Uint8Array, n: number, dst?: Float32Array): Float32Array {
-  const out = dst ?? new Float32Array(n);
-  if (out.length < n) throw new EdgeLLMError('BAD_ARGUMENT', `dequantizeRow: destination holds ${out.length} values, needs ${n}`);
-  const need = (bytesPer: number, block: number): void => {
-    checkRow(`dequantizeRow(${typeName(type)})`, n, block);
-    const size = (n / block) * bytesPer;
-    if (bytes.length < size) {
-      throw new EdgeLLMError('TRUNCATED', `dequantizeRow(${typeName(type)}): ${n} values need ${size} bytes, got ${bytes.length}`);
-    }
-  };
-  switch (type) {
-    case GGMLType.F32: {
-      need(4, 1);
-      const dv = new DataView(bytes.buffer, bytes.byteOffset, n * 4);
-      for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true);
-      return out;
-    }
-    case GGMLType.F16: {
-      need(2, 1);
-      const t = lut();
+    },
+    dequantize(bytes, n, out) {
+      const t = f16Table();
       for (let i = 0; i < n; i++) out[i] = t[bytes[2 * i] | (bytes[2 * i + 1] << 8)];
-      return out;
-    }
-    case GGMLType.Q8_0: {
-      need(Q8_0_BLOCK_BYTES, QK);
-      const t = lut();
+    },
+  },
+  {
+    type: GGMLType.Q8_0,
+    blockSize: QK,
+    blockBytes: Q8_0_BLOCK_BYTES,
+    quantize: (x, y) => void quantizeRowQ8_0(x, y),
+    dequantize(bytes, n, out) {
+      const t = f16Table();
       for (let b = 0, o = 0; o < n; b += Q8_0_BLOCK_BYTES, o += QK) {
         const d = t[bytes[b] | (bytes[b + 1] << 8)];
         for (let j = 0; j < QK; j++) out[o + j] = ((bytes[b + 2 + j] << 24) >> 24) * d;
       }
-      return out;
-    }
-    case GGMLType.Q4_0: {
-      need(Q4_0_BLOCK_BYTES, QK);
-      const t = lut();
+    },
+  },
+  {
+    type: GGMLType.Q4_0,
+    blockSize: QK,
+    blockBytes: Q4_0_BLOCK_BYTES,
+    quantize: (x, y) => void quantizeRowQ4_0(x, y),
+    dequantize(bytes, n, out) {
+      const t = f16Table();
       for (let b = 0, o = 0; o < n; b += Q4_0_BLOCK_BYTES, o += QK) {
         const d = t[bytes[b] | (bytes[b + 1] << 8)];
         for (let j = 0; j < QK / 2; j++) {
@@ -174,9 +166,37 @@ export function dequantizeRow(type: number, bytes: Uint8Array, n: number, dst?: 
           out[o + j + QK / 2] = ((q >>> 4) - 8) * d;
         }
       }
-      return out;
-    }
-    default:
-      throw new EdgeLLMError('UNSUPPORTED_TYPE', `dequantizeRow: type ${typeName(type)} (${type}) is not one of F32, F16, Q8_0, Q4_0`);
-  }
+    },
+  },
+];
+
+export const ROW_FORMATS: ReadonlyMap<number, RowFormat> = new Map(
+  [...BASIC_FORMATS, ...LEGACY_FORMATS, ...K_FORMATS].map((f) => [f.type, f]),
+);
+
+const names = (pick: (f: RowFormat) => boolean) => [...ROW_FORMATS.values()].filter(pick).map((f) => typeName(f.type)).join(', ');
+
+/** f32 values to GGUF bytes of the given type. */
+export function quantizeRow(type: number, x: ArrayLike<number>, dst?: Uint8Array): Uint8Array {
+  const f = ROW_FORMATS.get(type);
+  if (!f?.quantize) throw new EdgeLLMError('UNSUPPORTED_TYPE', `quantizeRow: type ${typeName(type)} (${type}) is not one of ${names((g) => !!g.quantize)}`);
+  checkRow(`quantizeRow(${typeName(type)})`, x.length, f.blockSize);
+  const size = (x.length / f.blockSize) * f.blockBytes;
+  const y = dst ?? new Uint8Array(size);
+  checkDst(`quantizeRow(${typeName(type)})`, y, size);
+  f.quantize(x, y);
+  return y;
+}
+
+/** n values of the given type from GGUF bytes to f32, as ggml's dequantize_row_*. */
+export function dequantizeRow(type: number, bytes: Uint8Array, n: number, dst?: Float32Array): Float32Array {
+  const f = ROW_FORMATS.get(type);
+  if (!f) throw new EdgeLLMError('UNSUPPORTED_TYPE', `dequantizeRow: type ${typeName(type)} (${type}) is not one of ${names(() => true)}`);
+  const out = dst ?? new Float32Array(n);
+  if (out.length < n) throw new EdgeLLMError('BAD_ARGUMENT', `dequantizeRow: destination holds ${out.length} values, needs ${n}`);
+  checkRow(`dequantizeRow(${typeName(type)})`, n, f.blockSize);
+  const size = (n / f.blockSize) * f.blockBytes;
+  if (bytes.length < size) throw new EdgeLLMError('TRUNCATED', `dequantizeRow(${typeName(type)}): ${n} values need ${size} bytes, got ${bytes.length}`);
+  f.dequantize(bytes, n, out);
+  return out;
 }

@@ -1,11 +1,11 @@
 import { EdgeLLMError } from '../errors.js';
-import { GGMLType } from '../gguf/types.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
 import { attend, bindAttention, type AttentionState } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
-import type { LlamaWeights, Matrix } from './weights.js';
+import type { LlamaWeights } from './weights.js';
+import type { Activations, InputFormat, Matrix } from './weight-types.js';
 
 /** Activation buffers for a batch of up to maxBatch tokens (llama2.c's RunState), all planned in the arena. */
 interface RunState {
@@ -17,9 +17,12 @@ interface RunState {
   v: number; // [B][kvDim]
   hb: number; // ffn gate [B][ffn]
   hb2: number; // ffn up [B][ffn]
-  xq: number; // int8 codes of the current matmul input [B][max(dim, qDim, ffn)]
+  xq: number; // Q8_0 int8 codes of the current matmul input [B][max(dim, qDim, ffn)]
   xd: number; // its f32 block scales
   xs: number; // its i32 block code sums
+  kq: number; // Q8_K int8 codes of the current matmul input [B][widest, rounded up to 256]
+  kd: number; // its f32 super-block scales
+  ks: number; // its i16 code sums per 16
   logits: number; // [B][vocab]
   rope: number; // (cos, sin) per position and rotated pair [ctx][nRot]
 }
@@ -41,6 +44,9 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
     xq: arena.reserve('state.xq', maxBatch * widest),
     xd: f32('xd', maxBatch * Math.ceil(widest / 32)),
     xs: f32('xs', maxBatch * Math.ceil(widest / 32)),
+    kq: arena.reserve('state.kq', maxBatch * Math.ceil(widest / 256) * 256),
+    kd: f32('kd', maxBatch * Math.ceil(widest / 256)),
+    ks: arena.reserve('state.ks', maxBatch * Math.ceil(widest / 16) * 2),
     logits: f32('logits', maxBatch * c.vocab),
     rope: f32('rope', ctx * c.nRot),
   };
@@ -54,6 +60,8 @@ export class Llama {
   readonly heap: Float32Array;
   private readonly qDim: number;
   private readonly kvDim: number;
+  /** the prepared matmul input: its f32 values (set per call) and its quantized forms in the run state */
+  private readonly act: Activations;
 
   constructor(
     readonly config: LlamaConfig,
@@ -70,6 +78,7 @@ export class Llama {
     bindAttention(attention, memory);
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
+    this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };
     this.fillRopeTable();
   }
 
@@ -146,29 +155,21 @@ export class Llama {
     return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
   }
 
-  /** Quantized matrices read int8 activations: quantize the input once for all the matrices that share it. */
+  /** Quantized matrices read int8 activations: quantize the input once, in each format the matrices sharing it read. */
   private prepareInput(x: number, cols: number, ntok: number, ...ms: Matrix[]): void {
-    if (ms.some((m) => m.type === GGMLType.Q8_0 || m.type === GGMLType.Q4_0)) this.kernels.quantize_q8_0(x, cols, ntok, this.s.xq, this.s.xd, this.s.xs);
+    const k = this.kernels, s = this.s;
+    const needs = (format: InputFormat) => ms.some((m) => m.kernel.input === format);
+    if (needs('q8_0')) k.quantize_q8_0(x, cols, ntok, s.xq, s.xd, s.xs);
+    if (needs('q8_k')) k.quantize_q8_k(x, cols, ntok, s.kq, s.kd, s.ks);
   }
 
-  /** y = W·x for ntok tokens; quantized types use the input prepared by prepareInput. */
+  /** y = W·x for ntok tokens; quantized types read the input prepared by prepareInput. */
   private matmul(m: Matrix, x: number, y: number, ntok: number): void {
-    const k = this.kernels, s = this.s;
-    switch (m.type) {
-      case GGMLType.F32: return k.matmul_f32(m.data, x, y, m.rows, m.cols, ntok);
-      case GGMLType.F16: return k.matmul_f16(m.data, x, y, m.rows, m.cols, ntok);
-      case GGMLType.Q8_0: return k.matmul_q8_0(m.data, m.scales, s.xq, s.xd, y, m.rows, m.cols, ntok);
-      case GGMLType.Q4_0: return k.matmul_q4_0(m.data, m.scales, s.xq, s.xd, s.xs, y, m.rows, m.cols, ntok);
-    }
+    this.act.x = x;
+    m.kernel.matmul(this.kernels, m, this.act, y, ntok);
   }
 
   private dequantRow(m: Matrix, row: number, out: number): void {
-    const k = this.kernels;
-    switch (m.type) {
-      case GGMLType.F32: return k.dequant_row_f32(m.data, row, m.cols, out);
-      case GGMLType.F16: return k.dequant_row_f16(m.data, row, m.cols, out);
-      case GGMLType.Q8_0: return k.dequant_row_q8_0(m.data, m.scales, row, m.cols, out);
-      case GGMLType.Q4_0: return k.dequant_row_q4_0(m.data, m.scales, row, m.cols, out);
-    }
+    m.kernel.dequantRow(this.kernels, m, row, out);
   }
 }

@@ -7,6 +7,8 @@ export interface Kernels {
   matmul_q8_0(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q4_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   quantize_q8_0(x: number, n: number, ntok: number, xq: number, xd: number, xs: number): void;
+  /** Q8_K activations (assembly/q8_k.ts): int8 codes kq [ntok][n], f32 scales kd [ntok][n/256], i16 sums ks [ntok][n/16]. */
+  quantize_q8_k(x: number, n: number, ntok: number, kq: number, kd: number, ks: number): void;
   dequant_row_f32(w: number, row: number, cols: number, out: number): void;
   dequant_row_f16(w: number, row: number, cols: number, out: number): void;
   dequant_row_q8_0(wq: number, wd: number, row: number, cols: number, out: number): void;
