@@ -5,7 +5,7 @@
 import { GGMLType, typeName } from '../../src/gguf/types.js';
 import { GGUFValueType } from '../../src/gguf/reader.js';
 import { writeGGUF, type GGUFWriterKV, type GGUFWriterTensor } from '../../src/gguf/writer.js';
-import { dequantizeRow, quantizeRow } from '../../src/gguf/quantize.js';
+import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../../src/gguf/quantize.js';
 import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
 
 export interface SyntheticSpec {
@@ -40,8 +40,12 @@ export interface SyntheticOptions {
   keepWeights?: boolean;
 }
 
-const WRITABLE = new Set<number>([GGMLType.F32, GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_0]);
-const FILE_TYPE: Record<number, number> = { [GGMLType.F32]: 0, [GGMLType.F16]: 1, [GGMLType.Q4_0]: 2, [GGMLType.Q8_0]: 7 };
+/** llama.cpp's general.file_type (LLAMA_FTYPE_*) for a model whose matrices are all of one type. */
+const FILE_TYPE: Record<number, number> = {
+  [GGMLType.F32]: 0, [GGMLType.F16]: 1, [GGMLType.Q4_0]: 2, [GGMLType.Q4_1]: 3, [GGMLType.Q8_0]: 7, [GGMLType.Q5_0]: 8,
+  [GGMLType.Q5_1]: 9, [GGMLType.Q2_K]: 10, [GGMLType.Q3_K]: 12, [GGMLType.Q4_K]: 15, [GGMLType.Q5_K]: 17,
+  [GGMLType.Q6_K]: 18, [GGMLType.IQ4_NL]: 25, [GGMLType.IQ4_XS]: 30, [GGMLType.BF16]: 32,
+};
 
 /** A tiny fast PRNG (mulberry32): floats in [0, 1). */
 function mulberry32(seed: number): () => number {
@@ -162,11 +166,10 @@ export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions =
     plans.find((p) => p.name === name)!.type = type;
   }
   for (const p of plans) {
-    if (!WRITABLE.has(p.type)) {
-      throw new Error(`makeSyntheticLlama: ${p.name}: type ${typeName(p.type)} (${p.type}) is not one of F32, F16, Q8_0, Q4_0`);
-    }
-    if ((p.type === GGMLType.Q8_0 || p.type === GGMLType.Q4_0) && p.dims[0] % 32 !== 0) {
-      throw new Error(`makeSyntheticLlama: ${p.name}: ${typeName(p.type)} needs a row length that is a multiple of 32, got dims[0] = ${p.dims[0]}`);
+    const format = ROW_FORMATS.get(p.type);
+    if (!format?.quantize) throw new Error(`makeSyntheticLlama: ${p.name}: the test writer cannot write type ${typeName(p.type)} (${p.type})`);
+    if (p.dims[0] % format.blockSize !== 0) {
+      throw new Error(`makeSyntheticLlama: ${p.name}: ${typeName(p.type)} needs a row length that is a multiple of ${format.blockSize}, got dims[0] = ${p.dims[0]}`);
     }
   }
 
@@ -179,7 +182,7 @@ export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions =
   }));
 
   const { tokens, scores, types } = syntheticVocab(vocab);
-  const quantized = plans.some((p) => p.type === GGMLType.Q8_0 || p.type === GGMLType.Q4_0);
+  const quantized = plans.some((p) => ROW_FORMATS.get(p.type)!.blockSize > 1);
   const metadata: GGUFWriterKV[] = [
     { key: 'general.architecture', type: GGUFValueType.STRING, value: 'llama' },
     { key: 'general.name', type: GGUFValueType.STRING, value: `synthetic-llama-${dim}x${nLayers}` },
