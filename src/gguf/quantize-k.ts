@@ -1,4 +1,4 @@
-/** Row formats (see quantize.ts) of the K-quants (Q2_K..Q6_K) and IQ4_XS. */
+/** Row formats (see quantize.ts) of Q4_K, Q5_K and Q6_K. */
 import type { RowFormat } from './quantize.js';
 
 export const K_FORMATS: RowFormat[] = [];

@@ -8,6 +8,7 @@ import { GGMLType, typeName } from './types.js';
 import { f16Table, f32ToF16 } from './f16.js';
 import { LEGACY_FORMATS } from './quantize-legacy.js';
 import { K_FORMATS } from './quantize-k.js';
+import { K_LOW_FORMATS } from './quantize-k-low.js';
 
 export const QK = 32;
 export const Q8_0_BLOCK_BYTES = 34;
@@ -171,7 +172,7 @@ const BASIC_FORMATS: RowFormat[] = [
 ];
 
 export const ROW_FORMATS: ReadonlyMap<number, RowFormat> = new Map(
-  [...BASIC_FORMATS, ...LEGACY_FORMATS, ...K_FORMATS].map((f) => [f.type, f]),
+  [...BASIC_FORMATS, ...LEGACY_FORMATS, ...K_FORMATS, ...K_LOW_FORMATS].map((f) => [f.type, f]),
 );
 
 const names = (pick: (f: RowFormat) => boolean) => [...ROW_FORMATS.values()].filter(pick).map((f) => typeName(f.type)).join(', ');

@@ -8,6 +8,7 @@ import { GGMLType, typeName } from '../gguf/types.js';
 import type { Kernels } from '../runtime/kernels.js';
 import { LEGACY_WEIGHT_TYPES } from './weight-types-legacy.js';
 import { K_WEIGHT_TYPES } from './weight-types-k.js';
+import { K_LOW_WEIGHT_TYPES } from './weight-types-k-low.js';
 import { repackBlocks32, ROW_GROUP, roundUp } from './repack.js';
 
 /** A weight matrix in kernel layout: `rows` output rows of `cols` inputs (ggml dims [cols, rows]). */
@@ -89,7 +90,7 @@ const BASIC_WEIGHT_TYPES: WeightKernel[] = [
 ];
 
 export const WEIGHT_TYPES: ReadonlyMap<GGMLType, WeightKernel> = new Map(
-  [...BASIC_WEIGHT_TYPES, ...LEGACY_WEIGHT_TYPES, ...K_WEIGHT_TYPES].map((w) => [w.type, w]),
+  [...BASIC_WEIGHT_TYPES, ...LEGACY_WEIGHT_TYPES, ...K_WEIGHT_TYPES, ...K_LOW_WEIGHT_TYPES].map((w) => [w.type, w]),
 );
 
 /** The names of the weight types the kernels run, for error messages. */
