@@ -169,3 +169,85 @@ export const EXP_MIN: f32 = -87.33654475;
   const pow2n = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
   return v128.and(f32x4.mul(y, pow2n), f32x4.ge(x, f32x4.splat(EXP_MIN)));
 }
+
+// ---- K-quants (q4_k.ts, q5_k.ts, q6_k.ts): integer sub-block dots against Q8_K activations ----
+
+/**
+ * i16 lanes whose total is Σ c·x over 16 unsigned codes c (0..63) and 16 int8 activations x; each lane holds two
+ * products (at most 2·63·127 = 16002). The relaxed build is one relaxed_dot with the codes as its 7-bit operand. The
+ * SIMD128 build multiplies halves widened to i16 (xl, xh: x widened, computed once per token), so its lanes pair
+ * products j and j+8 instead of 2j and 2j+1: other lanes, the same total, so the same integer in the end.
+ */
+// @ts-ignore: decorator
+@inline export function kdot16(c: v128, x: v128, xl: v128, xh: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i16x8.relaxed_dot_i8x16_i7x16_s(x, c);
+  return i16x8.add(i16x8.mul(i16x8.extend_low_i8x16_u(c), xl), i16x8.mul(i16x8.extend_high_i8x16_u(c), xh));
+}
+
+/**
+ * Four rows' sub-block dots (sa..sd: i16 lanes of rows a..d) folded into two vectors of lanes [a,a,b,b,c,c,d,d]
+ * (each lane the sum of two input lanes), then multiplied by the rows' integer sub-block scales s4
+ * ([sa,sa,sb,sb,sc,sc,sd,sd]) with i32x4.dot_i16x8_s: an i32x4 of the 4 rows' scale·dot, exact. The input lanes must
+ * stay ≤ 16383 in magnitude so their pair sums fit i16 (Q5_K: 4·31·127, Q6_K: 2·63·127).
+ */
+// @ts-ignore: decorator
+@inline export function kscale_rows4(sa: v128, sb: v128, sc: v128, sd: v128, s4: v128): v128 {
+  const ab = i16x8.add(i32x4.shuffle(sa, sb, 0, 4, 1, 5), i32x4.shuffle(sa, sb, 2, 6, 3, 7)); // [a,a,b,b,a,a,b,b]
+  const cd = i16x8.add(i32x4.shuffle(sc, sd, 0, 4, 1, 5), i32x4.shuffle(sc, sd, 2, 6, 3, 7));
+  return i32x4.add(
+    i32x4.dot_i16x8_s(i32x4.shuffle(ab, cd, 0, 1, 4, 5), s4),
+    i32x4.dot_i16x8_s(i32x4.shuffle(ab, cd, 2, 3, 6, 7), s4),
+  );
+}
+
+/**
+ * kscale_rows4 with one more fold before the multiply, for input lanes ≤ 8191 (Q4_K: 4·15·127 = 7620, so each of the
+ * final lanes holds at most 30480).
+ */
+// @ts-ignore: decorator
+@inline export function kscale_rows4_narrow(sa: v128, sb: v128, sc: v128, sd: v128, s4: v128): v128 {
+  const ab = i16x8.add(i32x4.shuffle(sa, sb, 0, 4, 1, 5), i32x4.shuffle(sa, sb, 2, 6, 3, 7));
+  const cd = i16x8.add(i32x4.shuffle(sc, sd, 0, 4, 1, 5), i32x4.shuffle(sc, sd, 2, 6, 3, 7));
+  return i32x4.dot_i16x8_s(i16x8.add(i32x4.shuffle(ab, cd, 0, 1, 4, 5), i32x4.shuffle(ab, cd, 2, 3, 6, 7)), s4);
+}
+
+/**
+ * The repacked sub-block scales of two sub-blocks, 8 bytes [a,b,c,d] (sub-block j) then [a,b,c,d] (j+1), widened to
+ * i16 as [a,b,c,d,a',b',c',d']: k_pair_lo gives sub-block j's [a,a,b,b,c,c,d,d], k_pair_hi sub-block j+1's (one
+ * punpcklwd/punpckhwd each).
+ */
+// @ts-ignore: decorator
+@inline export function k_pair_lo(v: v128): v128 {
+  return i8x16.shuffle(v, v, 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+}
+
+// @ts-ignore: decorator
+@inline export function k_pair_hi(v: v128): v128 {
+  return i8x16.shuffle(v, v, 8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31);
+}
+
+/**
+ * Four rows' super-block result added to their f32 accumulators, with a min term: acc + (d·kd)·sumi − (dmin·kd)·summ,
+ * in this order in every build and tile shape (the K-quants' one float step per super-block).
+ */
+// @ts-ignore: decorator
+@inline export function kscale_add_min(acc: v128, d4: v128, m4: v128, kd: f32, sumi: v128, summ: v128): v128 {
+  const k = f32x4.splat(kd);
+  return f32x4.sub(
+    f32x4.add(acc, f32x4.mul(f32x4.mul(d4, k), f32x4.convert_i32x4_s(sumi))),
+    f32x4.mul(f32x4.mul(m4, k), f32x4.convert_i32x4_s(summ)),
+  );
+}
+
+/**
+ * Σ_j m_j·bsum_j for four rows (lanes), where bsum_j is the Q8_K code sum of 32-sub-block j (two of the 16 i16 sums at
+ * ks) and mins holds 32 bytes: per pair of sub-blocks (j, j+1) the rows' mins as [a_j,a_j+1,b_j,b_j+1,c..,d..].
+ */
+// @ts-ignore: decorator
+@inline export function kmins_rows4(mins: usize, ks: usize): v128 {
+  const bs = i16x8.narrow_i32x4_s(i32x4.extadd_pairwise_i16x8_s(v128.load(ks)), i32x4.extadd_pairwise_i16x8_s(v128.load(ks, 16)));
+  let r = i32x4.dot_i16x8_s(v128.load8x8_u(mins), i32x4.shuffle(bs, bs, 0, 0, 0, 0));
+  r = i32x4.add(r, i32x4.dot_i16x8_s(v128.load8x8_u(mins, 8), i32x4.shuffle(bs, bs, 1, 1, 1, 1)));
+  r = i32x4.add(r, i32x4.dot_i16x8_s(v128.load8x8_u(mins, 16), i32x4.shuffle(bs, bs, 2, 2, 2, 2)));
+  return i32x4.add(r, i32x4.dot_i16x8_s(v128.load8x8_u(mins, 24), i32x4.shuffle(bs, bs, 3, 3, 3, 3)));
+}

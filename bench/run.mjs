@@ -1,6 +1,6 @@
 // Prefill and decode speed of one GGUF model in edgellm, optionally side by side with wllama and llama.cpp:
 //   npm run bench -- MODEL.gguf [options]
-//   npm run bench -- --synthetic smollm-135m --type q8_0 [--anchors]
+//   npm run bench -- --synthetic smollm-135m --type q4_k_m [--anchors]
 // or decode speed by context length, KV cache type, attention mode and KV tier budget (see benchContexts):
 //   npm run bench -- MODEL.gguf --contexts 128,1024,2048 [--attention full,sparse] [--kv f16,int8] [--kv-hot all,4MB]
 //
@@ -32,7 +32,7 @@ const PASSAGE =
   'ourselves and our Posterity, do ordain and establish this Constitution for the United States of America.';
 
 const USAGE = `Usage: npm run bench -- MODEL.gguf [options]
-       npm run bench -- --synthetic NAME --type q4_0|q8_0|f16 [options]
+       npm run bench -- --synthetic NAME --type TYPE [options]
        npm run bench -- MODEL.gguf|--synthetic NAME --contexts C1,C2,... [sweep options] [options]
        npm run bench -- --tokenizer [--vocab llama-bpe] [--text FILE] [--repeat N] [--no-anchor]   (bench/tokenizer.mjs)
        npm run bench -- --chat [MODEL.gguf] [--turns 6] [--reply 32] [--ctx 2048]                   (bench/chat.mjs)
@@ -41,7 +41,10 @@ Options:
   --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b, or
                       long-15m (sotu-15m's shape with a 16K context_length); generated once into the bench
                       cache, ~/.cache/edgellm-bench/models
-  --type T            weight type of the synthetic model: q4_0, q8_0, f16
+  --type T            weight type of the synthetic model: q4_0, q8_0, f16 (every 2-D tensor in it), or as
+                      llama.cpp's quantizer writes that file type (q3_k_m, q4_k_m, q5_k_m: its per-tensor mix;
+                      q4_1, q5_0, q5_1, iq4_nl, bf16, q2_k, q6_k, iq4_xs: pure; rows that do not fit a 256-block
+                      fall back as in llama.cpp, e.g. to q5_0 and q8_0 at smollm's 576)
   --threads N         threads (default 1; edgellm runs one thread so far)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
@@ -107,7 +110,7 @@ function parseArgs(argv) {
   }
   if (o.synthetic) {
     if (positional.length) usage('give a model file or --synthetic, not both');
-    if (!o.type) usage('--synthetic needs --type q4_0|q8_0|f16');
+    if (!o.type) usage('--synthetic needs --type (q4_0, q8_0, f16, q4_k_m, ...)');
   } else {
     if (positional.length !== 1) usage(positional.length ? `one model, got ${positional.length} arguments` : 'which model?');
     if (o.type) usage('--type goes with --synthetic');
@@ -178,8 +181,10 @@ const round1 = (x) => Number(x.toFixed(1));
 // ───────────────────────────── the prompt ─────────────────────────────
 
 /**
- * Exactly n ids (BOS included) and a text that tokenizes to exactly them, so that text-only engines see the same ids.
- * Synthetic vocabularies have one token per word; real ones are filled word by word, then with one-token words.
+ * Exactly n ids (BOS included, where the model adds one) and a text that tokenizes to exactly them, so that text-only
+ * engines see the same ids. Synthetic vocabularies have one token per word; real ones are filled word by word, then
+ * with one-token words. A vocabulary that cannot spell a text of exactly n tokens (single characters, say, as in the
+ * conformance kit's synthetic models) gets token ids directly, and no text: `text` is undefined.
  */
 function buildPrompt(model, n, syntheticPrompt) {
   let text;
@@ -189,7 +194,8 @@ function buildPrompt(model, n, syntheticPrompt) {
     const words = PASSAGE.split(' ');
     const count = (t) => model.tokenize(t).length;
     text = '';
-    for (let i = 0; ; i++) {
+    // bounded: a vocabulary that spells nothing must not loop forever
+    for (let i = 0; i < 64 * n; i++) {
       const next = text ? `${text} ${words[i % words.length]}` : words[0];
       if (count(next) > n) break;
       text = next;
@@ -199,8 +205,45 @@ function buildPrompt(model, n, syntheticPrompt) {
     }
   }
   const ids = model.tokenize(text);
-  if (ids.length !== n) throw new Error(`bench: could not build a prompt of exactly ${n} tokens (got ${ids.length})`);
-  return { text, ids };
+  if (ids.length === n) return { text, ids };
+  const direct = idPrompt(model, n);
+  console.error(`bench: this vocabulary cannot spell a prompt of exactly ${n} tokens (the closest text has ${ids.length}): ` +
+    `using ${n} token ids directly, ${direct.what}`);
+  return { text: undefined, ids: direct.ids };
+}
+
+/** llama.cpp's token attribute bits (src/tokenizer/tokenizer.ts TokenAttr). */
+const ATTR = { unknown: 1, unused: 2, normal: 4, control: 8, userDefined: 16, byte: 32 };
+
+/**
+ * n prompt ids without a text: BOS (where the model adds one), then ids drawn by a fixed pseudo-random sequence
+ * (mulberry32, seed 1) from the vocabulary's normal tokens (byte tokens if it has none), never a control, unknown,
+ * unused or end-of-generation token. Speed depends on how many positions there are, not on which tokens.
+ */
+function idPrompt(model, n) {
+  const tok = model.text.tokenizer;
+  const { vocabSize, bos, addBos } = model.info.tokenizer;
+  const pick = (want) => {
+    const ids = [];
+    for (let id = 0; id < vocabSize; id++) {
+      const a = tok.attributes(id);
+      if (a & want && !(a & (ATTR.control | ATTR.unknown | ATTR.unused)) && !tok.isEog(id) && id !== bos) ids.push(id);
+    }
+    return ids;
+  };
+  let pool = pick(ATTR.normal);
+  let kind = 'normal';
+  if (!pool.length) [pool, kind] = [pick(ATTR.byte | ATTR.userDefined), 'byte and user-defined'];
+  if (!pool.length) throw new Error('bench: this vocabulary has no token a prompt could use (all are control, unknown, unused or end-of-generation)');
+  const ids = addBos ? [bos] : [];
+  let a = 1;
+  while (ids.length < n) {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    ids.push(pool[((t ^ (t >>> 14)) >>> 0) % pool.length]);
+  }
+  return { ids, what: `${addBos ? `BOS (${bos}) + ` : ''}${n - (addBos ? 1 : 0)} drawn from its ${pool.length} ${kind} tokens` };
 }
 
 // ───────────────────────────── edgellm ─────────────────────────────
@@ -388,7 +431,8 @@ async function benchContexts(cfg, modelPath, text) {
  */
 function contextIds(model, n, text) {
   const ids = model.tokenize('');
-  const body = model.tokenize(text, { bos: false });
+  let body = model.tokenize(text, { bos: false });
+  if (!body.length) body = idPrompt(model, 4097).ids.slice(model.info.tokenizer.addBos ? 1 : 0);
   while (ids.length < n) ids.push(body[(ids.length - 1) % body.length]);
   return ids.slice(0, n);
 }
@@ -426,7 +470,7 @@ function printEdgellm(cfg, modelPath, e) {
     `edgellm bench: ${path.basename(modelPath)} (${e.describe})`,
     `build ${e.build}, node ${e.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, 1 thread; ` +
       `load ${e.load_ms} ms; wasm memory ${e.wasm_memory_mb} MB (context ${e.context}, batch ${e.batch}, KV ${e.kv}, ${e.attention} attention)`,
-    `prompt ${cfg.promptTokens} tokens, decode ${cfg.gen} tokens greedily; 1 untimed warmup + ${cfg.repeat} timed runs`,
+    `prompt ${cfg.promptTokens} tokens${e.prompt.text === undefined ? ' (token ids: the vocabulary cannot spell such a text)' : ''}, decode ${cfg.gen} tokens greedily; 1 untimed warmup + ${cfg.repeat} timed runs`,
   ];
   e.runs.forEach((r, i) => {
     const label = r.warmup ? 'warmup' : `run ${i}`;
@@ -488,7 +532,7 @@ function printAnchors(e, anchors) {
   const lines = ['', 'side by side (1 thread, same prompt ids):', `  ${'engine'.padEnd(26)}${cell('prefill', 10)}${cell('decode', 10)}${cell('RSS MB', 10)}   edgellm ÷ engine (prefill, decode)`];
   for (const { name, r } of rows) {
     const ratio = r === e || r.error ? '' : `${(e.prefill_tps / r.prefill_tps).toFixed(2)}×, ${(e.decode_tps / r.decode_tps).toFixed(2)}×`;
-    if (r.error) lines.push(`  ${name.padEnd(26)}failed: ${r.error}`);
+    if (r.error) lines.push(`  ${name.padEnd(26)}${r.skipped ? '' : 'failed: '}${r.error}`);
     else lines.push(`  ${name.padEnd(26)}${cell(r.prefill_tps)}${cell(r.decode_tps)}${cell(r.rss_mb)}   ${ratio}`);
   }
   console.log(lines.join('\n'));
@@ -513,7 +557,7 @@ if (cfg.synthetic) {
   const synthetic = await import('./synthetic.mjs');
   const shapes = { ...synthetic.SHAPES, ...synthetic.OTHER_SHAPES };
   if (!shapes[cfg.synthetic]) usage(`unknown --synthetic ${cfg.synthetic}; known: ${Object.keys(shapes).join(', ')}`);
-  if (!synthetic.TYPES.includes(cfg.type)) usage(`--type must be one of ${synthetic.TYPES.join(', ')}`);
+  if (!synthetic.ALL_TYPES.includes(cfg.type)) usage(`--type must be one of ${synthetic.ALL_TYPES.join(', ')}`);
   modelPath = await synthetic.syntheticModel(cfg.synthetic, cfg.type);
   syntheticPrompt = synthetic.syntheticPrompt;
   contextText = synthetic.SYNTHETIC_TEXT;
@@ -538,7 +582,20 @@ const e = await benchEdgellm(cfg, modelPath, syntheticPrompt);
 printEdgellm(cfg, modelPath, e);
 
 const anchors = [];
-if (cfg.anchors) {
+if (cfg.anchors && e.prompt.text === undefined) {
+  // Both anchors are handed a text that their own tokenizer must turn into exactly the prompt ids: with ids alone
+  // there is none. llama.cpp (node-llama-cpp) evaluates ids, so its child could take them without the text check;
+  // wllama 3.x completes text only.
+  const why = {
+    'llama.cpp': 'skipped: the prompt is token ids with no text, and bench/anchors/llamacpp-child.mjs checks the ids against llama.cpp\'s tokenization of a text',
+    wllama: 'skipped: the prompt is token ids with no text, and wllama 3.x completions take text only',
+  };
+  for (const [engine, short] of [['llama.cpp', 'native'], ['wllama', 'wasm, Chromium']]) {
+    console.error(`bench: ${engine} ${why[engine]}`);
+    anchors.push({ engine, short, skipped: true, error: why[engine] });
+  }
+  printAnchors(e, anchors);
+} else if (cfg.anchors) {
   const job = { model: modelPath, promptText: e.prompt.text, promptIds: e.prompt.ids, gen: cfg.gen, repeat: cfg.repeat, threads: cfg.threads };
   const engines = [
     ['llama.cpp', 'native', async () => (await import('./anchors/llamacpp.mjs')).runLlamaCpp(job)],
@@ -562,7 +619,7 @@ if (cfg.json) {
   const strip = ({ runs, ...a }) => a;
   console.log(JSON.stringify({
     prefill_tps: e.prefill_tps, decode_tps: e.decode_tps, rss_mb: e.rss_mb, build: e.build,
-    ...rest, model: path.basename(modelPath), prompt_tokens: cfg.promptTokens, gen_tokens: cfg.gen, repeat: cfg.repeat,
+    ...rest, model: path.basename(modelPath), prompt_tokens: cfg.promptTokens, prompt_kind: prompt.text === undefined ? 'ids' : 'text', gen_tokens: cfg.gen, repeat: cfg.repeat,
     anchors: cfg.anchors ? Object.fromEntries(anchors.map((a) => [a.engine, strip(a)])) : undefined,
   }));
 }

@@ -5,8 +5,9 @@
 //   import { syntheticModel, SYNTHETIC_TEXT } from './synthetic.mjs';
 //   const file = await syntheticModel('tinyllama-1.1b', 'q4_0');   // generated once, then reused
 //
-// The files are plain GGUF v3 as llama.cpp's converter writes them (2-D tensors in the chosen type, norms F32,
-// alignment 32) with a SentencePiece ("llama") vocabulary, built so that:
+// The files are plain GGUF v3 as llama.cpp's converter and quantizer write them (2-D tensors in the chosen type, or
+// in llama.cpp's per-tensor mix for the _m types; norms F32; alignment 32) with a SentencePiece ("llama") vocabulary,
+// built so that:
 // - every word of SYNTHETIC_TEXT is exactly one token, in llama.cpp's tokenizer and in edgellm's, so a prompt of
 //   k words is BOS + k ids whatever the engine;
 // - greedy decoding never stops early: the output row of EOS (the only end-of-generation token) is all zeros, so its
@@ -37,7 +38,19 @@ export const OTHER_SHAPES = {
   'long-15m': { name: 'long-15m', dim: 288, nLayers: 6, nHeads: 6, nKvHeads: 2, ffn: 768, vocab: 32000, ctx: 16384, ropeBase: 10000, eps: 1e-5, tied: true },
 };
 
+/** The first generator's types, every 2-D tensor in the one type (test/bench-synthetic.test.ts checks their sizes). */
 export const TYPES = ['q4_0', 'q8_0', 'f16'];
+
+/**
+ * The types of the files people download, each as llama.cpp's quantizer writes it for that file type: q3_k_m, q4_k_m
+ * and q5_k_m with its per-tensor mix (llama_tensor_get_type); the others pure. Either way a row whose length is not a
+ * multiple of the type's block falls back as llama.cpp does (Q4_K → Q5_0, Q6_K → Q8_0, ...: SmolLM's 576 is not a
+ * multiple of 256), so the file is the one a user of that shape would have.
+ */
+export const QUANT_TYPES = ['q4_1', 'q5_0', 'q5_1', 'iq4_nl', 'bf16', 'q2_k', 'q3_k_m', 'q4_k_m', 'q5_k_m', 'q6_k', 'iq4_xs'];
+
+/** Every --type the bench takes. */
+export const ALL_TYPES = [...TYPES, ...QUANT_TYPES];
 
 // ───────────────────────────── vocabulary and text ─────────────────────────────
 
@@ -124,14 +137,86 @@ export function syntheticVocab(vocab) {
 
 // ───────────────────────────── GGUF header ─────────────────────────────
 
-const GGML = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 8 };
-/** Per type: ggml type id, general.file_type (llama_ftype), elements per block, bytes per block. */
-const TYPE_INFO = {
-  f32: { ggml: GGML.F32, ftype: 0, block: 1, bytes: 4 },
-  f16: { ggml: GGML.F16, ftype: 1, block: 1, bytes: 2 },
-  q4_0: { ggml: GGML.Q4_0, ftype: 2, block: 32, bytes: 18 },
-  q8_0: { ggml: GGML.Q8_0, ftype: 7, block: 32, bytes: 34 },
+/** Storage types: ggml type id, elements per block, bytes per block. */
+const STORAGE = {
+  f32: { ggml: 0, block: 1, bytes: 4 },
+  f16: { ggml: 1, block: 1, bytes: 2 },
+  q4_0: { ggml: 2, block: 32, bytes: 18 },
+  q4_1: { ggml: 3, block: 32, bytes: 20 },
+  q5_0: { ggml: 6, block: 32, bytes: 22 },
+  q5_1: { ggml: 7, block: 32, bytes: 24 },
+  q8_0: { ggml: 8, block: 32, bytes: 34 },
+  q2_k: { ggml: 10, block: 256, bytes: 84 },
+  q3_k: { ggml: 11, block: 256, bytes: 110 },
+  q4_k: { ggml: 12, block: 256, bytes: 144 },
+  q5_k: { ggml: 13, block: 256, bytes: 176 },
+  q6_k: { ggml: 14, block: 256, bytes: 210 },
+  iq4_nl: { ggml: 20, block: 32, bytes: 18 },
+  iq4_xs: { ggml: 23, block: 256, bytes: 136 },
+  bf16: { ggml: 30, block: 1, bytes: 2 },
 };
+
+/**
+ * Per file type: general.file_type (llama_ftype), the storage type of its 2-D tensors, whether it is one of
+ * llama.cpp's mixes, and whether rows that do not fit the block fall back (the first generator's types never did:
+ * their shapes all take 32-blocks, and their bytes must not change).
+ */
+const FILE_TYPES = {
+  f16: { ftype: 1, base: 'f16' },
+  q4_0: { ftype: 2, base: 'q4_0' },
+  q8_0: { ftype: 7, base: 'q8_0' },
+  q4_1: { ftype: 3, base: 'q4_1', fallback: true },
+  q5_0: { ftype: 8, base: 'q5_0', fallback: true },
+  q5_1: { ftype: 9, base: 'q5_1', fallback: true },
+  q2_k: { ftype: 10, base: 'q2_k', fallback: true },
+  q3_k_m: { ftype: 12, base: 'q3_k', mix: true, fallback: true },
+  q4_k_m: { ftype: 15, base: 'q4_k', mix: true, fallback: true },
+  q5_k_m: { ftype: 17, base: 'q5_k', mix: true, fallback: true },
+  q6_k: { ftype: 18, base: 'q6_k', fallback: true },
+  iq4_nl: { ftype: 25, base: 'iq4_nl', fallback: true },
+  iq4_xs: { ftype: 30, base: 'iq4_xs', fallback: true },
+  bf16: { ftype: 32, base: 'bf16' },
+};
+
+/** llama.cpp's tensor_type_fallback: the 32-block type a 256-block type becomes when the row does not fit. */
+const FALLBACK = { q2_k: 'q4_0', q3_k: 'q4_0', q4_k: 'q5_0', q5_k: 'q5_1', q6_k: 'q8_0', iq4_xs: 'iq4_nl' };
+
+/** llama.cpp's use_more_bits: the first and last eighth of the layers, and every third one between. */
+const useMoreBits = (i, n) => i < Math.trunc(n / 8) || i >= Math.trunc((7 * n) / 8) || (i - Math.trunc(n / 8)) % 3 === 2;
+
+/**
+ * The storage type of one tensor: llama_tensor_get_type_impl for the llama architecture (no experts, not the 70B
+ * special case) for the mixes, then tensor_type_fallback. `role` is the tensor's category: token_embd, output,
+ * attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up or ffn_down; `layer` its block index.
+ */
+function storageType(shape, fileType, role, layer, rowLength) {
+  const f = FILE_TYPES[fileType];
+  let t = f.base;
+  const n = shape.nLayers;
+  // Q2_K and the IQ files' mixes also look at the GQA ratio; these three do not.
+  if (f.mix) {
+    if (role === 'output' || (shape.tied && role === 'token_embd')) {
+      t = rowLength % STORAGE[f.base].block !== 0 ? 'q8_0' : 'q6_k';
+    } else if (role === 'attn_v') {
+      if (fileType === 'q3_k_m') t = layer < 2 ? 'q5_k' : 'q4_k';
+      else if (useMoreBits(layer, n)) t = 'q6_k';
+    } else if (role === 'ffn_down') {
+      if (fileType === 'q3_k_m') t = layer < Math.trunc(n / 16) ? 'q5_k' : 'q4_k';
+      else if (useMoreBits(layer, n)) t = 'q6_k';
+    } else if (role === 'attn_output') {
+      if (fileType === 'q3_k_m') t = 'q4_k';
+    }
+  }
+  if (f.fallback && rowLength % STORAGE[t].block !== 0) t = FALLBACK[t];
+  return t;
+}
+
+/** Tensor name → ggml type name of a synthetic file: what llama.cpp's quantizer would have chosen for each. */
+export function tensorTypes(shape, fileType) {
+  if (!FILE_TYPES[fileType]) throw new Error(`synthetic: type ${JSON.stringify(fileType)} is not one of ${ALL_TYPES.join(', ')}`);
+  return Object.fromEntries(tensorPlan(shape, fileType).map((t) => [t.name, t.type.toUpperCase()]));
+}
+
 const V = { U32: 4, I32: 5, F32: 6, BOOL: 7, STRING: 8, ARRAY: 9 };
 const ALIGNMENT = 32;
 const align = (n) => Math.ceil(n / ALIGNMENT) * ALIGNMENT;
@@ -189,29 +274,31 @@ function checkShape(shape) {
   if (dim % 32 !== 0 || ffn % 32 !== 0) throw new Error(`synthetic shape: dim ${dim} and ffn ${ffn} must be multiples of 32 (the Q4_0/Q8_0 block)`);
 }
 
-/** The tensors in llama.cpp's converter order: [name, [rowLength, rows], type]. */
+/** The tensors in llama.cpp's converter order: name, [rowLength, rows], storage type, sizes. */
 function tensorPlan(shape, type) {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab } = shape;
   const kvDim = (dim / nHeads) * nKvHeads;
-  const t = [['token_embd.weight', [dim, vocab], type]];
+  // [name, dims, role, layer]: the role and layer choose the type in the mixes
+  const t = [['token_embd.weight', [dim, vocab], 'token_embd', 0]];
   for (let l = 0; l < nLayers; l++) {
     const b = `blk.${l}.`;
     t.push(
-      [`${b}attn_norm.weight`, [dim], 'f32'],
-      [`${b}attn_q.weight`, [dim, dim], type],
-      [`${b}attn_k.weight`, [dim, kvDim], type],
-      [`${b}attn_v.weight`, [dim, kvDim], type],
-      [`${b}attn_output.weight`, [dim, dim], type],
-      [`${b}ffn_norm.weight`, [dim], 'f32'],
-      [`${b}ffn_gate.weight`, [dim, ffn], type],
-      [`${b}ffn_up.weight`, [dim, ffn], type],
-      [`${b}ffn_down.weight`, [ffn, dim], type],
+      [`${b}attn_norm.weight`, [dim], 'norm', l],
+      [`${b}attn_q.weight`, [dim, dim], 'attn_q', l],
+      [`${b}attn_k.weight`, [dim, kvDim], 'attn_k', l],
+      [`${b}attn_v.weight`, [dim, kvDim], 'attn_v', l],
+      [`${b}attn_output.weight`, [dim, dim], 'attn_output', l],
+      [`${b}ffn_norm.weight`, [dim], 'norm', l],
+      [`${b}ffn_gate.weight`, [dim, ffn], 'ffn_gate', l],
+      [`${b}ffn_up.weight`, [dim, ffn], 'ffn_up', l],
+      [`${b}ffn_down.weight`, [ffn, dim], 'ffn_down', l],
     );
   }
-  t.push(['output_norm.weight', [dim], 'f32']);
-  if (!shape.tied) t.push(['output.weight', [dim, vocab], type]);
-  return t.map(([name, dims, ty]) => {
-    const info = TYPE_INFO[ty];
+  t.push(['output_norm.weight', [dim], 'norm', 0]);
+  if (!shape.tied) t.push(['output.weight', [dim, vocab], 'output', 0]);
+  return t.map(([name, dims, role, layer]) => {
+    const ty = role === 'norm' ? 'f32' : storageType(shape, type, role, layer, dims[0]);
+    const info = STORAGE[ty];
     const elements = dims.reduce((a, b) => a * b, 1);
     return { name, dims, type: ty, bytes: (elements / info.block) * info.bytes, rowBytes: (dims[0] / info.block) * info.bytes };
   });
@@ -225,8 +312,8 @@ function header(shape, type, tensors) {
   const kvs = [
     ['general.architecture', V.STRING, 'llama'],
     ['general.name', V.STRING, name],
-    ['general.file_type', V.U32, TYPE_INFO[type].ftype],
-    ...(type.startsWith('q') ? [['general.quantization_version', V.U32, 2]] : []),
+    ['general.file_type', V.U32, FILE_TYPES[type].ftype],
+    ...(STORAGE[FILE_TYPES[type].base].block > 1 ? [['general.quantization_version', V.U32, 2]] : []),
     ['general.alignment', V.U32, ALIGNMENT],
     ['llama.vocab_size', V.U32, vocab],
     ['llama.context_length', V.U32, ctx],
@@ -259,7 +346,7 @@ function header(shape, type, tensors) {
     w.str(t.name);
     w.u32(t.dims.length);
     for (const d of t.dims) w.u64(d);
-    w.u32(TYPE_INFO[t.type].ggml);
+    w.u32(STORAGE[t.type].ggml);
     w.u64(offset);
     offset += align(t.bytes);
   }
@@ -306,6 +393,56 @@ function f16Table() {
   return F16_TABLE;
 }
 
+/** BF16 weights: as F16's, 65536 values uniform over ±std·√3, rounded to bf16 (nearest even). */
+let BF16_TABLE;
+function bf16Table() {
+  if (!BF16_TABLE) {
+    const a = WEIGHT_STD * Math.sqrt(3);
+    BF16_TABLE = new Uint16Array(65536);
+    for (let i = 0; i < 65536; i++) {
+      f32[0] = ((i + 0.5) / 65536) * 2 * a - a;
+      const b = u32[0];
+      BF16_TABLE[i] = (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+    }
+  }
+  return BF16_TABLE;
+}
+
+/** ggml's IQ4_NL/IQ4_XS code book (kvalues_iq4nl). */
+const IQ4_VALUES = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+const IQ4_RMS = Math.sqrt(IQ4_VALUES.reduce((a, v) => a + v * v, 0) / 16);
+
+/**
+ * The blocks of the types added for issue 11: every byte random (any codes, any packed 4/6-bit sub-block scales, any
+ * int8 Q6_K scales are valid), then the f16 fields set to constants at their ggml offsets. d makes the weights' std
+ * about WEIGHT_STD over uniform codes and scales, and dmin (or Q4_1/Q5_1's m) cancels the codes' mean, so
+ * activations stay O(1) as with the other types; E[w²] per type is written out beside each.
+ */
+const blockHalves = (fields) => fields.map(([offset, value]) => [offset, f16Bits(value)]);
+const S = WEIGHT_STD;
+const BLOCKS = {
+  // w = d·q + m, q 0..15: m = −7.5d, E[w²] = 21.25 d²
+  q4_1: blockHalves([[0, S / Math.sqrt(21.25)], [2, (-7.5 * S) / Math.sqrt(21.25)]]),
+  // w = d·(q − 16), q 0..31: E[w²] = 85.5 d²
+  q5_0: blockHalves([[0, S / Math.sqrt(85.5)]]),
+  // w = d·q + m, q 0..31: m = −15.5d, E[w²] = 85.25 d²
+  q5_1: blockHalves([[0, S / Math.sqrt(85.25)], [2, (-15.5 * S) / Math.sqrt(85.25)]]),
+  // w = d·kvalues[q]
+  iq4_nl: blockHalves([[0, S / IQ4_RMS]]),
+  // w = d·sc·q − dmin·m, sc and m 0..15, q 0..3: dmin = 1.5d, E[w²] = 192.5 d² (d, dmin after scales[16], qs[64])
+  q2_k: blockHalves([[80, S / Math.sqrt(192.5)], [82, (1.5 * S) / Math.sqrt(192.5)]]),
+  // w = d·(sc − 32)·q, sc 0..63, q −4..3: E[w²] = 341.5·5.5 d² (d after hmask[32], qs[64], scales[12])
+  q3_k: blockHalves([[108, S / Math.sqrt(341.5 * 5.5)]]),
+  // w = d·sc·q − dmin·m, sc and m 0..63, q 0..15: dmin = 7.5d, E[w²] = 66727.5 d²
+  q4_k: blockHalves([[0, S / Math.sqrt(66727.5)], [2, (7.5 * S) / Math.sqrt(66727.5)]]),
+  // the same with q 0..31: dmin = 15.5d, E[w²] = 277651.5 d²
+  q5_k: blockHalves([[0, S / Math.sqrt(277651.5)], [2, (15.5 * S) / Math.sqrt(277651.5)]]),
+  // w = d·sc·(q − 32), sc int8, q 0..63: E[w²] = 5461.5·341.5 d² (d after ql[128], qh[64], scales[16])
+  q6_k: blockHalves([[208, S / Math.sqrt(5461.5 * 341.5)]]),
+  // w = d·(ls − 32)·kvalues[q], ls 0..63
+  iq4_xs: blockHalves([[0, S / (Math.sqrt(341.5) * IQ4_RMS)]]),
+};
+
 /** FNV-1a of the tensor name: each tensor has its own random stream, independent of the others and of chunking. */
 function hashName(s) {
   let h = 0x811c9dc5;
@@ -348,7 +485,7 @@ const CHUNK_BYTES = 4 << 20;
  * bytes do not depend on CHUNK_BYTES. Rows listed in zeroRows are written as zeros (scale 0: every weight exactly 0).
  */
 function writeTensor(fd, t, seed, zeroRows, buf) {
-  const info = TYPE_INFO[t.type];
+  const info = STORAGE[t.type];
   const fill = makeRng(hashName(t.name) ^ seed);
   if (t.type === 'f32') {
     // Only the norms are F32: weight 1, so each layer sees its input's scale unchanged.
@@ -360,18 +497,32 @@ function writeTensor(fd, t, seed, zeroRows, buf) {
   }
   let done = 0;
   const blocksPerChunk = Math.floor(CHUNK_BYTES / info.bytes);
+  const halves = BLOCKS[t.type];
+  // random 32-bit words per block: the first generator's types take their codes only; the others a whole block
+  const words = halves ? Math.ceil(info.bytes / 4) : 0;
   const codeBytes = t.type === 'q8_0' ? 32 : t.type === 'q4_0' ? 16 : 0;
-  const rnd = new Uint32Array(t.type === 'f16' ? blocksPerChunk / 2 : (blocksPerChunk * codeBytes) / 4);
+  const float16 = t.type === 'f16' || t.type === 'bf16';
+  const rnd = new Uint32Array(float16 ? blocksPerChunk / 2 : halves ? blocksPerChunk * words : (blocksPerChunk * codeBytes) / 4);
   const rnd8 = new Uint8Array(rnd.buffer), rnd16 = new Uint16Array(rnd.buffer);
   const out16 = new Uint16Array(buf.buffer);
-  const table = t.type === 'f16' ? f16Table() : undefined;
+  const table = t.type === 'f16' ? f16Table() : t.type === 'bf16' ? bf16Table() : undefined;
   const totalBlocks = t.bytes / info.bytes;
   for (let block = 0; block < totalBlocks; ) {
     const n = Math.min(blocksPerChunk, totalBlocks - block);
     const len = n * info.bytes;
-    if (t.type === 'f16') {
+    if (float16) {
       fill(rnd.subarray(0, Math.ceil(n / 2)));
       for (let i = 0; i < n; i++) out16[i] = table[rnd16[i]];
+    } else if (halves) {
+      fill(rnd.subarray(0, n * words));
+      if (words * 4 === info.bytes) buf.set(rnd8.subarray(0, len));
+      else for (let b = 0; b < n; b++) buf.set(rnd8.subarray(b * words * 4, b * words * 4 + info.bytes), b * info.bytes);
+      for (let o = 0; o < len; o += info.bytes) {
+        for (const [at, h] of halves) {
+          buf[o + at] = h & 0xff;
+          buf[o + at + 1] = h >>> 8;
+        }
+      }
     } else {
       fill(rnd.subarray(0, (n * codeBytes) / 4));
       const [lo, hi] = t.type === 'q8_0' ? [Q8_SCALE & 0xff, Q8_SCALE >>> 8] : [Q4_SCALE & 0xff, Q4_SCALE >>> 8];
@@ -406,7 +557,7 @@ const EOG_IDS = [2];
  * to `file`, streaming. Returns { bytes, ms }. `seed` changes every weight (default 0).
  */
 export function writeSyntheticGGUF(file, shape, type, { seed = 0 } = {}) {
-  if (!TYPES.includes(type)) throw new Error(`synthetic: type ${JSON.stringify(type)} is not one of ${TYPES.join(', ')}`);
+  if (!ALL_TYPES.includes(type)) throw new Error(`synthetic: type ${JSON.stringify(type)} is not one of ${ALL_TYPES.join(', ')}`);
   checkShape(shape);
   const t0 = performance.now();
   const tensors = tensorPlan(shape, type);

@@ -7,38 +7,9 @@ import { loadModel, supportedBuilds, EdgeLLMError } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { announceSkipIfNoModels, modelPath } from './util/shared.js';
+import { expectBuildsIdentical as expectIdentical } from './util/builds.js';
 
 const { F32, F16, Q8_0, Q4_0 } = GGMLType;
-
-/** Logits of `ids` (a 37-token prefill in batches of 16, then 3 decoded one at a time) under one build. */
-async function logits(bytes: Uint8Array, ids: number[], simd: 'baseline' | 'relaxed'): Promise<Buffer> {
-  const model = await loadModel(bytes, { simd, batchSize: 16, contextLength: 64 });
-  expect(model.info.build).toBe(simd === 'relaxed' ? 'relaxed' : 'simd');
-  const prefill = await model.evaluate(ids.slice(0, 37));
-  const out = [new Uint8Array(prefill.buffer.slice(0))];
-  // evaluate() restarts at position 0, so decode steps are the growing prefix's last rows
-  for (let n = 38; n <= ids.length; n++) {
-    const all = await model.evaluate(ids.slice(0, n));
-    out.push(new Uint8Array(all.buffer.slice((n - 1) * model.info.vocab * 4)));
-  }
-  model.dispose();
-  return Buffer.concat(out);
-}
-
-function ids(n: number, vocab: number): number[] {
-  return Array.from({ length: n }, (_, i) => (i * 7919 + 13) % vocab);
-}
-
-async function expectIdentical(bytes: Uint8Array, vocab: number) {
-  const tokens = ids(40, vocab);
-  const simd = await logits(bytes, tokens, 'baseline');
-  const relaxed = await logits(bytes, tokens, 'relaxed');
-  expect(simd.length).toBe(relaxed.length);
-  const a = new Uint32Array(simd.buffer, simd.byteOffset, simd.length / 4);
-  const b = new Uint32Array(relaxed.buffer, relaxed.byteOffset, relaxed.length / 4);
-  const differing = a.filter((bits, i) => bits !== b[i]).length;
-  expect(differing, `${differing} of ${a.length} logits differ between the builds`).toBe(0);
-}
 
 describe('kernel builds', () => {
   it('this Node runs both builds (vitest passes --experimental-wasm-relaxed-simd where Node 20 needs it)', () => {

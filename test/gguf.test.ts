@@ -321,7 +321,8 @@ describe('quantize', () => {
     expect(dequantizeRow(GGMLType.F32, quantizeRow(GGMLType.F32, [1.25, -3]), 2)).toEqual(new Float32Array([1.25, -3]));
     expect(dequantizeRow(GGMLType.F16, quantizeRow(GGMLType.F16, [1.25, 65504]), 2)).toEqual(new Float32Array([1.25, 65504]));
     expect(() => quantizeRowQ8_0(new Float32Array(31))).toThrow(EdgeLLMError);
-    expect(() => dequantizeRow(GGMLType.Q4_K, new Uint8Array(144), 256)).toThrow(EdgeLLMError);
+    expect(() => dequantizeRow(GGMLType.IQ2_XXS, new Uint8Array(66), 256)).toThrow(EdgeLLMError);
+    expect(() => dequantizeRow(GGMLType.Q4_K, new Uint8Array(143), 256)).toThrow(EdgeLLMError);
   });
 
   test.skipIf(!HAVE_MODELS)('bit-exact with ggml: re-quantizing the f16 master reproduces the q8_0 and q4_0 files byte for byte', async () => {

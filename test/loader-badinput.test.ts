@@ -77,12 +77,12 @@ describe('crafted files, one per loader error', () => {
     await expectLoadError(bytes, 'MISSING_TENSOR', ['blk.0.ffn_up.weight']);
   });
 
-  test('UNSUPPORTED_TYPE: a Q4_K tensor names the tensor and the supported types', async () => {
-    // Q4_K: 256 elements in 144 bytes; ffn_gate's rows are dim = 256 long, one block each.
+  test('UNSUPPORTED_TYPE: an IQ2_XXS tensor names the tensor and the supported types', async () => {
+    // IQ2_XXS: 256 elements in 66 bytes; ffn_gate's rows are dim = 256 long, one block each.
     const bytes = await rewrite(good, {
-      tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_gate.weight' ? { ...t, type: GGMLType.Q4_K, data: new Uint8Array(144 * SPEC.ffn) } : t)),
+      tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_gate.weight' ? { ...t, type: GGMLType.IQ2_XXS, data: new Uint8Array(66 * SPEC.ffn) } : t)),
     });
-    await expectLoadError(bytes, 'UNSUPPORTED_TYPE', ['blk.1.ffn_gate.weight', 'Q4_K', 'F32', 'F16', 'Q8_0', 'Q4_0']);
+    await expectLoadError(bytes, 'UNSUPPORTED_TYPE', ['blk.1.ffn_gate.weight', 'IQ2_XXS', 'F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K', 'IQ4_XS', 'BF16']);
   });
 
   test('BAD_TENSOR: attn_q with the wrong number of rows', async () => {

@@ -5,52 +5,10 @@ import { loadModel } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward } from './util/reference.js';
+import { expectBatchesIdentical } from './util/builds.js';
+import { compare, fmt, seededIds, type Errors } from './util/compare.js';
 
 const { F32, F16, Q8_0, Q4_0 } = GGMLType;
-
-/** Seeded token ids (mulberry32), so a failure reproduces exactly. */
-function seededIds(n: number, vocab: number, seed: number): number[] {
-  let a = seed >>> 0;
-  const ids: number[] = [];
-  for (let i = 0; i < n; i++) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    ids.push(((t ^ (t >>> 14)) >>> 0) % vocab);
-  }
-  return ids;
-}
-
-interface Errors {
-  /** max |Δlogit| over all positions, divided by the largest |reference logit| */
-  relMax: number;
-  /** smallest per-row cosine similarity */
-  minCos: number;
-  /** positions whose argmax differs */
-  argmaxMiss: number;
-}
-
-function compare(got: Float32Array, ref: Float64Array[], vocab: number): Errors {
-  let maxDiff = 0, scale = 0, minCos = 1, argmaxMiss = 0;
-  ref.forEach((row, p) => {
-    let dot = 0, na = 0, nb = 0, ga = 0, ra = 0;
-    for (let i = 0; i < vocab; i++) {
-      const g = got[p * vocab + i], r = row[i];
-      maxDiff = Math.max(maxDiff, Math.abs(g - r));
-      scale = Math.max(scale, Math.abs(r));
-      dot += g * r;
-      na += g * g;
-      nb += r * r;
-      if (g > got[p * vocab + ga]) ga = i;
-      if (r > row[ra]) ra = i;
-    }
-    minCos = Math.min(minCos, dot / Math.sqrt(na * nb));
-    if (ga !== ra) argmaxMiss++;
-  });
-  return { relMax: maxDiff / scale, minCos, argmaxMiss };
-}
-
-const fmt = (e: Errors) => `rel max|Δ| ${e.relMax.toExponential(2)}, min cos ${e.minCos.toFixed(7)}, argmax misses ${e.argmaxMiss}`;
 
 /*
  * Tolerances, from the arithmetic and from measurement (the measured values are printed on every run). All errors are
@@ -143,19 +101,8 @@ describe('batched prefill vs one token at a time', () => {
   // whatever the batch, so the logits should be bit-identical. Measured: 0 difference for float and quantized.
   for (const c of [CASES[1], CASES[5]]) {
     it(c.name, async () => {
-      const { bytes } = makeSyntheticLlama(c.spec);
-      const ids = seededIds(40, c.spec.vocab, 99); // 40 > 32: two batches, the second partial
-      const batched = await (await loadModel(bytes)).evaluate(ids);
-      const odd = await (await loadModel(bytes, { batchSize: 7 })).evaluate(ids);
-      const single = await (await loadModel(bytes, { batchSize: 1 })).evaluate(ids);
-      let d1 = 0, d7 = 0;
-      for (let i = 0; i < batched.length; i++) {
-        d1 = Math.max(d1, Math.abs(batched[i] - single[i]));
-        d7 = Math.max(d7, Math.abs(batched[i] - odd[i]));
-      }
-      console.log(`batch consistency ${c.name}: max|Δ| batch 32 vs 1 = ${d1}, vs 7 = ${d7}`);
-      expect(d1).toBe(0);
-      expect(d7).toBe(0);
+      // 40 > 32: two batches, the second partial
+      await expectBatchesIdentical(makeSyntheticLlama(c.spec).bytes, seededIds(40, c.spec.vocab, 99));
     });
   }
 });

@@ -1,4 +1,85 @@
-/** Weight-type rows (see weight-types.ts) of Q2_K, Q3_K and IQ4_XS: 256-value super-blocks, Q8_K activations. */
-import type { WeightKernel } from './weight-types.js';
+/**
+ * Weight-type rows (see weight-types.ts) of Q2_K, Q3_K and IQ4_XS: 256-value super-blocks, Q8_K activations. Rows in
+ * groups of ROW_GROUP; per group and super-block the 4 rows' codes back to back in `data` and their scales unpacked
+ * once to one byte per sub-block, with d (and dmin) widened to f32, in `scales`. The kernel files
+ * (assembly/q2_k.ts, q3_k.ts, iq4_xs.ts) describe each layout and why.
+ */
+import { GGMLType } from '../gguf/types.js';
+import { f16Table } from '../gguf/f16.js';
+import { iq4xsScale, q3kScale } from '../gguf/quantize-k-low.js';
+import type { Matrix, WeightKernel } from './weight-types.js';
+import { ROW_GROUP, roundUp } from './repack.js';
 
-export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [];
+const QK_K = 256;
+
+/** Super-blocks in the layout of a rows × cols matrix (its row groups, padding included). */
+const superBlocks = (rows: number, cols: number) => (roundUp(rows, ROW_GROUP) / ROW_GROUP) * (cols / QK_K);
+
+/**
+ * Shared walk of the repacks: for each GGUF block (row r, super-block b) at src offset s, calls put with the group
+ * super-block index i = group·nsb + b and the row's slot in its group.
+ */
+function eachBlock(m: Matrix, src: Uint8Array, r0: number, nr: number, blockBytes: number, put: (s: number, i: number, slot: number) => void): void {
+  const nsb = m.cols / QK_K;
+  let s = 0;
+  for (let r = r0; r < r0 + nr; r++) {
+    const group = Math.floor(r / ROW_GROUP), slot = r % ROW_GROUP;
+    for (let b = 0; b < nsb; b++, s += blockBytes) put(s, group * nsb + b, slot);
+  }
+}
+
+const f16At = (b: Uint8Array, o: number) => f16Table()[b[o] | (b[o + 1] << 8)];
+
+export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
+  {
+    // per group super-block: codes 4 × 64 bytes; scales 4 × 16 scale/min bytes, d f32 [4], dmin f32 [4] (96 bytes)
+    type: GGMLType.Q2_K,
+    input: 'q8_k',
+    layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 256, scales: superBlocks(rows, cols) * 96 }),
+    repack(m, heap, src, r0, nr) {
+      const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 24);
+      eachBlock(m, src, r0, nr, 84, (s, i, slot) => {
+        heap.set(src.subarray(s + 16, s + 80), m.data + i * 256 + slot * 64);
+        heap.set(src.subarray(s, s + 16), m.scales + i * 96 + slot * 16);
+        f[i * 24 + 16 + slot] = f16At(src, s + 80);
+        f[i * 24 + 20 + slot] = f16At(src, s + 82);
+      });
+    },
+    matmul: (k, m, a, y, ntok) => k.matmul_q2_k(m.data, m.scales, a.q8_k.q, a.q8_k.d, a.q8_k.s, y, m.rows, m.cols, ntok),
+    dequantRow: (k, m, row, out) => k.dequant_row_q2_k(m.data, m.scales, row, m.cols, out),
+  },
+  {
+    // per group super-block: codes 4 × (64 qs + 32 hmask) bytes; scales 4 × 16 signed bytes, d f32 [4] (80 bytes)
+    type: GGMLType.Q3_K,
+    input: 'q8_k',
+    layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 384, scales: superBlocks(rows, cols) * 80 }),
+    repack(m, heap, src, r0, nr) {
+      const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 20);
+      eachBlock(m, src, r0, nr, 110, (s, i, slot) => {
+        const at = m.data + i * 384 + slot * 96;
+        heap.set(src.subarray(s + 32, s + 96), at);
+        heap.set(src.subarray(s, s + 32), at + 64);
+        for (let j = 0; j < 16; j++) heap[m.scales + i * 80 + slot * 16 + j] = q3kScale(src, s + 96, j) & 0xff;
+        f[i * 20 + 16 + slot] = f16At(src, s + 108);
+      });
+    },
+    matmul: (k, m, a, y, ntok) => k.matmul_q3_k(m.data, m.scales, a.q8_k.q, a.q8_k.d, a.q8_k.s, y, m.rows, m.cols, ntok),
+    dequantRow: (k, m, row, out) => k.dequant_row_q3_k(m.data, m.scales, row, m.cols, out),
+  },
+  {
+    // per group super-block: indices 4 × 128 bytes; scales 4 × 8 signed bytes, d f32 [4] (48 bytes)
+    type: GGMLType.IQ4_XS,
+    input: 'q8_k',
+    layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 512, scales: superBlocks(rows, cols) * 48 }),
+    repack(m, heap, src, r0, nr) {
+      const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 12);
+      eachBlock(m, src, r0, nr, 136, (s, i, slot) => {
+        heap.set(src.subarray(s + 8, s + 136), m.data + i * 512 + slot * 128);
+        for (let ib = 0; ib < 8; ib++) heap[m.scales + i * 48 + slot * 8 + ib] = iq4xsScale(src, s + 2, ib) & 0xff;
+        f[i * 12 + 8 + slot] = f16At(src, s);
+      });
+    },
+    matmul: (k, m, a, y, ntok) => k.matmul_iq4_xs(m.data, m.scales, a.q8_k.q, a.q8_k.d, y, m.rows, m.cols, ntok),
+    dequantRow: (k, m, row, out) => k.dequant_row_iq4_xs(m.data, m.scales, row, m.cols, out),
+  },
+];

@@ -6,13 +6,37 @@ export interface Kernels {
   matmul_f16(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q8_0(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q4_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q4_1(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q5_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q5_1(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_iq4_nl(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_bf16(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   quantize_q8_0(x: number, n: number, ntok: number, xq: number, xd: number, xs: number): void;
   /** Q8_K activations (assembly/q8_k.ts): int8 codes kq [ntok][n], f32 scales kd [ntok][n/256], i16 sums ks [ntok][n/16]. */
   quantize_q8_k(x: number, n: number, ntok: number, kq: number, kd: number, ks: number): void;
+  /** Q2_K/Q3_K/IQ4_XS (assembly/q2_k.ts, q3_k.ts, iq4_xs.ts): repacked codes wq and scales ws, Q8_K activations. */
+  matmul_q2_k(wq: number, ws: number, kq: number, kd: number, ks: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q3_k(wq: number, ws: number, kq: number, kd: number, ks: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_iq4_xs(wq: number, ws: number, kq: number, kd: number, y: number, rows: number, cols: number, ntok: number): void;
+  dequant_row_q2_k(wq: number, ws: number, row: number, cols: number, out: number): void;
+  dequant_row_q3_k(wq: number, ws: number, row: number, cols: number, out: number): void;
+  dequant_row_iq4_xs(wq: number, ws: number, row: number, cols: number, out: number): void;
+  /** K-quants (assembly/q4_k.ts, q5_k.ts, q6_k.ts): codes wq and scales ws in their repacked layouts, Q8_K activations. */
+  matmul_q4_k(wq: number, ws: number, kq: number, kd: number, ks: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q5_k(wq: number, ws: number, kq: number, kd: number, ks: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q6_k(wq: number, ws: number, kq: number, kd: number, ks: number, y: number, rows: number, cols: number, ntok: number): void;
+  dequant_row_q4_k(wq: number, ws: number, row: number, cols: number, out: number): void;
+  dequant_row_q5_k(wq: number, ws: number, row: number, cols: number, out: number): void;
+  dequant_row_q6_k(wq: number, ws: number, row: number, cols: number, out: number): void;
   dequant_row_f32(w: number, row: number, cols: number, out: number): void;
   dequant_row_f16(w: number, row: number, cols: number, out: number): void;
   dequant_row_q8_0(wq: number, wd: number, row: number, cols: number, out: number): void;
   dequant_row_q4_0(wq: number, wd: number, row: number, cols: number, out: number): void;
+  dequant_row_q4_1(wq: number, wd: number, row: number, cols: number, out: number): void;
+  dequant_row_q5_0(wq: number, wd: number, row: number, cols: number, out: number): void;
+  dequant_row_q5_1(wq: number, wd: number, row: number, cols: number, out: number): void;
+  dequant_row_iq4_nl(wq: number, wd: number, row: number, cols: number, out: number): void;
+  dequant_row_bf16(w: number, row: number, cols: number, out: number): void;
   rmsnorm(out: number, x: number, w: number, n: number, ntok: number, eps: number): void;
   rope(x: number, nHeads: number, headDim: number, nRot: number, ntok: number, cs: number, pos0: number): void;
   silu_mul(gate: number, up: number, n: number): void;

@@ -3,13 +3,15 @@ import type { Kernels } from './kernels.js';
 /** Where the time of a forward pass goes, by kernel family (the bench's per-op breakdown). */
 export type OpCategory = 'matmul' | 'quantize' | 'attention' | 'norms/rope/silu';
 
-const CATEGORY: Record<string, OpCategory> = {
-  matmul_f32: 'matmul', matmul_f16: 'matmul', matmul_q8_0: 'matmul', matmul_q4_0: 'matmul',
-  dequant_row_f32: 'matmul', dequant_row_f16: 'matmul', dequant_row_q8_0: 'matmul', dequant_row_q4_0: 'matmul',
-  quantize_q8_0: 'quantize',
-  kv_seal_page: 'attention', attend_begin: 'attention', attend_pages: 'attention', attend_end: 'attention', quest_scores: 'attention',
-  rmsnorm: 'norms/rope/silu', rope: 'norms/rope/silu', silu_mul: 'norms/rope/silu', add: 'norms/rope/silu',
-};
+/** A kernel's family by its name: every weight type's matmul_<type>/dequant_row_<type>, every quantize_<format>. */
+const FAMILIES: [RegExp, OpCategory][] = [
+  [/^(matmul|dequant_row)_/, 'matmul'],
+  [/^quantize_/, 'quantize'],
+  [/^(kv_seal_page|attend_begin|attend_pages|attend_end|quest_scores)$/, 'attention'],
+  [/^(rmsnorm|rope|silu_mul|add)$/, 'norms/rope/silu'],
+];
+
+const categoryOf = (name: string): OpCategory | undefined => FAMILIES.find(([re]) => re.test(name))?.[1];
 
 /**
  * Times every kernel call. Off by default: a clock read around each call costs about a microsecond, which is noise for
@@ -22,7 +24,7 @@ export class KernelProfile {
   wrap(k: Kernels): Kernels {
     const timed: Record<string, unknown> = {};
     for (const [name, fn] of Object.entries(k)) {
-      const category = CATEGORY[name];
+      const category = categoryOf(name);
       if (typeof fn !== 'function' || !category) {
         timed[name] = fn;
         continue;

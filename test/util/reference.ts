@@ -3,8 +3,9 @@
  * synthetic models. Weights are the dequantized values actually stored in the file, so any difference comes from the
  * runtime's arithmetic (f32 accumulation, int8 activations), not from weight quantization.
  *
- * With `roundInput(weightName)` true for a Q8_0/Q4_0 weight, the input of that matmul is first rounded the way the
- * runtime (and llama.cpp) rounds activations, so what remains is f32-vs-f64 arithmetic only.
+ * With `roundInput(weightName)` true (or 'q8_0') for a Q8_0/Q4_0 weight, or 'q8_k' for a K-quant, the input of that
+ * matmul is first rounded the way the runtime (and llama.cpp) rounds activations, so what remains is f32-vs-f64
+ * arithmetic only.
  */
 import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
 import type { SyntheticSpec } from './synthetic.js';
@@ -29,6 +30,33 @@ export function roundActivationsQ8(x: Float64Array): Float64Array {
   return out;
 }
 
+/**
+ * x rounded through int8 codes per 256-block, as quantize_q8_k does in f32 (ggml's quantize_row_q8_K): max = the value
+ * of largest magnitude (the first on ties), iscale = −127/max, codes = round-half-even(iscale·x), d = 1/iscale.
+ */
+export function roundActivationsQ8K(x: Float64Array): Float64Array {
+  const out = new Float64Array(x.length);
+  for (let b = 0; b < x.length; b += 256) {
+    let amax = 0, max = 0;
+    for (let i = b; i < b + 256; i++) {
+      const v = Math.fround(x[i]);
+      if (Math.abs(v) > amax) {
+        amax = Math.abs(v);
+        max = v;
+      }
+    }
+    if (amax === 0) continue;
+    const iscale = Math.fround(-127 / max);
+    const d = Math.fround(1 / iscale);
+    for (let i = b; i < b + 256; i++) {
+      const v = Math.fround(Math.fround(x[i]) * iscale);
+      const r = Math.round(v);
+      out[i] = Math.min(127, r - v === 0.5 && r % 2 !== 0 ? r - 1 : r) * d;
+    }
+  }
+  return out;
+}
+
 function matvecExact(w: Float32Array, x: Float64Array, rows: number, cols: number): Float64Array {
   const y = new Float64Array(rows);
   for (let r = 0; r < rows; r++) {
@@ -47,7 +75,9 @@ function rmsnorm(x: Float64Array, w: Float32Array, eps: number): Float64Array {
 }
 
 /** Logits [tokens.length][vocab], each position attending to all earlier ones. */
-export function referenceForward(spec: RefSpec, W: Weights, tokens: number[], roundInput: (weightName: string) => boolean = () => false): Float64Array[] {
+export function referenceForward(
+  spec: RefSpec, W: Weights, tokens: number[], roundInput: (weightName: string) => boolean | 'q8_0' | 'q8_k' = () => false,
+): Float64Array[] {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab } = spec;
   const hd = spec.headDim ?? dim / nHeads;
   const base = spec.ropeBase ?? 10000;
@@ -62,8 +92,10 @@ export function referenceForward(spec: RefSpec, W: Weights, tokens: number[], ro
   const emb = get('token_embd.weight');
   const outName = spec.tied === false || W.has('output.weight') ? 'output.weight' : 'token_embd.weight';
   /** y = W·x by the named weight, rounding x first if that weight reads int8 activations */
-  const matvec = (name: string, x: Float64Array, rows: number, cols: number) =>
-    matvecExact(get(name), roundInput(name) ? roundActivationsQ8(x) : x, rows, cols);
+  const matvec = (name: string, x: Float64Array, rows: number, cols: number) => {
+    const r = roundInput(name);
+    return matvecExact(get(name), r === 'q8_k' ? roundActivationsQ8K(x) : r ? roundActivationsQ8(x) : x, rows, cols);
+  };
   const keys: Float64Array[][] = Array.from({ length: nLayers }, () => []);
   const vals: Float64Array[][] = Array.from({ length: nLayers }, () => []);
   const logits: Float64Array[] = [];

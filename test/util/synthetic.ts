@@ -247,7 +247,8 @@ function fillTensor(p: Plan, seed: number, dst: Uint8Array, weights: Map<string,
       if (kept) kept[i] = f16ToF32(h);
     }
   } else {
-    const rowBytes = (rowLen / 32) * (p.type === GGMLType.Q8_0 ? 34 : 18);
+    const format = ROW_FORMATS.get(p.type)!;
+    const rowBytes = (rowLen / format.blockSize) * format.blockBytes;
     const row = new Float32Array(rowLen);
     for (let r = 0; r < rows; r++) {
       for (let i = 0; i < rowLen; i++) row[i] = gen();
