@@ -15,7 +15,7 @@ import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
 import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
 import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
-import { ModelTokenizer, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
+import { ModelTokenizer, splitChatOptions, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
 import { ChatSession, type ChatOptions, type SessionOptions } from './chat/session.js';
 import type { ChatMessage } from './chat/template.js';
 import { generate, checkAborted, CachedPrefix, type GenerateOptions } from './generate/generate.js';
@@ -298,10 +298,9 @@ export class Model {
     const model = this;
     return {
       async *[Symbol.asyncIterator]() {
-        const { template, tools, now, variables, ...generateOptions } = opts;
+        const { format, rest } = splitChatOptions(opts);
         model.live();
-        const ids = model.text.chatIds(messages, { template, tools, now, variables, addGenerationPrompt: true });
-        yield* model.generate(ids, generateOptions);
+        yield* model.generate(model.text.chatIds(messages, format), rest);
       },
     };
   }

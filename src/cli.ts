@@ -375,14 +375,18 @@ function speedLine(s: GenerationStats): string {
   );
 }
 
-async function readTemplate(p: Parsed): Promise<string | undefined> {
-  const file = p.flags.get('template') as string | undefined;
-  if (file === undefined) return undefined;
+/** A file the user named, as UTF-8 text; an unreadable one is BAD_SOURCE naming what it was for. */
+async function readTextFile(file: string, what: string): Promise<string> {
   try {
     return await readFile(file, 'utf8');
   } catch (err) {
-    throw new EdgeLLMError('BAD_SOURCE', `template file "${file}": cannot read: ${(err as Error).message}`, { cause: err });
+    throw new EdgeLLMError('BAD_SOURCE', `${what} "${file}": cannot read: ${(err as Error).message}`, { cause: err });
   }
+}
+
+async function readTemplate(p: Parsed): Promise<string | undefined> {
+  const file = p.flags.get('template') as string | undefined;
+  return file === undefined ? undefined : readTextFile(file, 'template file');
 }
 
 async function run(p: Parsed, controller: AbortController): Promise<void> {
@@ -503,13 +507,8 @@ async function tokenize(p: Parsed, controller: AbortController): Promise<void> {
   if (given !== undefined && file !== undefined) throw new UsageError('give TEXT or --file, not both', 'tokenize');
   let text: string;
   if (given !== undefined) text = given;
-  else if (file !== undefined) {
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      throw new EdgeLLMError('BAD_SOURCE', `text file "${file}": cannot read: ${(err as Error).message}`, { cause: err });
-    }
-  } else if (!process.stdin.isTTY) text = await readStdin();
+  else if (file !== undefined) text = await readTextFile(file, 'text file');
+  else if (!process.stdin.isTTY) text = await readStdin();
   else throw new UsageError('missing TEXT (or --file F, or text on stdin)', 'tokenize');
   const tokenizer = await loadTokenizer(source, { signal: controller.signal });
   const ids = tokenizer.tokenize(text, { special: p.flags.get('special') === true, ...(p.flags.get('no-bos') ? { bos: false } : {}) });
@@ -535,12 +534,7 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   if (window < 2) throw new UsageError(`--ctx must be at least 2, got ${window}`, 'perplexity');
   const windowsAsked = num(p, 'windows');
   if (windowsAsked !== undefined && windowsAsked < 1) throw new UsageError(`--windows must be at least 1, got ${windowsAsked}`, 'perplexity');
-  let text: string;
-  try {
-    text = await readFile(textFile, 'utf8');
-  } catch (err) {
-    throw new EdgeLLMError('BAD_SOURCE', `text file "${textFile}": cannot read: ${(err as Error).message}`, { cause: err });
-  }
+  const text = await readTextFile(textFile, 'text file');
   // The KV cache only has to hold one window.
   const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...cacheOptions(p), signal: controller.signal });
   if (window > model.info.contextLength) {

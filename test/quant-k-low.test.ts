@@ -12,7 +12,7 @@ import { iq4xsScale, q3kScale } from '../src/gguf/quantize-k-low.js';
 import { WEIGHT_TYPES, type Matrix } from '../src/model/weight-types.js';
 import type { Kernels } from '../src/runtime/kernels.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
-import { referenceForward } from './util/reference.js';
+import { referenceForward, runtimeRounding } from './util/reference.js';
 import { compare, fmt, seededIds } from './util/compare.js';
 import { expectBatchesIdentical, expectBuildsIdentical } from './util/builds.js';
 
@@ -357,11 +357,7 @@ describe('Q2_K/Q3_K/IQ4_XS synthetic models vs the f64 reference', () => {
       // Q2_K's coarse weights give near-ties: a different argmax is allowed only where the two logits are closer
       // than twice the largest difference measured, which the int8 activations can reorder
       expect(unexplainedArgmaxMisses(got, plain, spec.vocab)).toEqual([]);
-      const input = (n: string) => {
-        const f = WEIGHT_TYPES.get(spec.types?.[n] ?? spec.type!)!.input;
-        return f === 'f32' ? false : f;
-      };
-      const eq = compare(got, referenceForward(spec, weights, ids, input), spec.vocab);
+      const eq = compare(got, referenceForward(spec, weights, ids, runtimeRounding(spec)), spec.vocab);
       console.log(`${name}, activation-rounding reference: ${fmt(eq)} (bound ${TOL.emulated})`);
       expect(eq.relMax).toBeLessThan(TOL.emulated);
       expect(eq.minCos).toBeGreaterThan(0.99999);

@@ -15,7 +15,7 @@ import { f16ToF32 } from '../src/gguf/f16.js';
 import { WEIGHT_TYPES, type Matrix } from '../src/model/weight-types.js';
 import type { Kernels } from '../src/runtime/kernels.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
-import { referenceForward } from './util/reference.js';
+import { referenceForward, runtimeRounding } from './util/reference.js';
 import { compare, fmt, seededIds } from './util/compare.js';
 import { expectBatchesIdentical, expectBuildsIdentical } from './util/builds.js';
 
@@ -246,11 +246,7 @@ describe('K-quant synthetic models vs the f64 reference', () => {
       expect(e.relMax).toBeLessThan(TOL.quantized);
       expect(e.minCos).toBeGreaterThan(0.999);
       expect(ties.far).toBe(0);
-      const input = (n: string) => {
-        const f = WEIGHT_TYPES.get(spec.types?.[n] ?? spec.type!)!.input;
-        return f === 'f32' ? false : f;
-      };
-      const eq = compare(got, referenceForward(spec, weights, ids, input), spec.vocab);
+      const eq = compare(got, referenceForward(spec, weights, ids, runtimeRounding(spec)), spec.vocab);
       console.log(`${name}, activation-rounding reference: ${fmt(eq)} (bound ${TOL.emulated})`);
       expect(eq.relMax).toBeLessThan(TOL.emulated);
       expect(eq.minCos).toBeGreaterThan(0.99999);

@@ -112,3 +112,12 @@ export class ModelTokenizer {
     return ids;
   }
 }
+
+/**
+ * Splits the options of a chat call into how to render the conversation (with a generation prompt; unset fields from
+ * `defaults`) and the rest, which are generate's.
+ */
+export function splitChatOptions<T extends ChatFormatOptions>(opts: T, defaults: ChatFormatOptions = {}): { format: ChatFormatOptions; rest: Omit<T, keyof ChatFormatOptions> } {
+  const { template = defaults.template, tools = defaults.tools, now = defaults.now, variables = defaults.variables, addGenerationPrompt: _, ...rest } = opts;
+  return { format: { template, tools, now, variables, addGenerationPrompt: true }, rest };
+}

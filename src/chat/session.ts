@@ -7,7 +7,7 @@
  */
 import { EdgeLLMError } from '../errors.js';
 import type { GenerateOptions, GenerationStats } from '../generate/generate.js';
-import type { ChatFormatOptions, ModelTokenizer } from './model-tokenizer.js';
+import { splitChatOptions, type ChatFormatOptions, type ModelTokenizer } from './model-tokenizer.js';
 import { requireChatTemplate, type ChatMessage } from './template.js';
 
 export type ChatOptions = GenerateOptions & ChatFormatOptions;
@@ -86,8 +86,7 @@ export class ChatSession {
   }
 
   private async *turn(message: ChatMessage, opts: ChatOptions): AsyncGenerator<string> {
-    const { template = this.format.template, tools = this.format.tools, now = this.format.now, variables = this.format.variables, ...generateOptions } = opts;
-    const format: ChatFormatOptions = { template, tools, now, variables, addGenerationPrompt: true };
+    const { format, rest: generateOptions } = splitChatOptions(opts, this.format);
     const conversation = [...this.history, message];
     const { ids, kept, dropped } = this.fit(conversation, format, generateOptions.maxTokens);
     let reply = '';

@@ -7,6 +7,7 @@
  * matmul is first rounded the way the runtime (and llama.cpp) rounds activations, so what remains is f32-vs-f64
  * arithmetic only.
  */
+import { WEIGHT_TYPES } from '../../src/model/weight-types.js';
 import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
 import type { SyntheticSpec } from './synthetic.js';
 
@@ -151,4 +152,12 @@ export function referenceForward(
     logits.push(matvec(outName, rmsnorm(x, get('output_norm.weight'), eps), vocab, dim));
   });
   return logits;
+}
+
+/** roundInput for referenceForward that rounds each matmul's input as the runtime does for that weight's type. */
+export function runtimeRounding(spec: { type?: number; types?: Record<string, number> }): (weightName: string) => false | 'q8_0' | 'q8_k' {
+  return (name) => {
+    const format = WEIGHT_TYPES.get(spec.types?.[name] ?? spec.type!)!.input;
+    return format === 'f32' ? false : format;
+  };
 }
