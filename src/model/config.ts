@@ -1,9 +1,16 @@
 import { EdgeLLMError } from '../errors.js';
 import type { GGUFFile } from '../gguf/reader.js';
+import { architecture, SUPPORTED_ARCHITECTURES, type Architecture } from './arch.js';
 
-/** The hyperparameters of a llama model, all read from GGUF metadata (like llama2.c's Config). */
+export { SUPPORTED_ARCHITECTURES } from './arch.js';
+
+/**
+ * The hyperparameters of a model, all read from GGUF metadata (like llama2.c's Config), and its architecture's row
+ * (arch.ts), which says which optional steps the forward pass runs.
+ */
 export interface LlamaConfig {
   architecture: string;
+  arch: Architecture;
   name: string;
   dim: number;
   nLayers: number;
@@ -15,18 +22,29 @@ export interface LlamaConfig {
   ffn: number;
   vocab: number;
   contextLength: number;
+  /** RoPE base of global layers */
   ropeBase: number;
+  /** RoPE base of sliding-window layers (Gemma 3's rope.freq_base_swa); ropeBase where there is none */
+  ropeBaseLocal: number;
+  /** linear RoPE scaling of global layers (rope.scaling.type linear): positions × ropeScale = 1/rope.scaling.factor */
+  ropeScale: number;
+  ropeMode: 'norm' | 'neox';
   rmsEps: number;
+  /** per layer: its sliding window in tokens (a query at p sees keys p−window+1..p), or 0 for full causal attention */
+  window: number[];
+  /** attention-score soft-cap s → c·tanh(s/c) (Gemma 2), or 0 */
+  attnSoftcap: number;
+  /** final-logit soft-cap (Gemma 2), or 0 */
+  finalSoftcap: number;
 }
-
-export const SUPPORTED_ARCHITECTURES = ['llama'];
 
 /** Sane upper bounds: a value beyond these is a corrupt or hostile file, not a model. */
 const LIMITS = { dim: 1 << 16, nLayers: 1024, nHeads: 1024, headDim: 1024, ffn: 1 << 20, vocab: 1 << 22, contextLength: 1 << 24 };
 
 export function readLlamaConfig(gguf: GGUFFile): LlamaConfig {
   const arch = gguf.string('general.architecture');
-  if (!SUPPORTED_ARCHITECTURES.includes(arch)) {
+  const row = architecture(arch);
+  if (!row) {
     throw new EdgeLLMError('UNSUPPORTED_ARCH', `general.architecture is "${arch}"; edgellm runs: ${SUPPORTED_ARCHITECTURES.join(', ')}`);
   }
   const key = (k: string) => `${arch}.${k}`;
@@ -61,10 +79,52 @@ export function readLlamaConfig(gguf: GGUFFile): LlamaConfig {
   if (nRot % 2 !== 0 || nRot > headDim) fail(`rope.dimension_count ${nRot} with head dim ${headDim}`);
   if (!(ropeBase > 0) || !Number.isFinite(ropeBase)) throw new EdgeLLMError('BAD_METADATA', `${key('rope.freq_base')} = ${ropeBase} must be positive`);
   if (!(rmsEps > 0) || !(rmsEps < 1)) throw new EdgeLLMError('BAD_METADATA', `${key('attention.layer_norm_rms_epsilon')} = ${rmsEps} must be in (0, 1)`);
+  const positive = (k: string, fallback: number) => {
+    const v = gguf.float(key(k), fallback);
+    if (!(v > 0) || !Number.isFinite(v)) throw new EdgeLLMError('BAD_METADATA', `${key(k)} = ${v} must be a positive number`);
+    return v;
+  };
+
+  // Sliding-window layers, as llama.cpp lays them out: the window, and which layers are local (a period or a list).
+  const window = new Array<number>(nLayers).fill(0);
+  let ropeBaseLocal = ropeBase;
+  if (row.swaPattern > 0) {
+    const size = int('attention.sliding_window', LIMITS.contextLength, row.swaWindowDefault || undefined);
+    const local = localLayers(gguf, key('attention.sliding_window_pattern'), nLayers, row.swaPattern);
+    for (let l = 0; l < nLayers; l++) if (local[l]) window[l] = size;
+    ropeBaseLocal = positive('rope.freq_base_swa', row.swaRopeBase || ropeBase);
+  }
+  const attnSoftcap = row.attnSoftcapDefault ? positive('attn_logit_softcapping', row.attnSoftcapDefault) : 0;
+  const finalSoftcap = row.finalSoftcapDefault ? positive('final_logit_softcapping', row.finalSoftcapDefault) : 0;
+
+  // RoPE scaling: linear stretches the positions of global layers; Llama 3's is the rope_freqs tensor (weights.ts).
+  const scaling = gguf.has(key('rope.scaling.type')) ? gguf.string(key('rope.scaling.type')) : 'none';
+  let ropeScale = 1;
+  if (scaling === 'linear') ropeScale = 1 / positive('rope.scaling.factor', 1);
+  else if (scaling !== 'none' && !(scaling === 'llama3' && row.ropeFreqs)) fail(`rope.scaling.type "${scaling}"`);
 
   return {
     architecture: arch,
+    arch: row,
     name: gguf.string('general.name', ''),
-    dim, nLayers, nHeads, nKvHeads, headDim, nRot, ffn, vocab, contextLength, ropeBase, rmsEps,
+    dim, nLayers, nHeads, nKvHeads, headDim, nRot, ffn, vocab, contextLength,
+    ropeBase, ropeBaseLocal, ropeScale, ropeMode: row.ropeMode, rmsEps, window, attnSoftcap, finalSoftcap,
   };
+}
+
+/**
+ * Which layers use the sliding window: attention.sliding_window_pattern is a period n (layer l is local iff
+ * l % n < n − 1) or one bool per layer; absent, the architecture's default period.
+ */
+function localLayers(gguf: GGUFFile, k: string, nLayers: number, defaultPattern: number): boolean[] {
+  const v = gguf.get(k);
+  if (Array.isArray(v)) {
+    if (v.length !== nLayers || v.some((b) => typeof b !== 'boolean')) {
+      throw new EdgeLLMError('BAD_METADATA', `${k} must be ${nLayers} bools (one per layer), found ${v.length} values`);
+    }
+    return v as boolean[];
+  }
+  const n = v === undefined ? defaultPattern : gguf.int(k);
+  if (v !== undefined && !(n >= 1 && n <= nLayers)) throw new EdgeLLMError('BAD_METADATA', `${k} = ${n} does not fit ${nLayers} layers (1..${nLayers})`);
+  return Array.from({ length: nLayers }, (_, l) => l % n < n - 1);
 }
