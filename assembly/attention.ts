@@ -28,9 +28,14 @@ export function attend_begin(state: usize, nq: i32, D: i32): void {
  * first ntok (1..P) tokens of each page count. Pages outer and heads inner, so a page comes from memory once for
  * the whole group and its other heads read it from L1. scratch: 4·P + 4·D + 64 bytes (scores, then the quantized
  * query).
+ *
+ * skip: the first descriptor's leading tokens that are masked out (a sliding window starting inside that page): their
+ * scores become −inf, so their weights are exactly 0. softcap c > 0: each score s = scale·q·k becomes c·tanh(s/c)
+ * (Gemma 2), in ggml's order (× the f32 1/c, tanhf, × c); 0 (or NaN, from a caller that passes no value) is none.
  */
 export function attend_pages(
   state: usize, q: usize, nq: i32, D: i32, P: i32, descs: usize, ndesc: i32, scale: f32, scratch: usize,
+  skip: i32, softcap: f32,
 ): void {
   const headBytes = <usize>(4 + D) << 2;
   const qBytes = <usize>D << 2;
@@ -41,7 +46,8 @@ export function attend_pages(
     const summary = <usize>load<u32>(d, 4);
     const ntok = min(load<i32>(d, 8), P);
     const type = load<i32>(d, 12);
-    if (ntok <= 0) continue;
+    const masked = i == 0 ? max(skip, 0) : 0;
+    if (ntok <= masked) continue;
     for (let j = 0; j < nq; j++) {
       const st = state + <usize>j * headBytes;
       const qj = q + <usize>j * qBytes;
@@ -50,6 +56,7 @@ export function attend_pages(
       else if (type == KV_INT4) m = scores_int4(data, summary, qj, D, ntok, scale, scratch, qi);
       else if (type == KV_F16) m = scores_f16(data, qj, D, ntok, scale, scratch);
       else m = scores_f32(data, qj, D, ntok, scale, scratch);
+      if (masked > 0 || softcap > 0) m = mask_and_cap(scratch, ntok, masked, softcap);
       let M = load<f32>(st);
       if (m > M) {
         // e^(M − m) is 0 on the first page (M = −inf), which zeroes the empty state without a NaN
@@ -66,6 +73,27 @@ export function attend_pages(
       if (type == KV_INT8 || type == KV_INT4) store<f32>(st, load<f32>(st, 8) + b, 8);
     }
   }
+}
+
+/**
+ * Scores t < masked become −inf, the others c·tanh(s/c) when softcap c > 0; returns the largest of the others (taken
+ * after capping, so the running max is the max of what softmax_weights exponentiates, whatever tanhf's rounding).
+ */
+function mask_and_cap(s: usize, ntok: i32, masked: i32, softcap: f32): f32 {
+  for (let t = 0; t < masked; t++) store<f32>(s + (<usize>t << 2), -Infinity);
+  let m: f32 = -Infinity;
+  if (softcap > 0) {
+    const inv: f32 = <f32>1 / softcap;
+    for (let t = masked; t < ntok; t++) {
+      const p = s + (<usize>t << 2);
+      const x = Mathf.tanh(load<f32>(p) * inv) * softcap;
+      store<f32>(p, x);
+      m = max(m, x);
+    }
+  } else {
+    for (let t = masked; t < ntok; t++) m = max(m, load<f32>(s + (<usize>t << 2)));
+  }
+  return m;
 }
 
 /** L, B and acc of one head times r (the old max's weights re-expressed against the new max). */

@@ -17,7 +17,7 @@ export { matmul_q6_k, dequant_row_q6_k } from './q6_k';
 export { matmul_q2_k, dequant_row_q2_k } from './q2_k';
 export { matmul_q3_k, dequant_row_q3_k } from './q3_k';
 export { matmul_iq4_xs, dequant_row_iq4_xs } from './iq4_xs';
-export { rmsnorm, rope, silu_mul, add } from './ops';
+export { rmsnorm, rope, silu_mul, gelu_mul, add, add_bias, scale, softcap } from './ops';
 // The paged KV cache: like the weight types, one file per KV type (kv_f32/f16/int8/int4.ts) with the same ops (seal a
 // page, score its keys, accumulate its values), driven by attend_pages over a mixed list of pages.
 export { kv_seal_page } from './kv';

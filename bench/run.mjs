@@ -38,9 +38,10 @@ const USAGE = `Usage: npm run bench -- MODEL.gguf [options]
        npm run bench -- --chat [MODEL.gguf] [--turns 6] [--reply 32] [--ctx 2048]                   (bench/chat.mjs)
 
 Options:
-  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b, or
-                      long-15m (sotu-15m's shape with a 16K context_length); generated once into the bench
-                      cache, ~/.cache/edgellm-bench/models
+  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b,
+                      qwen2.5-0.5b, qwen3-0.6b, gemma-3-1b (each in its architecture), or long-15m (sotu-15m's
+                      shape with a 16K context_length); generated once into the bench cache,
+                      ~/.cache/edgellm-bench/models
   --type T            weight type of the synthetic model: q4_0, q8_0, f16 (every 2-D tensor in it), or as
                       llama.cpp's quantizer writes that file type (q3_k_m, q4_k_m, q5_k_m: its per-tensor mix;
                       q4_1, q5_0, q5_1, iq4_nl, bf16, q2_k, q6_k, iq4_xs: pure; rows that do not fit a 256-block
@@ -458,8 +459,11 @@ async function decodeAt(model, ids, maxTokens, atDecode) {
 }
 
 function describeModel(info) {
-  return `${info.name || info.architecture}: ${info.nLayers} layers, dim ${info.dim}, ${info.nHeads}/${info.nKvHeads} heads, ` +
-    `ffn ${info.ffn}, vocab ${info.vocab}; ` + Object.entries(info.tensorTypes).map(([t, n]) => `${n} ${t}`).join(' + ');
+  const local = info.window.filter((w) => w > 0);
+  const window = local.length ? `, window ${Math.max(...local)} on ${local.length} of ${info.nLayers} layers` : '';
+  return `${info.name || info.architecture} (${info.architecture}): ${info.nLayers} layers, dim ${info.dim}, ` +
+    `${info.nHeads}/${info.nKvHeads} heads of ${info.headDim}, ffn ${info.ffn}, vocab ${info.vocab}${window}; ` +
+    Object.entries(info.tensorTypes).map(([t, n]) => `${n} ${t}`).join(' + ');
 }
 
 // ───────────────────────────── report ─────────────────────────────

@@ -1,6 +1,7 @@
-// Deterministic synthetic Llama GGUF models at the shapes of real ones, for benchmarks: speed depends on shapes and
-// tensor types, not on weight values, so pseudo-random weights give the same timings as the real models without
-// downloading gigabytes. Every engine (edgellm, llama.cpp, wllama) reads the same file.
+// Deterministic synthetic GGUF models at the shapes of real ones (Llama, Qwen2, Qwen3 and Gemma 3 architectures), for
+// benchmarks: speed depends on shapes and tensor types, not on weight values, so pseudo-random weights give the same
+// timings as the real models without downloading gigabytes. Every engine (edgellm, llama.cpp, wllama) reads the same
+// file.
 //
 //   import { syntheticModel, SYNTHETIC_TEXT } from './synthetic.mjs';
 //   const file = await syntheticModel('tinyllama-1.1b', 'q4_0');   // generated once, then reused
@@ -19,14 +20,42 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cacheRoot } from './anchors/cache.mjs';
 
-/** Part of every file name: bump it whenever the bytes generated for a given shape and type change. */
+/**
+ * Part of every file name: bump it whenever the bytes generated for a given shape and type change (or, where one
+ * shape's bytes change, give that shape a `version` above it).
+ */
 export const GENERATOR_VERSION = 1;
 
-/** Real models' shapes (from their config.json). ropeBase/eps/ctx only change metadata, not speed at short contexts. */
+/**
+ * Real models' shapes (from their config.json). ropeBase/eps/ctx only change metadata, not speed at short contexts.
+ * Optional fields, for the architectures beyond Llama (ARCHS): `arch` (general.architecture, default 'llama'),
+ * `headDim` (attention.key_length where it is not dim / nHeads), `ropeFreqs` (Llama 3's rope_freqs.weight),
+ * `slidingWindow` (Gemma 3's local layers), and `version`, the generator version of this shape's bytes where they
+ * changed after GENERATOR_VERSION (it names the cached file).
+ */
 export const SHAPES = {
   'smollm-135m': { name: 'smollm-135m', dim: 576, nLayers: 30, nHeads: 9, nKvHeads: 3, ffn: 1536, vocab: 49152, ctx: 2048, ropeBase: 100000, eps: 1e-5, tied: true },
   'tinyllama-1.1b': { name: 'tinyllama-1.1b', dim: 2048, nLayers: 22, nHeads: 32, nKvHeads: 4, ffn: 5632, vocab: 32000, ctx: 2048, ropeBase: 10000, eps: 1e-5, tied: false },
-  'llama-3.2-1b': { name: 'llama-3.2-1b', dim: 2048, nLayers: 16, nHeads: 32, nKvHeads: 8, ffn: 8192, vocab: 128256, ctx: 131072, ropeBase: 500000, eps: 1e-5, tied: true },
+  // version 2: with rope_freqs.weight, which every Llama 3.1/3.2 file carries (version 1 had none)
+  'llama-3.2-1b': { name: 'llama-3.2-1b', dim: 2048, nLayers: 16, nHeads: 32, nKvHeads: 8, ffn: 8192, vocab: 128256, ctx: 131072, ropeBase: 500000, eps: 1e-5, tied: true, ropeFreqs: true, version: 2 },
+  // Qwen2.5-0.5B: 896 = 3.5 × 256, so its K-quant mixes fall back to 32-blocks on most matrices, as in the real files
+  'qwen2.5-0.5b': { name: 'qwen2.5-0.5b', arch: 'qwen2', dim: 896, nLayers: 24, nHeads: 14, nKvHeads: 2, ffn: 4864, vocab: 151936, ctx: 32768, ropeBase: 1000000, eps: 1e-6, tied: true },
+  'qwen3-0.6b': { name: 'qwen3-0.6b', arch: 'qwen3', dim: 1024, nLayers: 28, nHeads: 16, nKvHeads: 8, headDim: 128, ffn: 3072, vocab: 151936, ctx: 40960, ropeBase: 1000000, eps: 1e-6, tied: true },
+  // Gemma 3 1B: 5 local layers (window 512, RoPE base 10000: llama.cpp's defaults, as real files write neither the
+  // pattern nor the local base) to 1 global (base 1e6)
+  'gemma-3-1b': { name: 'gemma-3-1b', arch: 'gemma3', dim: 1152, nLayers: 26, nHeads: 4, nKvHeads: 1, headDim: 256, ffn: 6912, vocab: 262144, ctx: 32768, ropeBase: 1000000, eps: 1e-6, tied: true, slidingWindow: 512 },
+};
+
+/**
+ * What an architecture adds to the Llama layout, as llama.cpp's converter writes it and its loader requires it:
+ * Q/K/V biases (Qwen2), per-head q/k RMSNorm weights (Qwen3, Gemma 3), Gemma's norms after attention and FFN, and
+ * the sliding window key. Everything else (RoPE mode, GELU, the embedding scale) is the same tensors read differently.
+ */
+const ARCHS = {
+  llama: {},
+  qwen2: { qkvBias: true },
+  qwen3: { qkNorm: true },
+  gemma3: { qkNorm: true, postNorms: true, slidingWindow: true },
 };
 
 /**
@@ -185,8 +214,9 @@ const FALLBACK = { q2_k: 'q4_0', q3_k: 'q4_0', q4_k: 'q5_0', q5_k: 'q5_1', q6_k:
 const useMoreBits = (i, n) => i < Math.trunc(n / 8) || i >= Math.trunc((7 * n) / 8) || (i - Math.trunc(n / 8)) % 3 === 2;
 
 /**
- * The storage type of one tensor: llama_tensor_get_type_impl for the llama architecture (no experts, not the 70B
- * special case) for the mixes, then tensor_type_fallback. `role` is the tensor's category: token_embd, output,
+ * The storage type of one tensor: llama_tensor_get_type_impl (no experts, not the 70B special case; its other
+ * architecture-specific rules are Falcon's, so Qwen and Gemma files take the same mixes) for the mixes, then
+ * tensor_type_fallback. `role` is the tensor's category: token_embd, output,
  * attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up or ffn_down; `layer` its block index.
  */
 function storageType(shape, fileType, role, layer, rowLength) {
@@ -264,67 +294,95 @@ class HeaderWriter {
   }
 }
 
+/** The architecture's row (ARCHS) and the head dim of a shape. */
+function archOf(shape) {
+  const arch = shape.arch ?? 'llama';
+  if (!ARCHS[arch]) throw new Error(`synthetic shape: arch ${JSON.stringify(arch)} is not one of ${Object.keys(ARCHS).join(', ')}`);
+  return { arch, row: ARCHS[arch], headDim: shape.headDim ?? shape.dim / shape.nHeads };
+}
+
 function checkShape(shape) {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab, ctx } = shape;
   for (const [k, v] of Object.entries({ dim, nLayers, nHeads, nKvHeads, ffn, vocab, ctx })) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`synthetic shape: ${k} = ${v} must be a positive integer`);
   }
-  if (dim % nHeads !== 0) throw new Error(`synthetic shape: dim ${dim} is not a multiple of nHeads ${nHeads}`);
+  const { arch, row, headDim } = archOf(shape);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new Error(`synthetic shape: head dim ${headDim} (dim ${dim} / nHeads ${nHeads}, or headDim) must be an even integer`);
   if (nHeads % nKvHeads !== 0) throw new Error(`synthetic shape: nHeads ${nHeads} is not a multiple of nKvHeads ${nKvHeads}`);
-  if (dim % 32 !== 0 || ffn % 32 !== 0) throw new Error(`synthetic shape: dim ${dim} and ffn ${ffn} must be multiples of 32 (the Q4_0/Q8_0 block)`);
+  if (dim % 32 !== 0 || ffn % 32 !== 0 || (nHeads * headDim) % 32 !== 0) {
+    throw new Error(`synthetic shape: dim ${dim}, ffn ${ffn} and nHeads × headDim ${nHeads * headDim} must be multiples of 32 (the Q4_0/Q8_0 block)`);
+  }
+  if (shape.ropeFreqs && arch !== 'llama') throw new Error(`synthetic shape: rope_freqs is Llama 3's, not ${arch}'s`);
+  if (Boolean(row.slidingWindow) !== Number.isInteger(shape.slidingWindow)) throw new Error(`synthetic shape: ${arch} ${row.slidingWindow ? 'needs' : 'takes no'} slidingWindow`);
 }
 
-/** The tensors in llama.cpp's converter order: name, [rowLength, rows], storage type, sizes. */
+/**
+ * The tensors in llama.cpp's converter order: name, [rowLength, rows], storage type, sizes. 1-D tensors are F32: norm
+ * weights and rope_freqs 1 (each layer sees its input's scale unchanged; no RoPE scaling), biases 0.
+ */
 function tensorPlan(shape, type) {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab } = shape;
-  const kvDim = (dim / nHeads) * nKvHeads;
+  const { row, headDim } = archOf(shape);
+  const qDim = headDim * nHeads, kvDim = headDim * nKvHeads;
   // [name, dims, role, layer]: the role and layer choose the type in the mixes
-  const t = [['token_embd.weight', [dim, vocab], 'token_embd', 0]];
+  const t = [...(shape.ropeFreqs ? [['rope_freqs.weight', [headDim / 2], 'norm', 0]] : []), ['token_embd.weight', [dim, vocab], 'token_embd', 0]];
   for (let l = 0; l < nLayers; l++) {
     const b = `blk.${l}.`;
+    const bias = (name, n) => (row.qkvBias ? [[`${b}${name}.bias`, [n], 'bias', l]] : []);
     t.push(
       [`${b}attn_norm.weight`, [dim], 'norm', l],
-      [`${b}attn_q.weight`, [dim, dim], 'attn_q', l],
+      [`${b}attn_q.weight`, [dim, qDim], 'attn_q', l],
+      ...bias('attn_q', qDim),
       [`${b}attn_k.weight`, [dim, kvDim], 'attn_k', l],
+      ...bias('attn_k', kvDim),
       [`${b}attn_v.weight`, [dim, kvDim], 'attn_v', l],
-      [`${b}attn_output.weight`, [dim, dim], 'attn_output', l],
+      ...bias('attn_v', kvDim),
+      ...(row.qkNorm ? [[`${b}attn_q_norm.weight`, [headDim], 'norm', l], [`${b}attn_k_norm.weight`, [headDim], 'norm', l]] : []),
+      [`${b}attn_output.weight`, [qDim, dim], 'attn_output', l],
+      ...(row.postNorms ? [[`${b}post_attention_norm.weight`, [dim], 'norm', l]] : []),
       [`${b}ffn_norm.weight`, [dim], 'norm', l],
       [`${b}ffn_gate.weight`, [dim, ffn], 'ffn_gate', l],
       [`${b}ffn_up.weight`, [dim, ffn], 'ffn_up', l],
       [`${b}ffn_down.weight`, [ffn, dim], 'ffn_down', l],
+      ...(row.postNorms ? [[`${b}post_ffw_norm.weight`, [dim], 'norm', l]] : []),
     );
   }
   t.push(['output_norm.weight', [dim], 'norm', 0]);
   if (!shape.tied) t.push(['output.weight', [dim, vocab], 'output', 0]);
   return t.map(([name, dims, role, layer]) => {
-    const ty = role === 'norm' ? 'f32' : storageType(shape, type, role, layer, dims[0]);
+    const ty = dims.length === 1 ? 'f32' : storageType(shape, type, role, layer, dims[0]);
     const info = STORAGE[ty];
     const elements = dims.reduce((a, b) => a * b, 1);
-    return { name, dims, type: ty, bytes: (elements / info.block) * info.bytes, rowBytes: (dims[0] / info.block) * info.bytes };
+    return { name, dims, type: ty, bytes: (elements / info.block) * info.bytes, rowBytes: (dims[0] / info.block) * info.bytes, fill: role === 'bias' ? 0 : 1 };
   });
 }
 
 function header(shape, type, tensors) {
   const { dim, nLayers, nHeads, nKvHeads, ffn, vocab, ctx } = shape;
+  const { arch, headDim } = archOf(shape);
   const name = `synthetic ${shape.name ?? 'llama'}`;
   const { tokens, scores, types } = syntheticVocab(vocab);
   const w = new HeaderWriter();
+  // The keys llama.cpp's converter writes for each architecture: rope.dimension_count for Llama's (the others default
+  // to the head dim), key/value_length where the config has a head_dim (Qwen3, Gemma 3).
   const kvs = [
-    ['general.architecture', V.STRING, 'llama'],
+    ['general.architecture', V.STRING, arch],
     ['general.name', V.STRING, name],
     ['general.file_type', V.U32, FILE_TYPES[type].ftype],
     ...(STORAGE[FILE_TYPES[type].base].block > 1 ? [['general.quantization_version', V.U32, 2]] : []),
     ['general.alignment', V.U32, ALIGNMENT],
-    ['llama.vocab_size', V.U32, vocab],
-    ['llama.context_length', V.U32, ctx],
-    ['llama.embedding_length', V.U32, dim],
-    ['llama.block_count', V.U32, nLayers],
-    ['llama.feed_forward_length', V.U32, ffn],
-    ['llama.rope.dimension_count', V.U32, dim / nHeads],
-    ['llama.attention.head_count', V.U32, nHeads],
-    ['llama.attention.head_count_kv', V.U32, nKvHeads],
-    ['llama.rope.freq_base', V.F32, shape.ropeBase ?? 10000],
-    ['llama.attention.layer_norm_rms_epsilon', V.F32, shape.eps ?? 1e-5],
+    [`${arch}.vocab_size`, V.U32, vocab],
+    [`${arch}.context_length`, V.U32, ctx],
+    [`${arch}.embedding_length`, V.U32, dim],
+    [`${arch}.block_count`, V.U32, nLayers],
+    [`${arch}.feed_forward_length`, V.U32, ffn],
+    ...(arch === 'llama' ? [[`${arch}.rope.dimension_count`, V.U32, headDim]] : []),
+    [`${arch}.attention.head_count`, V.U32, nHeads],
+    [`${arch}.attention.head_count_kv`, V.U32, nKvHeads],
+    ...(shape.headDim ? [[`${arch}.attention.key_length`, V.U32, headDim], [`${arch}.attention.value_length`, V.U32, headDim]] : []),
+    ...(shape.slidingWindow ? [[`${arch}.attention.sliding_window`, V.U32, shape.slidingWindow]] : []),
+    [`${arch}.rope.freq_base`, V.F32, shape.ropeBase ?? 10000],
+    [`${arch}.attention.layer_norm_rms_epsilon`, V.F32, shape.eps ?? 1e-5],
     ['tokenizer.ggml.model', V.STRING, 'llama'],
     ['tokenizer.ggml.unknown_token_id', V.U32, 0],
     ['tokenizer.ggml.bos_token_id', V.U32, 1],
@@ -488,8 +546,8 @@ function writeTensor(fd, t, seed, zeroRows, buf) {
   const info = STORAGE[t.type];
   const fill = makeRng(hashName(t.name) ^ seed);
   if (t.type === 'f32') {
-    // Only the norms are F32: weight 1, so each layer sees its input's scale unchanged.
-    new Float32Array(buf.buffer, 0, t.bytes / 4).fill(1);
+    // Only 1-D tensors are F32 (tensorPlan says what each holds)
+    new Float32Array(buf.buffer, 0, t.bytes / 4).fill(t.fill);
     writeSync(fd, buf, 0, t.bytes);
     const pad = align(t.bytes) - t.bytes;
     if (pad) writeSync(fd, new Uint8Array(pad));
@@ -597,7 +655,7 @@ export async function syntheticModel(name, type, { dir, log = (m) => console.err
   const label = shape.name;
   if (!label || !/^[\w.-]+$/.test(label)) throw new Error(`synthetic: a custom shape needs a file-name-safe "name", got ${JSON.stringify(label)}`);
   dir = path.resolve(dir ?? path.join(cacheRoot(), 'models'));
-  const file = path.join(dir, `${label}-${type}${seed ? `-seed${seed}` : ''}.synthetic-v${GENERATOR_VERSION}.gguf`);
+  const file = path.join(dir, `${label}-${type}${seed ? `-seed${seed}` : ''}.synthetic-v${shape.version ?? GENERATOR_VERSION}.gguf`);
   const { header: h, data } = syntheticSize(shape, type);
   if (existsSync(file) && statSync(file).size === h + data) return file;
   mkdirSync(dir, { recursive: true });

@@ -604,7 +604,7 @@ async function info(p: Parsed, controller: AbortController): Promise<void> {
   }
   let config: LlamaConfig | undefined;
   let configError: string | undefined;
-  if (gguf.has('general.architecture') && gguf.get('general.architecture') === 'llama') {
+  if (gguf.has('general.architecture') && typeof gguf.get('general.architecture') === 'string') {
     try {
       config = readLlamaConfig(gguf);
     } catch (err) {
@@ -653,7 +653,9 @@ async function info(p: Parsed, controller: AbortController): Promise<void> {
     out.push(`heads          ${config.nHeads} (kv ${config.nKvHeads}, head dim ${config.headDim}, rope dims ${config.nRot})`);
     out.push(`vocab          ${config.vocab}`);
     out.push(`context        ${config.contextLength}`);
-    out.push(`rope base      ${config.ropeBase}`);
+    out.push(`rope           ${ropeLine(config, config.arch.ropeFreqs && gguf.tensorMap.has('rope_freqs.weight'))}`);
+    out.push(`attention      ${attentionLine(config)}`);
+    out.push(`block          ${blockLine(config, config.arch.qkvBias !== 'none' && gguf.tensorMap.has('blk.0.attn_q.bias'))}`);
     out.push(`rms eps        ${f32(config.rmsEps)}`);
     out.push(`parameters     ${formatCount(gguf.tensors.reduce((s, t) => s + t.elements, 0))}`);
   } else if (configError) {
@@ -675,6 +677,34 @@ async function info(p: Parsed, controller: AbortController): Promise<void> {
   out.push('');
   out.push(...tensorTable(gguf.tensors, !p.flags.get('all-tensors') && gguf.tensors.length > COMPACT_TENSORS));
   process.stdout.write(out.join('\n') + '\n');
+}
+
+/** The architecture's particulars, as the forward pass will run them. */
+function ropeLine(c: LlamaConfig, freqFactors: boolean): string {
+  const parts = [`${c.ropeMode} mode`, `base ${c.ropeBase}`];
+  if (freqFactors) parts.push('frequency factors (rope_freqs.weight)');
+  if (c.ropeBaseLocal !== c.ropeBase) parts.push(`local layers base ${c.ropeBaseLocal}`);
+  if (c.ropeScale !== 1) parts.push(`linear scaling ×${1 / c.ropeScale}${c.window.some((w) => w > 0) ? ' (global layers)' : ''}`);
+  if (c.nRot < c.headDim) parts.push(`partial: ${c.nRot} of ${c.headDim} dims`);
+  return parts.join(', ');
+}
+
+function attentionLine(c: LlamaConfig): string {
+  const local = c.window.map((w, l) => (w > 0 ? l : -1)).filter((l) => l >= 0);
+  const parts = [`scale 1/√${c.headDim}`];
+  if (local.length) parts.push(`sliding window ${c.window[local[0]]} on ${local.length} of ${c.nLayers} layers (global: ${c.window.map((w, l) => (w ? '' : l)).filter((x) => x !== '').join(' ') || 'none'})`);
+  else parts.push('full causal on every layer');
+  if (c.attnSoftcap) parts.push(`score soft-cap ${c.attnSoftcap}`);
+  if (c.finalSoftcap) parts.push(`final-logit soft-cap ${c.finalSoftcap}`);
+  return parts.join(', ');
+}
+
+function blockLine(c: LlamaConfig, biases: boolean): string {
+  const a = c.arch;
+  const steps = [a.fusedQKV ? 'fused qkv' : 'q/k/v', biases ? 'q/k/v biases' : '', a.qkNorm ? 'q/k head norms' : '',
+    a.postNorms ? 'post-attention/FFN norms' : '', a.fusedGateUp ? 'fused gate+up' : '', a.ffnActivation === 'gelu' ? 'GELU-tanh FFN' : 'SiLU FFN',
+    a.scaleEmbedding ? 'embedding ×√dim' : ''];
+  return steps.filter(Boolean).join(', ');
 }
 
 function typeLabel(gguf: GGUFFile, key: string): string {

@@ -4,8 +4,9 @@
 import { describe, expect, test } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { loadModel, EdgeLLMError, type ErrorCode, type LoadOptions } from '../src/index.js';
-import { GGMLType, memorySource, readGGUF, writeGGUF, type GGUFFile, type GGUFWriterKV, type GGUFWriterTensor } from '../src/gguf/index.js';
+import { GGMLType, memorySource, readGGUF, writeGGUF, type GGUFFile, type GGUFWriterKV } from '../src/gguf/index.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
+import { rewriteGGUF } from './util/expect.js';
 import { announceSkipIfNoModels, modelPath } from './util/shared.js';
 import { Rng } from '../src/generate/rng.js';
 
@@ -25,19 +26,6 @@ function rng(seed: number): () => number {
 
 async function header(bytes: Uint8Array): Promise<GGUFFile> {
   return readGGUF(memorySource(bytes));
-}
-
-/** Re-reads a GGUF and writes it again with its metadata and tensors edited: a crafted bad file in a few lines. */
-async function rewrite(
-  bytes: Uint8Array,
-  edit: { metadata?: (kvs: GGUFWriterKV[]) => GGUFWriterKV[]; tensors?: (ts: GGUFWriterTensor[]) => GGUFWriterTensor[] },
-): Promise<Uint8Array> {
-  const g = await header(bytes);
-  let metadata: GGUFWriterKV[] = [...g.metadata].map(([key, value]) => ({ key, value, ...g.typeOf(key)! }));
-  let tensors: GGUFWriterTensor[] = g.tensors.map((t) => ({ name: t.name, dims: t.dims, type: t.type, data: bytes.subarray(t.offset, t.offset + t.byteSize) }));
-  if (edit.metadata) metadata = edit.metadata(metadata);
-  if (edit.tensors) tensors = edit.tensors(tensors);
-  return writeGGUF({ version: 3, metadata, tensors });
 }
 
 const setValue = (key: string, value: unknown) => (kvs: GGUFWriterKV[]) => kvs.map((kv) => (kv.key === key ? { ...kv, value } : kv));
@@ -63,51 +51,51 @@ describe('crafted files, one per loader error', () => {
   const good = makeSyntheticLlama(SPEC).bytes;
 
   test('the rewrite helper alone keeps the model loadable', async () => {
-    const model = await loadModel(await rewrite(good, {}));
+    const model = await loadModel(await rewriteGGUF(good, {}));
     expect(model.info).toMatchObject({ dim: 256, nLayers: 2, nHeads: 4, nKvHeads: 2, ffn: 128, vocab: 320 });
     model.dispose();
   });
 
   test('UNSUPPORTED_ARCH: general.architecture "gpt2"', async () => {
-    await expectLoadError(await rewrite(good, { metadata: setValue('general.architecture', 'gpt2') }), 'UNSUPPORTED_ARCH', ['"gpt2"', 'llama']);
+    await expectLoadError(await rewriteGGUF(good, { metadata: setValue('general.architecture', 'gpt2') }), 'UNSUPPORTED_ARCH', ['"gpt2"', 'llama']);
   });
 
   test('MISSING_TENSOR: no blk.0.ffn_up.weight', async () => {
-    const bytes = await rewrite(good, { tensors: (ts) => ts.filter((t) => t.name !== 'blk.0.ffn_up.weight') });
+    const bytes = await rewriteGGUF(good, { tensors: (ts) => ts.filter((t) => t.name !== 'blk.0.ffn_up.weight') });
     await expectLoadError(bytes, 'MISSING_TENSOR', ['blk.0.ffn_up.weight']);
   });
 
   test('UNSUPPORTED_TYPE: an IQ2_XXS tensor names the tensor and the supported types', async () => {
     // IQ2_XXS: 256 elements in 66 bytes; ffn_gate's rows are dim = 256 long, one block each.
-    const bytes = await rewrite(good, {
+    const bytes = await rewriteGGUF(good, {
       tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_gate.weight' ? { ...t, type: GGMLType.IQ2_XXS, data: new Uint8Array(66 * SPEC.ffn) } : t)),
     });
     await expectLoadError(bytes, 'UNSUPPORTED_TYPE', ['blk.1.ffn_gate.weight', 'IQ2_XXS', 'F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K', 'IQ4_XS', 'BF16']);
   });
 
   test('BAD_TENSOR: attn_q with the wrong number of rows', async () => {
-    const bytes = await rewrite(good, {
+    const bytes = await rewriteGGUF(good, {
       tensors: (ts) => ts.map((t) => (t.name === 'blk.0.attn_q.weight' ? { ...t, dims: [256, 128], data: t.data!.subarray(0, 128 * 8 * 34) } : t)),
     });
     await expectLoadError(bytes, 'BAD_TENSOR', ['blk.0.attn_q.weight', '[256, 128]', '[256, 256]']);
   });
 
   test('BAD_TENSOR: a norm with two dims', async () => {
-    const bytes = await rewrite(good, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [128, 2] } : t)) });
+    const bytes = await rewriteGGUF(good, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [128, 2] } : t)) });
     await expectLoadError(bytes, 'BAD_TENSOR', ['output_norm.weight']);
   });
 
   test('BAD_METADATA: head_count 0', async () => {
-    await expectLoadError(await rewrite(good, { metadata: setValue('llama.attention.head_count', 0) }), 'BAD_METADATA', ['llama.attention.head_count', '0']);
+    await expectLoadError(await rewriteGGUF(good, { metadata: setValue('llama.attention.head_count', 0) }), 'BAD_METADATA', ['llama.attention.head_count', '0']);
   });
 
   test('BAD_METADATA: a rope base that is not positive', async () => {
-    await expectLoadError(await rewrite(good, { metadata: setValue('llama.rope.freq_base', -1) }), 'BAD_METADATA', ['llama.rope.freq_base']);
+    await expectLoadError(await rewriteGGUF(good, { metadata: setValue('llama.rope.freq_base', -1) }), 'BAD_METADATA', ['llama.rope.freq_base']);
   });
 
   test('BAD_METADATA: tokenizer tokens count ≠ token_embd rows', async () => {
     const drop = (key: string) => (kvs: GGUFWriterKV[]) => kvs.map((kv) => (kv.key === key ? { ...kv, value: kv.value.slice(0, -1) } : kv));
-    const bytes = await rewrite(good, {
+    const bytes = await rewriteGGUF(good, {
       metadata: (kvs) => drop('tokenizer.ggml.token_type')(drop('tokenizer.ggml.scores')(drop('tokenizer.ggml.tokens')(kvs))),
     });
     await expectLoadError(bytes, 'BAD_METADATA', ['319', '320']);
@@ -138,7 +126,7 @@ describe('crafted files, one per loader error', () => {
   });
 
   test('context_length 2^24 in the file: the default context stays capped at 4096', async () => {
-    const model = await loadModel(await rewrite(good, { metadata: setValue('llama.context_length', 1 << 24) }));
+    const model = await loadModel(await rewriteGGUF(good, { metadata: setValue('llama.context_length', 1 << 24) }));
     expect(model.info.context).toBe(4096);
     expect(model.info.memoryBytes).toBeLessThan(64 << 20);
     model.dispose();

@@ -31,7 +31,7 @@ function gaussian(seed: number): () => number {
 /** One layer, one KV head serving a group of 4 query heads, head dim 64: a KV cache and attention on real kernels. */
 async function harness(ctx: number, type: KVType, attention: AttentionOptions) {
   const D = 64, group = 4;
-  const c = { nLayers: 1, nHeads: group, nKvHeads: 1, headDim: D } as LlamaConfig;
+  const c = { nLayers: 1, nHeads: group, nKvHeads: 1, headDim: D, window: [0], attnScale: 1 / Math.sqrt(D), attnSoftcap: 0 } as LlamaConfig;
   const policy = attentionPolicy(attention);
   const arena = new Arena(STATIC_RESERVE);
   const kv = new KVCache(arena, c, ctx, { type }, sinkTokens(policy));

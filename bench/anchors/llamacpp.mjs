@@ -28,14 +28,14 @@ import { ensurePackages } from './cache.mjs';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 /** Pinned: node-llama-cpp and its CPU build for linux-x64 (installed explicitly; see INSTALL_ENV). */
-const PACKAGES = { 'node-llama-cpp': '3.22.1', '@node-llama-cpp/linux-x64': '3.22.1' };
+export const PACKAGES = { 'node-llama-cpp': '3.22.1', '@node-llama-cpp/linux-x64': '3.22.1' };
 
 /**
  * npm would otherwise install every optional GPU build (CUDA, Vulkan: hundreds of MB) and node-llama-cpp's postinstall
  * would try to download or compile llama.cpp when it finds no usable binary. The CPU binary is listed explicitly
  * above, so omitting optional dependencies loses nothing.
  */
-const INSTALL_ENV = { NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true', npm_config_omit: 'optional' };
+export const INSTALL_ENV = { NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true', npm_config_omit: 'optional' };
 
 /**
  * The folder to load node-llama-cpp from. ggml loads the best of its CPU builds for the host (libggml-cpu-<variant>.so,

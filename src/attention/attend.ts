@@ -8,7 +8,8 @@ import type { LlamaConfig } from '../model/config.js';
  * Which pages a query reads. 'full': every page. 'sparse' (Quest): the sink pages (the first sinkTokens tokens),
  * the pages of the recent window (the last windowTokens tokens, and always the page being filled), and the topKPages
  * other pages whose key summaries bound q·k highest for the head group's queries. Both run the same kernels over a
- * list of pages; a sparse selection that covers every page is full attention, bit for bit.
+ * list of pages; a sparse selection that covers every page is full attention, bit for bit. Either applies to the global
+ * layers: a sliding-window layer always reads exactly its window (see attend).
  */
 export interface AttentionOptions {
   mode?: 'full' | 'sparse';
@@ -53,7 +54,7 @@ export function sinkTokens(policy: AttentionPolicy): number {
 export interface AttentionStats {
   /** (token, layer, KV head) attention calls */
   queries: number;
-  /** mean tokens read per call (every position under full attention) */
+  /** mean tokens read per call (every position under full attention; its window on a sliding-window layer) */
   meanTokensRead: number;
   /** mean positions available per call */
   meanPositions: number;
@@ -125,34 +126,67 @@ export function takeAttentionStats(a: AttentionState): AttentionStats {
 }
 
 /**
- * Attention of one token (query q, all heads) over positions 0..nPos-1 of a layer, into out. For each KV head the
- * policy picks pages, and the kernels run an online softmax over them, each page read once for the whole query group.
- * With every page hot and every page selected, the head's table goes to the kernel as it is.
+ * Attention of one token (query q, all heads) over positions 0..nPos-1 of a layer, into out, with the model's score
+ * soft-cap (config.attnSoftcap) applied in the kernel. For each KV head the policy picks pages, and the kernels run an
+ * online softmax over them, each page read once for the whole query group. With every page hot and every page
+ * selected, the head's table goes to the kernel as it is.
+ *
+ * A sliding-window layer (kv.window(layer) = W > 0) reads exactly its window, positions nPos − W..nPos − 1, and takes
+ * no sparse selection: its pages are already bounded by W and always hot (kv/cache.ts), and the window is the model's
+ * own attention, not an approximation of it.
  */
 export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionState, layer: number, out: number, q: number, nPos: number): void {
   const D = c.headDim, group = c.nHeads / c.nKvHeads, P = kv.P;
   const pages = Math.ceil(nPos / P);
-  const scale = 1 / Math.sqrt(D);
+  const scale = c.attnScale, cap = c.attnSoftcap;
+  const W = kv.window(layer);
   const n = a.counters;
   for (let h = 0; h < c.nKvHeads; h++) {
     const qh = q + h * group * D * 4;
-    const count = a.policy.sparse ? selectPages(k, kv, a, layer, h, qh, group, nPos) : pages;
     n.queries++;
     n.positions += nPos;
     k.attend_begin(a.state, group, D);
-    if (count === pages && !kv.tiered) {
-      k.attend_pages(a.state, qh, group, D, P, kv.descriptors(layer, h), pages, scale, a.scratch);
-      n.tokensRead += nPos;
+    if (W > 0) {
+      n.tokensRead += attendWindow(k, kv, a, layer, h, qh, group, nPos, W, scale, cap);
     } else {
-      n.tokensRead += runPages(k, kv, a, layer, h, qh, group, count === pages ? null : a.selected, count, a.state, scale);
-      if (a.policy.measureRecall && count < pages) {
-        k.attend_begin(a.fullState, group, D);
-        runPages(k, kv, a, layer, h, qh, group, null, pages, a.fullState, scale);
-        recordRecall(a, layer, group, D);
+      const count = a.policy.sparse ? selectPages(k, kv, a, layer, h, qh, group, nPos) : pages;
+      if (count === pages && !kv.tiered) {
+        k.attend_pages(a.state, qh, group, D, P, kv.descriptors(layer, h), pages, scale, a.scratch, 0, cap);
+        n.tokensRead += nPos;
+      } else {
+        n.tokensRead += runPages(k, kv, a, layer, h, qh, group, count === pages ? null : a.selected, count, a.state, scale, cap);
+        if (a.policy.measureRecall && count < pages) {
+          k.attend_begin(a.fullState, group, D);
+          runPages(k, kv, a, layer, h, qh, group, null, pages, a.fullState, scale, cap);
+          recordRecall(a, layer, group, D);
+        }
       }
     }
     k.attend_end(a.state, out + h * group * D * 4, group, D);
   }
+}
+
+/**
+ * One KV head of a sliding-window layer: positions nPos − W..nPos − 1 (all of them while nPos ≤ W). Their pages are
+ * consecutive and at most pagesKept + 1, the size of the head's descriptor ring, so they sit in it as one run or two
+ * (wrapping), passed to the kernel in page order; the tokens of the first page before the window are masked in the
+ * kernel. Returns the tokens read.
+ */
+function attendWindow(
+  k: Kernels, kv: KVCache, a: AttentionState, layer: number, h: number, q: number, group: number, nPos: number,
+  W: number, scale: number, cap: number,
+): number {
+  const { P, headDim: D } = kv;
+  const first = Math.max(0, nPos - W);
+  const firstPage = Math.floor(first / P);
+  const count = Math.ceil(nPos / P) - firstPage;
+  const entries = kv.pagesKept(layer) + 1;
+  const at = firstPage % entries;
+  const run = Math.min(count, entries - at);
+  const table = kv.descriptors(layer, h);
+  k.attend_pages(a.state, q, group, D, P, table + at * DESC_INTS * 4, run, scale, a.scratch, first - firstPage * P, cap);
+  if (run < count) k.attend_pages(a.state, q, group, D, P, table, count - run, scale, a.scratch, 0, cap);
+  return nPos - first;
 }
 
 /**
@@ -204,7 +238,7 @@ function topK(scores: Float32Array, k: number): number[] {
  */
 function runPages(
   k: Kernels, kv: KVCache, a: AttentionState, layer: number, h: number, q: number, group: number,
-  pages: Int32Array | null, count: number, state: number, scale: number,
+  pages: Int32Array | null, count: number, state: number, scale: number, cap: number,
 ): number {
   const D = kv.headDim, P = kv.P, ints = a.i32;
   const table = kv.descriptors(layer, h) / 4;
@@ -212,7 +246,7 @@ function runPages(
   const stagingSlots = kv.plan.stagingSlots;
   let n = 0, staged = 0, tokens = 0;
   const flush = () => {
-    k.attend_pages(state, q, group, D, P, a.list, n, scale, a.scratch);
+    k.attend_pages(state, q, group, D, P, a.list, n, scale, a.scratch, 0, cap);
     n = staged = 0;
   };
   for (let i = 0; i < count; i++) {

@@ -32,8 +32,8 @@ const DEFAULT_PAGE_TOKENS = 32;
 const MAX_PAGE_TOKENS = 1024;
 /** Hot slots a head's attention stages warm pages into, a batch at a time (more only saves kernel calls). */
 const STAGING_SLOTS = 8;
-/** Alignment padding the arena may add per KV region (64-byte alignment, 5 regions). */
-const ALIGN_SLACK = 5 * 64;
+/** Alignment padding the arena may add per KV region (64-byte alignment, 6 regions). */
+const ALIGN_SLACK = 6 * 64;
 
 /** Bytes of one page's data (keys and values of P tokens of one KV head), as the kernels lay it out. */
 export function pageBytes(type: KVType, P: number, D: number): number {
@@ -51,7 +51,16 @@ export interface KVPlan {
   P: number;
   pagesPerHead: number;
   pageBytes: number;
-  /** all pages of all layers and KV heads */
+  /**
+   * Per layer, the sliding window the cache applies: config.window, or 0 where the layer is global or its window
+   * covers the whole context (it then never masks anything, and the layer is global in every respect).
+   */
+  window: number[];
+  /** Per layer, the sealed pages each KV head keeps: a ring of windowPagesKept() for a windowed layer, else pagesPerHead. */
+  layerPages: number[];
+  /** page slots of the windowed layers' rings, all KV heads: always hot, never tiered */
+  windowPages: number;
+  /** pages of the global layers, all KV heads: the pages the tiers hold */
   pages: number;
   hotSlots: number;
   stagingSlots: number;
@@ -62,8 +71,21 @@ export interface KVPlan {
 }
 
 /**
+ * Sealed pages a KV head of a layer with window W must keep. The query at p reads keys p − W + 1..p. While p's page is
+ * the tail (still filling, f32), the sealed pages it reaches are at most ceil((W − 1)/P); when p is the last slot of
+ * its page, append seals that page before attend reads it, and the window then spans exactly ceil(W/P) sealed pages.
+ * So a ring of ceil(W/P) (page n sealed into slot n mod ring, overwriting page n − ring, which the window of every
+ * query from then on has left) is the least that is correct.
+ */
+export function windowPagesKept(W: number, P: number): number {
+  return Math.ceil(W / P);
+}
+
+/**
  * Plans the tiers for ctx tokens. The pages holding the first `pinnedTokens` (the attention's sinks) never leave the
- * hot tier. Throws
+ * hot tier. Sliding-window layers keep only the ring their window reaches, always hot: their pages are bounded by the
+ * window, so they take neither tiers nor sparse selection (attention/attend.ts); the tiers hold the global layers'
+ * pages. Throws
  * BUDGET, saying what would fit, when the pages do not fit hot + warm.
  */
 export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinnedTokens = 0): KVPlan {
@@ -91,23 +113,33 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: 
   const heads = c.nLayers * c.nKvHeads;
   const pagesPerHead = Math.ceil(ctx / P);
   const bytes = pageBytes(type, P, D);
-  const pages = heads * pagesPerHead;
-  // Always hot: page summaries, the full-precision tails, the page tables.
-  const fixed = pages * 8 * D + heads * 8 * P * D + heads * (pagesPerHead + 1) * DESC_INTS * 4;
-  const plan = { type, P, pagesPerHead, pageBytes: bytes, pages, hotSlots: pages, stagingSlots: 0, warmSlots: 0, hotBytes: fixed + pages * bytes, warmBytes: 0 };
+  const window = c.window.map((w) => (w > 0 && w < ctx ? w : 0));
+  const layerPages = window.map((w) => (w > 0 ? Math.min(windowPagesKept(w, P), pagesPerHead) : pagesPerHead));
+  const kept = c.nKvHeads * layerPages.reduce((n, r) => n + r, 0);
+  const globalHeads = c.nKvHeads * window.filter((w) => w === 0).length;
+  const pages = globalHeads * pagesPerHead;
+  const windowPages = kept - pages;
+  // Always hot: the windowed layers' rings, every kept page's summary, the full-precision tails, the page tables
+  // (a head keeping r pages has r + 1 descriptors: see KVCache).
+  const fixed = windowPages * bytes + kept * 8 * D + heads * 8 * P * D + (kept + heads) * DESC_INTS * 4;
+  const plan = {
+    type, P, pagesPerHead, pageBytes: bytes, window, layerPages, windowPages, pages,
+    hotSlots: pages, stagingSlots: 0, warmSlots: 0, hotBytes: fixed + pages * bytes, warmBytes: 0,
+  };
   if (opts.hotBytes === undefined) return plan;
   const hotBytes = parseBytes(opts.hotBytes, 'kv.hotBytes');
   const warmBytes = opts.warmBytes === undefined || opts.warmBytes === 0 ? 0 : parseBytes(opts.warmBytes, 'kv.warmBytes');
   const avail = hotBytes - fixed - ALIGN_SLACK;
   if (avail >= pages * bytes) return plan;
-  const stagingSlots = Math.min(STAGING_SLOTS, pagesPerHead);
+  const stagingSlots = Math.min(STAGING_SLOTS, pagesPerHead, pages);
   const hotSlots = Math.min(pages, Math.floor((avail - stagingSlots * bytes) / bytes));
-  const minHot = heads * (pinnedPages(P, pinnedTokens, pagesPerHead) + 1);
+  const minHot = globalHeads * (pinnedPages(P, pinnedTokens, pagesPerHead) + 1);
   if (hotSlots < minHot) {
+    const what = windowPages > 0 ? 'sliding-window pages, page summaries, tails and tables' : 'page summaries, tails and tables';
     return {
       fail:
-        `kv.hotBytes ${formatBytes(hotBytes)} is too small for a context of ${ctx} tokens: it needs ${formatBytes(fixed + ALIGN_SLACK)} of page summaries, ` +
-        `tails and tables, ${stagingSlots} staging slots and at least ${minHot} page slots of ${formatBytes(bytes)}`,
+        `kv.hotBytes ${formatBytes(hotBytes)} is too small for a context of ${ctx} tokens: it needs ${formatBytes(fixed + ALIGN_SLACK)} of ${what}, ` +
+        `${stagingSlots} staging slots and at least ${minHot} page slots of ${formatBytes(bytes)}`,
     };
   }
   const warmSlots = pages - hotSlots;
@@ -130,14 +162,20 @@ export function pinnedPages(P: number, tokens: number, pagesPerHead: number): nu
 export interface KVUsage {
   type: KVType;
   pageTokens: number;
-  /** bytes of cache (page data + summaries) per token, all layers */
+  /**
+   * bytes of cache (page data + summaries) per token of the planned context, all layers: a global layer's pages grow
+   * with the context, a sliding-window layer's ring does not, so its bytes count spread over the context
+   */
   bytesPerToken: number;
   /** bytes of one page (P tokens of one layer × KV head) */
   pageBytes: number;
   /** wasm bytes planned for the KV cache */
   hotBytes: number;
+  /** hot page slots, the sliding-window layers' rings included */
   hotPageSlots: number;
   hotPagesInUse: number;
+  /** of hotPageSlots, the sliding-window layers' ring slots (always hot, never tiered) */
+  windowPageSlots: number;
   stagingSlots: number;
   /** host bytes planned for the warm tier, and taken so far */
   warmBytes: number;
@@ -155,25 +193,33 @@ export const DESC_INTS = 4;
  * to a full-precision tail page per layer × KV head; when the tail fills it is sealed (quantized into its page, with
  * a per-channel key min/max summary that both dequantizes the keys and bounds q·k for page selection).
  *
- * Every sealed page also has a descriptor in a per-(layer, head) table, followed by one slot for the tail, so full
- * attention passes the table as it is, and a sparse policy writes its own list.
+ * A head that keeps r sealed pages (plan.layerPages) keeps them as a ring: page n in slot n mod r. For a global layer
+ * r = pagesPerHead, so slot n is page n. A sliding-window layer keeps only windowPagesKept(W, P) pages, so its memory
+ * is bounded by its window whatever the context.
  *
- * Tiers: with every page hot (the default), page p of head h lives at slot h·pagesPerHead + p. With a hot budget,
- * pages take hot slots as they are sealed, and when none is free the oldest unpinned page moves to the warm tier
- * (first in, first out: the recent window stays hot, the pinned sink pages never move). Summaries, tails and tables
- * always stay hot; attention stages a warm page into a staging slot to read it (see attention/attend.ts).
+ * Every page also has a descriptor in a per-(layer, head) table of r + 1 entries, page n at entry n mod (r + 1): the
+ * sealed pages and the tail (whose descriptor points into the f32 tail page until it is sealed). A global layer's
+ * table is then page 0, 1, … in order, so full attention passes it as it is, and a sparse policy writes its own list;
+ * a window's pages are at most r + 1 consecutive pages, so they lie in the table as one run or two (attend.ts).
+ *
+ * Tiers (global layers only): with every page hot (the default), page p of global head g lives at slot
+ * g·pagesPerHead + p. With a hot budget, pages take hot slots as they are sealed, and when none is free the oldest
+ * unpinned page moves to the warm tier (first in, first out: the recent window stays hot, the pinned sink pages never
+ * move). Summaries, tails, tables and the windowed layers' rings always stay hot; attention stages a warm page into a
+ * staging slot to read it (see attention/attend.ts).
  */
 export class KVCache {
   readonly type: KVType;
   readonly P: number;
   readonly pagesPerHead: number;
   readonly pageBytes: number;
-  /** bytes of cache (page data + summaries) per token, all layers */
+  /** bytes of cache (page data + summaries) per token of the planned context, all layers (see KVUsage) */
   readonly bytesPerToken: number;
   readonly plan: KVPlan;
   /** whether pages can be warm (the hot tier holds fewer slots than pages) */
   readonly tiered: boolean;
   private readonly data: number;
+  private readonly windowData: number;
   private readonly staging: number;
   private readonly summaries: number;
   private readonly tails: number;
@@ -183,10 +229,18 @@ export class KVCache {
     return this.D;
   }
   private readonly heads: number;
+  // Per layer: the first kept page (summaries), descriptor (table) and ring slot (windowData, windowed layers) of its
+  // KV head 0, and its index among the global layers (tier keys), −1 for a windowed layer.
+  private readonly pageBase: number[] = [];
+  private readonly tableBase: number[] = [];
+  private readonly windowBase: number[] = [];
+  private readonly globalIndex: number[] = [];
+  private readonly globalHeads: number;
   private heap!: Float32Array;
   private ints!: Int32Array;
   private bytes!: Uint8Array;
-  // Tiered state: where each page is (hot slot ≥ 0, or −1 − warm slot), the free slots, and the FIFO of evictable pages.
+  // Tiered state: where each global page is (hot slot ≥ 0, or −1 − warm slot), the free slots, and the FIFO of
+  // evictable pages, by key g·pagesPerHead + page (g: the global head).
   private readonly where: Int32Array;
   private readonly freeHot: Int32Array;
   private nFreeHot = 0;
@@ -196,7 +250,6 @@ export class KVCache {
   private fifoHead = 0;
   private fifoLength = 0;
   private readonly warm: PageStore | undefined;
-  private sealedPages = 0;
   /** pages per head that stay hot: those holding the first pinnedTokens */
   private readonly pinned: number;
   private pagesStaged = 0;
@@ -213,12 +266,25 @@ export class KVCache {
     this.pagesPerHead = plan.pagesPerHead;
     this.pageBytes = plan.pageBytes;
     this.tiered = plan.warmSlots > 0;
+    let kept = 0, windowSlots = 0, globalLayers = 0;
+    for (let l = 0; l < c.nLayers; l++) {
+      const r = plan.layerPages[l];
+      this.pageBase.push(kept);
+      this.tableBase.push(kept + l * c.nKvHeads);
+      this.windowBase.push(plan.window[l] > 0 ? windowSlots : -1);
+      this.globalIndex.push(plan.window[l] > 0 ? -1 : globalLayers++);
+      kept += c.nKvHeads * r;
+      if (plan.window[l] > 0) windowSlots += c.nKvHeads * r;
+    }
+    this.globalHeads = globalLayers * c.nKvHeads;
     this.data = arena.reserve(`kv.pages (${plan.type}, ${P} tokens)`, plan.hotSlots * this.pageBytes);
+    this.windowData = arena.reserve('kv.window pages', plan.windowPages * this.pageBytes);
     this.staging = arena.reserve('kv.staging', plan.stagingSlots * this.pageBytes);
-    this.summaries = arena.reserve('kv.summaries', plan.pages * 8 * D);
+    this.summaries = arena.reserve('kv.summaries', kept * 8 * D);
     this.tails = arena.reserve('kv.tails', this.heads * 8 * P * D);
-    this.table = arena.reserve('kv.page table', this.heads * (this.pagesPerHead + 1) * DESC_INTS * 4);
-    this.bytesPerToken = (this.heads * (this.pageBytes + 8 * D)) / P;
+    this.table = arena.reserve('kv.page table', (kept + this.heads) * DESC_INTS * 4);
+    const perPage = this.pageBytes + 8 * D;
+    this.bytesPerToken = (this.globalHeads * perPage) / P + (plan.windowPages * perPage) / ctx;
     const tiered = this.tiered ? 1 : 0;
     this.where = new Int32Array(plan.pages * tiered);
     this.freeHot = new Int32Array(plan.hotSlots * tiered);
@@ -243,7 +309,6 @@ export class KVCache {
     for (let i = 0; i < this.freeWarm.length; i++) this.freeWarm[i] = this.freeWarm.length - 1 - i;
     this.nFreeWarm = this.freeWarm.length;
     this.fifoHead = this.fifoLength = 0;
-    this.sealedPages = 0;
     this.length = 0;
   }
 
@@ -252,33 +317,50 @@ export class KVCache {
     return this.length;
   }
 
+  /** The sliding window attention applies on a layer (keys p − W + 1..p), or 0 for full causal attention. */
+  window(layer: number): number {
+    return this.plan.window[layer];
+  }
+
+  /** Sealed pages each KV head of a layer keeps (its table has one entry more, for the tail). */
+  pagesKept(layer: number): number {
+    return this.plan.layerPages[layer];
+  }
+
   /**
    * Keeps the first n positions, so the next append is at the position returned: n itself where the f32 tail still
    * holds the cut page (the current page, or the page just sealed), else the start of n's page, since a sealed page
    * is quantized and cannot be unsealed exactly. Pages from the cut on give their slots back. Sessions call this to
    * reuse the prefix a new prompt shares with what is cached.
+   *
+   * A sliding-window layer's ring has overwritten its older pages: if the window of the next query (at the position
+   * kept) reaches one of them, no prefix can continue (an earlier position's window reaches further back still), so
+   * the cache starts over and this returns 0.
    */
   truncate(n: number): number {
     const { P } = this;
     if (!Number.isSafeInteger(n) || n < 0) throw new EdgeLLMError('BAD_ARGUMENT', `cannot keep ${n} KV positions`);
     if (n >= this.length) return this.length;
     const tailStart = this.length === 0 ? 0 : Math.ceil(this.length / P) * P - P;
-    const keep = n >= tailStart ? n : n - (n % P);
+    let keep = n >= tailStart ? n : n - (n % P);
+    const sealedBefore = Math.floor(this.length / P);
+    for (let l = 0; l < this.c.nLayers && keep > 0; l++) {
+      const W = this.plan.window[l];
+      // The ring holds sealed pages sealedBefore − r..sealedBefore − 1; later queries' windows start later.
+      if (W > 0 && Math.floor(Math.max(0, keep + 1 - W) / P) < sealedBefore - this.plan.layerPages[l]) keep = 0;
+    }
     if (keep === 0) {
       this.reset();
       return 0;
     }
     const cutPage = Math.floor(keep / P);
-    const sealedBefore = Math.floor(this.length / P);
     if (cutPage < sealedBefore) this.releasePages(cutPage, sealedBefore);
     this.length = keep;
     return keep;
   }
 
-  /** Frees the slots of sealed pages [from, to) of every head, hot or warm, and drops them from the eviction FIFO. */
+  /** Frees the slots of the global layers' sealed pages [from, to), hot or warm, and drops them from the eviction FIFO. */
   private releasePages(from: number, to: number): void {
-    const heads = this.heads;
-    this.sealedPages -= heads * (to - from);
     if (!this.tiered) return;
     let kept = 0;
     for (let i = 0; i < this.fifoLength; i++) {
@@ -286,10 +368,9 @@ export class KVCache {
       if (key % this.pagesPerHead < from) this.fifo[(this.fifoHead + kept++) % this.fifo.length] = key;
     }
     this.fifoLength = kept;
-    for (let head = 0; head < heads; head++) {
+    for (let g = 0; g < this.globalHeads; g++) {
       for (let page = from; page < to; page++) {
-        const key = head * this.pagesPerHead + page;
-        const at = this.where[key];
+        const at = this.where[g * this.pagesPerHead + page];
         if (at >= 0) this.freeHot[this.nFreeHot++] = at;
         else this.freeWarm[this.nFreeWarm++] = -1 - at;
       }
@@ -300,9 +381,15 @@ export class KVCache {
     return layer * this.c.nKvHeads + h;
   }
 
-  /** kmin[D], kmax[D] of a sealed page; the summaries of one head are back to back (stride 8·D). */
+  /** The tier key of a global layer's page: g·pagesPerHead + page, g the global head. */
+  private key(layer: number, h: number, page: number): number {
+    return (this.globalIndex[layer] * this.c.nKvHeads + h) * this.pagesPerHead + page;
+  }
+
+  /** kmin[D], kmax[D] of a sealed page; a global head's summaries are back to back in page order (stride 8·D). */
   summary(layer: number, h: number, page: number): number {
-    return this.summaries + (this.head(layer, h) * this.pagesPerHead + page) * 8 * this.D;
+    const r = this.plan.layerPages[layer];
+    return this.summaries + (this.pageBase[layer] + h * r + (page % r)) * 8 * this.D;
   }
 
   /** The tail page: f32 keys [P][D] then values [P][D], the f32 page layout. */
@@ -310,14 +397,18 @@ export class KVCache {
     return this.tails + this.head(layer, h) * 8 * this.P * this.D;
   }
 
-  /** The descriptor table of one head: sealed pages in order, then room for the tail. */
+  /** The descriptor table of one head: pagesKept(layer) + 1 entries, page n at entry n mod (pagesKept + 1). */
   descriptors(layer: number, h: number): number {
-    return this.table + this.head(layer, h) * (this.pagesPerHead + 1) * DESC_INTS * 4;
+    return this.table + (this.tableBase[layer] + h * (this.plan.layerPages[layer] + 1)) * DESC_INTS * 4;
   }
 
   /** The hot address of a sealed page, or −1 if it is warm (stage it to read it). */
   hotAddress(layer: number, h: number, page: number): number {
-    const key = this.head(layer, h) * this.pagesPerHead + page;
+    if (this.plan.window[layer] > 0) {
+      const r = this.plan.layerPages[layer];
+      return this.windowData + (this.windowBase[layer] + h * r + (page % r)) * this.pageBytes;
+    }
+    const key = this.key(layer, h, page);
     if (!this.tiered) return this.data + key * this.pageBytes;
     const at = this.where[key];
     return at >= 0 ? this.data + at * this.pageBytes : -1;
@@ -325,7 +416,7 @@ export class KVCache {
 
   /** Copies a warm page into staging slot `slot` (0..stagingSlots−1) and returns its address. */
   stage(layer: number, h: number, page: number, slot: number): number {
-    const at = this.where[this.head(layer, h) * this.pagesPerHead + page];
+    const at = this.plan.window[layer] > 0 ? 0 : this.where[this.key(layer, h, page)];
     if (!this.warm || at >= 0 || slot < 0 || slot >= this.plan.stagingSlots) throw new EdgeLLMError('BAD_ARGUMENT', `cannot stage page ${page} of layer ${layer} head ${h} into slot ${slot}`);
     const addr = this.staging + slot * this.pageBytes;
     this.warm.read(-1 - at, this.bytes.subarray(addr, addr + this.pageBytes));
@@ -347,16 +438,19 @@ export class KVCache {
     }
     const slot = pos % P;
     const page = (pos - slot) / P;
+    const entry = page % (this.plan.layerPages[layer] + 1);
+    const windowed = this.plan.window[layer] > 0;
     for (let h = 0; h < this.c.nKvHeads; h++) {
       const tail = this.tail(layer, h) / 4;
       this.heap.copyWithin(tail + slot * D, k / 4 + h * D, k / 4 + (h + 1) * D);
       this.heap.copyWithin(tail + (P + slot) * D, v / 4 + h * D, v / 4 + (h + 1) * D);
-      const desc = this.descriptors(layer, h) / 4 + page * DESC_INTS;
+      const desc = this.descriptors(layer, h) / 4 + entry * DESC_INTS;
       if (slot === P - 1) {
-        const data = this.takeHotSlot(layer, h, page), summary = this.summary(layer, h, page);
+        // A windowed layer's ring slot holds page − r, which no query from this one on reads.
+        const data = windowed ? this.hotAddress(layer, h, page) : this.takeHotSlot(layer, h, page);
+        const summary = this.summary(layer, h, page);
         kernels.kv_seal_page(KV_TYPE_CODE[this.type], tail * 4, (tail + P * D) * 4, P, D, data, summary);
         this.setDescriptor(desc, data, summary, P, KV_TYPE_CODE[this.type]);
-        this.sealedPages++;
       } else {
         this.setDescriptor(desc, tail * 4, 0, slot + 1, KV_TYPE_CODE.f32);
       }
@@ -364,9 +458,9 @@ export class KVCache {
     if (layer === 0) this.length = pos + 1;
   }
 
-  /** A hot slot for a page about to be sealed: a free one, or the oldest unpinned page's, which moves to warm. */
+  /** A hot slot for a global page about to be sealed: a free one, or the oldest unpinned page's, which moves to warm. */
   private takeHotSlot(layer: number, h: number, page: number): number {
-    const key = this.head(layer, h) * this.pagesPerHead + page;
+    const key = this.key(layer, h, page);
     if (!this.tiered) return this.data + key * this.pageBytes;
     let slot: number;
     if (this.nFreeHot > 0) {
@@ -392,15 +486,19 @@ export class KVCache {
 
   usage(): KVUsage {
     const p = this.plan;
-    const hotInUse = this.tiered ? p.hotSlots - this.nFreeHot : this.sealedPages;
+    const sealed = Math.floor(this.length / this.P);
+    let windowInUse = 0;
+    for (let l = 0; l < this.c.nLayers; l++) if (p.window[l] > 0) windowInUse += this.c.nKvHeads * Math.min(sealed, p.layerPages[l]);
+    const globalInUse = this.tiered ? p.hotSlots - this.nFreeHot : this.globalHeads * sealed;
     return {
       type: this.type,
       pageTokens: this.P,
       bytesPerToken: this.bytesPerToken,
       pageBytes: this.pageBytes,
       hotBytes: p.hotBytes,
-      hotPageSlots: p.hotSlots,
-      hotPagesInUse: hotInUse,
+      hotPageSlots: p.hotSlots + p.windowPages,
+      hotPagesInUse: globalInUse + windowInUse,
+      windowPageSlots: p.windowPages,
       stagingSlots: p.stagingSlots,
       warmBytes: p.warmBytes,
       warmBytesAllocated: this.warm?.bytesAllocated() ?? 0,

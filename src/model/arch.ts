@@ -25,6 +25,11 @@ export interface Architecture {
   /** rope_freqs.weight (Llama 3.x RoPE scaling), read when present: each rotary frequency is divided by its factor */
   ropeFreqs: boolean;
   /**
+   * rope_factors_short/long.weight (Phi-3 LongRoPE), read when present: frequency divisors as rope_freqs, the long set
+   * when the context exceeds rope.scaling.original_context_length (llama.cpp's choice), with rope.scaling.attn_factor
+   */
+  longRope: boolean;
+  /**
    * Sliding-window layers: the default of attention.sliding_window_pattern (layer l is local iff l % n < n − 1), or 0
    * where the architecture has no local layers.
    */
@@ -33,31 +38,41 @@ export interface Architecture {
   swaWindowDefault: number;
   /** the RoPE base of local layers when rope.freq_base_swa is absent, or 0 for the global base */
   swaRopeBase: number;
-  /** attn_logit_softcapping and final_logit_softcapping are read, with these defaults (Gemma 2); 0 = not read */
+  /**
+   * attn_logit_softcapping and final_logit_softcapping are read (Gemma 2 and 3), with these values when absent (0 =
+   * no soft-cap): Gemma 2 always caps, Gemma 3 only where the file says so
+   */
+  softcaps: boolean;
   attnSoftcapDefault: number;
   finalSoftcapDefault: number;
+  /**
+   * The layer count by which llama.cpp tells this architecture's 27B model, whose queries are scaled by 1/√(dim/heads)
+   * (HF's query_pre_attn_scalar) instead of 1/√headDim; 0 = always 1/√headDim
+   */
+  wideQueryScaleLayers: number;
   /** output.weight is never read: the embedding is the classifier (llama.cpp's gemma2 graph) */
   alwaysTied: boolean;
 }
 
 const LLAMA: Architecture = {
   name: 'llama', ropeMode: 'norm', qkvBias: 'optional', qkNorm: false, postNorms: false, fusedQKV: false, fusedGateUp: false,
-  ffnActivation: 'silu', scaleEmbedding: false, ropeFreqs: true, swaPattern: 0, swaWindowDefault: 0, swaRopeBase: 0,
-  attnSoftcapDefault: 0, finalSoftcapDefault: 0, alwaysTied: false,
+  ffnActivation: 'silu', scaleEmbedding: false, ropeFreqs: true, longRope: false, swaPattern: 0, swaWindowDefault: 0, swaRopeBase: 0,
+  softcaps: false, attnSoftcapDefault: 0, finalSoftcapDefault: 0, wideQueryScaleLayers: 0, alwaysTied: false,
 };
 
 export const ARCHITECTURES: readonly Architecture[] = [
   LLAMA,
   { ...LLAMA, name: 'qwen2', ropeMode: 'neox', qkvBias: 'required', ropeFreqs: false },
   { ...LLAMA, name: 'qwen3', ropeMode: 'neox', qkvBias: 'none', qkNorm: true, ropeFreqs: false },
-  { ...LLAMA, name: 'phi3', ropeMode: 'neox', qkvBias: 'none', fusedQKV: true, fusedGateUp: true, ropeFreqs: false },
+  { ...LLAMA, name: 'phi3', ropeMode: 'neox', qkvBias: 'none', fusedQKV: true, fusedGateUp: true, ropeFreqs: false, longRope: true },
   {
     ...LLAMA, name: 'gemma2', ropeMode: 'neox', qkvBias: 'none', postNorms: true, ffnActivation: 'gelu', scaleEmbedding: true,
-    ropeFreqs: false, swaPattern: 2, swaWindowDefault: 4096, attnSoftcapDefault: 50, finalSoftcapDefault: 30, alwaysTied: true,
+    ropeFreqs: false, swaPattern: 2, swaWindowDefault: 4096, softcaps: true, attnSoftcapDefault: 50, finalSoftcapDefault: 30, wideQueryScaleLayers: 46,
+    alwaysTied: true,
   },
   {
     ...LLAMA, name: 'gemma3', ropeMode: 'neox', qkvBias: 'none', qkNorm: true, postNorms: true, ffnActivation: 'gelu',
-    scaleEmbedding: true, ropeFreqs: false, swaPattern: 6, swaRopeBase: 10000,
+    scaleEmbedding: true, ropeFreqs: false, swaPattern: 6, swaRopeBase: 10000, softcaps: true, wideQueryScaleLayers: 62,
   },
 ];
 

@@ -28,10 +28,16 @@ export interface LlamaConfig {
   ropeBaseLocal: number;
   /** linear RoPE scaling of global layers (rope.scaling.type linear): positions × ropeScale = 1/rope.scaling.factor */
   ropeScale: number;
+  /** rope.scaling.attn_factor: cos and sin are multiplied by it (Phi-3 LongRoPE's magnitude scaling), else 1 */
+  ropeAttnFactor: number;
+  /** rope.scaling.original_context_length: beyond it Phi-3 takes its long RoPE factors */
+  ropeOriginalContext: number;
   ropeMode: 'norm' | 'neox';
   rmsEps: number;
   /** per layer: its sliding window in tokens (a query at p sees keys p−window+1..p), or 0 for full causal attention */
   window: number[];
+  /** the attention scores' scale: 1/√headDim, but 1/√(dim/heads) for Gemma 2 and 3 at 27B (llama.cpp's choice) */
+  attnScale: number;
   /** attention-score soft-cap s → c·tanh(s/c) (Gemma 2), or 0 */
   attnSoftcap: number;
   /** final-logit soft-cap (Gemma 2), or 0 */
@@ -94,21 +100,29 @@ export function readLlamaConfig(gguf: GGUFFile): LlamaConfig {
     for (let l = 0; l < nLayers; l++) if (local[l]) window[l] = size;
     ropeBaseLocal = positive('rope.freq_base_swa', row.swaRopeBase || ropeBase);
   }
-  const attnSoftcap = row.attnSoftcapDefault ? positive('attn_logit_softcapping', row.attnSoftcapDefault) : 0;
-  const finalSoftcap = row.finalSoftcapDefault ? positive('final_logit_softcapping', row.finalSoftcapDefault) : 0;
+  const attnScale = nLayers === row.wideQueryScaleLayers ? 1 / Math.sqrt(dim / nHeads) : 1 / Math.sqrt(headDim);
+  const softcap = (k: string, fallback: number) => (!row.softcaps ? 0 : gguf.has(key(k)) ? positive(k, fallback) : fallback);
+  const attnSoftcap = softcap('attn_logit_softcapping', row.attnSoftcapDefault);
+  const finalSoftcap = softcap('final_logit_softcapping', row.finalSoftcapDefault);
 
-  // RoPE scaling: linear stretches the positions of global layers; Llama 3's is the rope_freqs tensor (weights.ts).
-  const scaling = gguf.has(key('rope.scaling.type')) ? gguf.string(key('rope.scaling.type')) : 'none';
-  let ropeScale = 1;
-  if (scaling === 'linear') ropeScale = 1 / positive('rope.scaling.factor', 1);
-  else if (scaling !== 'none' && !(scaling === 'llama3' && row.ropeFreqs)) fail(`rope.scaling.type "${scaling}"`);
+  // RoPE scaling as llama.cpp reads it: the type defaults to linear, whose factor (or the older rope.scale_linear)
+  // stretches the positions of global layers; Llama 3's scaling is the rope_freqs tensor, Phi-3's the LongRoPE factor
+  // tensors (weights.ts). Other types (YaRN) would be silently wrong, so they are refused.
+  const scaling = gguf.has(key('rope.scaling.type')) ? gguf.string(key('rope.scaling.type')) : 'linear';
+  if (scaling !== 'linear' && scaling !== 'none' && !(scaling === 'llama3' && row.ropeFreqs) && !(scaling === 'longrope' && row.longRope)) {
+    fail(`rope.scaling.type "${scaling}"`);
+  }
+  const factor = gguf.has(key('rope.scaling.factor')) ? positive('rope.scaling.factor', 1) : positive('rope.scale_linear', 1);
+  const ropeScale = scaling === 'linear' ? 1 / factor : 1;
+  const ropeAttnFactor = positive('rope.scaling.attn_factor', 1);
+  const ropeOriginalContext = int('rope.scaling.original_context_length', LIMITS.contextLength, contextLength);
 
   return {
     architecture: arch,
     arch: row,
     name: gguf.string('general.name', ''),
     dim, nLayers, nHeads, nKvHeads, headDim, nRot, ffn, vocab, contextLength,
-    ropeBase, ropeBaseLocal, ropeScale, ropeMode: row.ropeMode, rmsEps, window, attnSoftcap, finalSoftcap,
+    ropeBase, ropeBaseLocal, ropeScale, ropeAttnFactor, ropeOriginalContext, ropeMode: row.ropeMode, rmsEps, window, attnScale, attnSoftcap, finalSoftcap,
   };
 }
 

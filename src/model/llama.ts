@@ -4,7 +4,8 @@ import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
 import { attend, bindAttention, type AttentionState } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
-import type { LlamaWeights } from './weights.js';
+import type { LayerWeights, LlamaWeights } from './weights.js';
+import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
 import type { Activations, InputFormat, Matrix } from './weight-types.js';
 
 /** Activation buffers for a batch of up to maxBatch tokens (llama2.c's RunState), all planned in the arena. */
@@ -25,6 +26,9 @@ interface RunState {
   ks: number; // its i16 code sums per 16
   logits: number; // [B][vocab]
   rope: number; // (cos, sin) per position and rotated pair [ctx][nRot]
+  ropeLocal: number; // the same for sliding-window layers where their RoPE differs (Gemma 3's base), else = rope
+  fused: number; // output of a fused matrix (Q|K|V or gate|up) before it is split [B][widest fused], if any
+  gelu: number; // ggml's GELU table: 65536 f32 indexed by f16 bits, if the FFN uses GELU
 }
 
 export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx: number): RunState {
@@ -32,6 +36,7 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
   const kvDim = c.nKvHeads * c.headDim;
   const widest = Math.max(c.dim, qDim, c.ffn);
   const f32 = (name: string, n: number) => arena.reserve(`state.${name}`, n * 4);
+  const rope = f32('rope', ctx * c.nRot);
   return {
     x: f32('x', maxBatch * c.dim),
     xb: f32('xb', maxBatch * Math.max(c.dim, qDim)),
@@ -48,8 +53,16 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
     kd: f32('kd', maxBatch * Math.ceil(widest / 256)),
     ks: arena.reserve('state.ks', maxBatch * Math.ceil(widest / 16) * 2),
     logits: f32('logits', maxBatch * c.vocab),
-    rope: f32('rope', ctx * c.nRot),
+    rope,
+    ropeLocal: localRopeDiffers(c) ? f32('rope (local layers)', ctx * c.nRot) : rope,
+    fused: f32('fused', maxBatch * Math.max(c.arch.fusedQKV ? qDim + 2 * kvDim : 0, c.arch.fusedGateUp ? 2 * c.ffn : 0)),
+    gelu: c.arch.ffnActivation === 'gelu' ? f32('gelu table', 65536) : 0,
   };
+}
+
+/** Whether sliding-window layers rotate differently from global ones (another base, or no linear scaling). */
+function localRopeDiffers(c: LlamaConfig): boolean {
+  return c.window.some((w) => w > 0) && (c.ropeBaseLocal !== c.ropeBase || c.ropeScale !== 1);
 }
 
 /**
@@ -79,18 +92,24 @@ export class Llama {
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
     this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };
-    this.fillRopeTable();
+    // Frequency factors (Llama 3's, or Phi-3's set for this context) apply to every layer; Gemma 3's local layers have
+    // their own base and no linear scaling.
+    const at = weights.ropeFreqs || (kv.ctx > config.ropeOriginalContext ? weights.ropeLong : weights.ropeShort);
+    const factors = at ? this.heap.slice(at / 4, at / 4 + config.nRot / 2) : null;
+    this.fillRopeTable(s.rope, config.ropeBase, config.ropeScale, factors);
+    if (s.ropeLocal !== s.rope) this.fillRopeTable(s.ropeLocal, config.ropeBaseLocal, 1, factors);
+    if (s.gelu) fillGeluTable(this.heap.subarray(s.gelu / 4, s.gelu / 4 + 65536));
   }
 
-  /** cos/sin of pos·base^(-2i/nRot) in f64, rounded once to f32. */
-  private fillRopeTable(): void {
-    const { nRot, ropeBase } = this.config;
-    const table = this.heap.subarray(this.s.rope / 4, (this.s.rope / 4) + this.kv.ctx * nRot);
+  /** cos/sin of pos·scale·base^(-2i/nRot)/factor_i in f64, times the attention factor, rounded once to f32. */
+  private fillRopeTable(at: number, base: number, scale: number, factors: Float32Array | null): void {
+    const { nRot, ropeAttnFactor: m } = this.config;
+    const table = this.heap.subarray(at / 4, at / 4 + this.kv.ctx * nRot);
     for (let pos = 0; pos < this.kv.ctx; pos++) {
       for (let i = 0; i < nRot; i += 2) {
-        const theta = pos * Math.pow(ropeBase, -i / nRot);
-        table[pos * nRot + i] = Math.cos(theta);
-        table[pos * nRot + i + 1] = Math.sin(theta);
+        const theta = (pos * scale * Math.pow(base, -i / nRot)) / (factors ? factors[i / 2] : 1);
+        table[pos * nRot + i] = Math.cos(theta) * m;
+        table[pos * nRot + i + 1] = Math.sin(theta) * m;
       }
     }
   }
@@ -106,53 +125,104 @@ export class Llama {
     if (pos0 + B > this.kv.ctx) {
       throw new EdgeLLMError('CONTEXT_FULL', `positions ${pos0}..${pos0 + B - 1} exceed the context of ${this.kv.ctx} tokens`);
     }
-    const { dim, ffn, headDim, nHeads, nKvHeads } = c;
+    const { dim, ffn, headDim, nHeads, nKvHeads, rmsEps: eps } = c;
+    const a = c.arch, neox = c.ropeMode === 'neox' ? 1 : 0;
 
-    // token embeddings
+    // token embeddings (× √dim for Gemma, in f32 as ggml_scale does)
     for (let t = 0; t < B; t++) {
       const id = tokens[t];
       if (!Number.isInteger(id) || id < 0 || id >= c.vocab) throw new EdgeLLMError('BAD_ARGUMENT', `token id ${id} is outside the vocabulary 0..${c.vocab - 1}`);
       this.dequantRow(w.tokenEmbd, id, s.x + t * dim * 4);
     }
+    if (a.scaleEmbedding) k.scale(s.x, Math.fround(Math.sqrt(dim)), B * dim);
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l];
 
-      // attention: rmsnorm → q, k, v → rope → cache → attend → output projection → residual
-      k.rmsnorm(s.xb, s.x, L.attnNorm, dim, B, c.rmsEps);
-      this.prepareInput(s.xb, dim, B, L.wq, L.wk, L.wv);
-      this.matmul(L.wq, s.xb, s.q, B);
-      this.matmul(L.wk, s.xb, s.k, B);
-      this.matmul(L.wv, s.xb, s.v, B);
-      k.rope(s.q, nHeads, headDim, c.nRot, B, s.rope, pos0);
-      k.rope(s.k, nKvHeads, headDim, c.nRot, B, s.rope, pos0);
+      // attention: rmsnorm → q, k, v (+ bias) → per-head q/k norm → rope → cache → attend → output projection
+      // (→ post-norm) → residual
+      k.rmsnorm(s.xb, s.x, L.attnNorm, dim, B, eps);
+      this.projectQKV(L, B);
+      if (L.qNorm) {
+        k.rmsnorm(s.q, s.q, L.qNorm, headDim, B * nHeads, eps);
+        k.rmsnorm(s.k, s.k, L.kNorm, headDim, B * nKvHeads, eps);
+      }
+      const cs = c.window[l] ? s.ropeLocal : s.rope;
+      k.rope(s.q, nHeads, headDim, c.nRot, B, cs, pos0, neox);
+      k.rope(s.k, nKvHeads, headDim, c.nRot, B, cs, pos0, neox);
       for (let t = 0; t < B; t++) {
         this.kv.append(k, l, s.k + t * this.kvDim * 4, s.v + t * this.kvDim * 4, pos0 + t);
         attend(k, c, this.kv, this.attention, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, pos0 + t + 1);
       }
       this.prepareInput(s.xb2, this.qDim, B, L.wo);
       this.matmul(L.wo, s.xb2, s.xb, B);
+      if (L.postAttnNorm) k.rmsnorm(s.xb, s.xb, L.postAttnNorm, dim, B, eps);
       k.add(s.x, s.xb, B * dim);
 
-      // feed-forward: rmsnorm → silu(w1·x) ⊙ (w3·x) → w2 → residual
-      k.rmsnorm(s.xb, s.x, L.ffnNorm, dim, B, c.rmsEps);
-      this.prepareInput(s.xb, dim, B, L.w1, L.w3);
-      this.matmul(L.w1, s.xb, s.hb, B);
-      this.matmul(L.w3, s.xb, s.hb2, B);
-      k.silu_mul(s.hb, s.hb2, B * ffn);
+      // feed-forward: rmsnorm → act(gate·x) ⊙ (up·x) → down (→ post-norm) → residual
+      k.rmsnorm(s.xb, s.x, L.ffnNorm, dim, B, eps);
+      this.projectGateUp(L, B);
+      if (a.ffnActivation === 'gelu') k.gelu_mul(s.hb, s.hb2, B * ffn, s.gelu);
+      else k.silu_mul(s.hb, s.hb2, B * ffn);
       this.prepareInput(s.hb, ffn, B, L.w2);
       this.matmul(L.w2, s.hb, s.xb, B);
+      if (L.postFfnNorm) k.rmsnorm(s.xb, s.xb, L.postFfnNorm, dim, B, eps);
       k.add(s.x, s.xb, B * dim);
     }
 
-    // final norm and classifier, for every token or just the last
+    // final norm and classifier, for every token or just the last (soft-capped for Gemma 2)
     const first = allLogits ? 0 : B - 1;
     const n = B - first;
     const xFirst = s.x + first * dim * 4;
-    k.rmsnorm(xFirst, xFirst, w.outputNorm, dim, n, c.rmsEps);
+    k.rmsnorm(xFirst, xFirst, w.outputNorm, dim, n, eps);
     this.prepareInput(xFirst, dim, n, w.output);
     this.matmul(w.output, xFirst, s.logits, n);
+    if (c.finalSoftcap) k.softcap(s.logits, c.finalSoftcap, n * c.vocab);
     return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
+  }
+
+  /** q, k, v of the normed input xb: three matrices, or one fused matrix split by rows (Phi-3); then the biases. */
+  private projectQKV(L: LayerWeights, B: number): void {
+    const s = this.s, k = this.kernels, dim = this.config.dim;
+    if (L.wqkv) {
+      this.prepareInput(s.xb, dim, B, L.wqkv);
+      this.matmul(L.wqkv, s.xb, s.fused, B);
+      this.split(B, this.qDim + 2 * this.kvDim, [s.q, this.qDim], [s.k, this.kvDim], [s.v, this.kvDim]);
+    } else {
+      this.prepareInput(s.xb, dim, B, L.wq!, L.wk!, L.wv!);
+      this.matmul(L.wq!, s.xb, s.q, B);
+      this.matmul(L.wk!, s.xb, s.k, B);
+      this.matmul(L.wv!, s.xb, s.v, B);
+    }
+    if (L.bq) k.add_bias(s.q, L.bq, this.qDim, B);
+    if (L.bk) k.add_bias(s.k, L.bk, this.kvDim, B);
+    if (L.bv) k.add_bias(s.v, L.bv, this.kvDim, B);
+  }
+
+  /** gate into hb and up into hb2: two matrices, or one ffn_up holding gate then up (Phi-3). */
+  private projectGateUp(L: LayerWeights, B: number): void {
+    const s = this.s, { dim, ffn } = this.config;
+    if (L.w1) {
+      this.prepareInput(s.xb, dim, B, L.w1, L.w3);
+      this.matmul(L.w1, s.xb, s.hb, B);
+      this.matmul(L.w3, s.xb, s.hb2, B);
+    } else {
+      this.prepareInput(s.xb, dim, B, L.w3);
+      this.matmul(L.w3, s.xb, s.fused, B);
+      this.split(B, 2 * ffn, [s.hb, ffn], [s.hb2, ffn]);
+    }
+  }
+
+  /** Splits the fused output rows [B][width] into parts [B][n] at their pointers. */
+  private split(B: number, width: number, ...parts: Array<[number, number]>): void {
+    const h = this.heap, from = this.s.fused / 4;
+    for (let t = 0; t < B; t++) {
+      let col = 0;
+      for (const [to, n] of parts) {
+        h.copyWithin(to / 4 + t * n, from + t * width + col, from + t * width + col + n);
+        col += n;
+      }
+    }
   }
 
   /** Quantized matrices read int8 activations: quantize the input once, in each format the matrices sharing it read. */
@@ -171,5 +241,19 @@ export class Llama {
 
   private dequantRow(m: Matrix, row: number, out: number): void {
     m.kernel.dequantRow(this.kernels, m, row, out);
+  }
+}
+
+/**
+ * ggml's GELU table (ggml_table_gelu_f16), as f32: for every f16 value x, gelu(x) with the tanh approximation computed
+ * in f32 as ggml_gelu_f32 does, rounded to f16.
+ */
+function fillGeluTable(table: Float32Array): void {
+  const f = Math.fround;
+  const SQRT_2_OVER_PI = f(0.79788456080286535587989211986876), GELU_COEF_A = f(0.044715);
+  for (let h = 0; h < 65536; h++) {
+    const x = f(f16ToF32(h));
+    const inner = f(f(SQRT_2_OVER_PI * x) * f(1 + f(f(GELU_COEF_A * x) * x)));
+    table[h] = f16ToF32(f32ToF16(f(f(f(0.5) * x) * f(1 + f(Math.tanh(inner))))));
   }
 }

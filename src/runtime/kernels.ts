@@ -38,9 +38,15 @@ export interface Kernels {
   dequant_row_iq4_nl(wq: number, wd: number, row: number, cols: number, out: number): void;
   dequant_row_bf16(w: number, row: number, cols: number, out: number): void;
   rmsnorm(out: number, x: number, w: number, n: number, ntok: number, eps: number): void;
-  rope(x: number, nHeads: number, headDim: number, nRot: number, ntok: number, cs: number, pos0: number): void;
+  /** neox: 0 rotates pairs (2i, 2i+1), 1 rotates (i, i + nRot/2); cs: (cos, sin) per position and pair [ctx][nRot] */
+  rope(x: number, nHeads: number, headDim: number, nRot: number, ntok: number, cs: number, pos0: number, neox: number): void;
   silu_mul(gate: number, up: number, n: number): void;
+  /** gate = gelu(gate)·up through ggml's f16-indexed gelu table (65536 f32 at table) */
+  gelu_mul(gate: number, up: number, n: number, table: number): void;
   add(a: number, b: number, n: number): void;
+  add_bias(x: number, b: number, n: number, ntok: number): void;
+  scale(x: number, s: number, n: number): void;
+  softcap(x: number, c: number, n: number): void;
   /**
    * Paged KV cache (assembly/kv_*.ts). type: 0 f32, 1 f16, 2 int8, 3 int4. Seals one page (P tokens, one layer and KV head)
    * from f32 [P][D] k and v: writes summary (kmin[D], kmax[D] f32) and data (f32: 8·P·D bytes, f16: 4·P·D,
@@ -51,9 +57,14 @@ export interface Kernels {
   attend_begin(state: number, nq: number, D: number): void;
   /**
    * Adds pages to the states. q: f32 [nq][D]; descs: i32 [ndesc][4] = {data, summary, ntok (1..P), type}, types mixed
-   * freely; scratch: 4·P + 4·D + 64 bytes. May be called several times between attend_begin and attend_end.
+   * freely; scratch: 4·P + 4·D + 64 bytes. May be called several times between attend_begin and attend_end. skip: leading
+   * tokens of the first descriptor masked out (weight exactly 0: a sliding window that starts inside that page);
+   * softcap c > 0: scores s = scale·q·k become c·tanh(s/c) (Gemma 2), 0 for none.
    */
-  attend_pages(state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number): void;
+  attend_pages(
+    state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number,
+    skip: number, softcap: number,
+  ): void;
   /** out: f32 [nq][D] = (acc + B) / L per head. */
   attend_end(state: number, out: number, nq: number, D: number): void;
   /** out[p] (f32) = Σ_j Σ_c max(q_jc·kmin_c, q_jc·kmax_c) over npages summaries back to back (8·D bytes each); scratch 8·D bytes. */

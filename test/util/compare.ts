@@ -43,3 +43,16 @@ export function compare(got: Float32Array, ref: Float64Array[], vocab: number): 
 }
 
 export const fmt = (e: Errors) => `rel max|Δ| ${e.relMax.toExponential(2)}, min cos ${e.minCos.toFixed(7)}, argmax misses ${e.argmaxMiss}`;
+
+/** The index of the largest of a[from .. from+n) relative to `from`; the lowest index on a tie (as llama.cpp's greedy). */
+export function argmax(a: ArrayLike<number>, from: number, n: number): number {
+  let best = 0;
+  for (let i = 1; i < n; i++) if (a[from + i] > a[from + best]) best = i;
+  return best;
+}
+
+/** The q-quantile of xs (nearest rank, lower side), e.g. 0.5 for the median and 0.99 for p99. */
+export function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}

@@ -1,20 +1,31 @@
 /**
- * Deterministic synthetic Llama GGUF models, shaped like real ones, for tests and benchmarks where the weight values
- * do not matter but the layout, metadata and numerics (activations of order 1, non-degenerate logits) do.
+ * Deterministic synthetic GGUF models, shaped like real ones, for tests and benchmarks where the weight values do not
+ * matter but the layout, metadata and numerics (activations of order 1, non-degenerate logits) do. Every architecture
+ * of src/model/arch.ts: its metadata keys and tensors, the optional ones on request. The default (a llama with none of
+ * the options) writes the same bytes as before the architectures came.
  */
 import { GGMLType, typeName } from '../../src/gguf/types.js';
 import { GGUFValueType } from '../../src/gguf/reader.js';
 import { writeGGUF, type GGUFWriterKV, type GGUFWriterTensor } from '../../src/gguf/writer.js';
 import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../../src/gguf/quantize.js';
 import { f16ToF32, f32ToF16 } from '../../src/gguf/f16.js';
+import { architecture, type Architecture } from '../../src/model/arch.js';
+import type { RefConfig } from './reference.js';
 
 export interface SyntheticSpec {
+  /** general.architecture, a row of src/model/arch.ts (default 'llama'): which keys and tensors are written */
+  architecture?: string;
   dim: number;
   nLayers: number;
   nHeads: number;
   nKvHeads: number;
-  /** default dim/nHeads; if set, llama.attention.key_length/value_length are written and q/k/v/o sized by it */
+  /** default dim/nHeads; if set, <arch>.attention.key_length/value_length are written and q/k/v/o sized by it */
   headDim?: number;
+  /**
+   * rotated dims per head, default headDim; < headDim is partial rotary. llama always writes rope.dimension_count,
+   * the other architectures only when this is set (else the reader's default, the head dim, applies).
+   */
+  nRot?: number;
   ffn: number;
   vocab: number;
   ctx: number;
@@ -26,6 +37,26 @@ export interface SyntheticSpec {
   type?: number;
   /** per-tensor override by name */
   types?: Record<string, number>;
+  /** llama: write attn_q/k/v.bias (qwen2 always has them, the others never) */
+  qkvBias?: boolean;
+  /** llama: write rope_freqs.weight, one factor in [1, 32) per rotated pair (Llama 3's RoPE scaling tensor) */
+  ropeFreqs?: boolean;
+  /** attention.sliding_window (written when set; read by the architectures with local layers) */
+  window?: number;
+  /** attention.sliding_window_pattern, a period or one bool per layer (written when set) */
+  swaPattern?: number | boolean[];
+  /** rope.freq_base_swa (written when set) */
+  ropeBaseLocal?: number;
+  /**
+   * phi3: LongRoPE, rope_factors_short/long.weight (one factor in [1, 32) per rotated pair each) with
+   * rope.scaling.original_context_length and rope.scaling.attn_factor
+   */
+  longRope?: { originalContext: number; attnFactor: number };
+  /** rope.scaling.type "linear" with this rope.scaling.factor (written when set) */
+  ropeScalingFactor?: number;
+  /** attn_logit_softcapping / final_logit_softcapping (written when set; read by gemma2) */
+  attnSoftcap?: number;
+  finalSoftcap?: number;
 }
 
 export interface SyntheticModel {
@@ -122,8 +153,47 @@ interface Plan {
   name: string;
   dims: number[];
   type: number;
-  /** 'norm': 1 ± 0.1; 'weight': uniform with std 1/sqrt(dims[0]) */
-  kind: 'norm' | 'weight';
+  /** 'norm': 1 ± 0.1; 'weight': uniform with std 1/sqrt(dims[0]); 'bias': uniform ±0.5; 'freq': 2^(0..5), log-uniform */
+  kind: 'norm' | 'weight' | 'bias' | 'freq';
+}
+
+/** The architecture row a spec names. */
+function archOf(spec: Pick<SyntheticSpec, 'architecture'>): Architecture {
+  const name = spec.architecture ?? 'llama';
+  const row = architecture(name);
+  if (!row) throw new Error(`makeSyntheticLlama: no architecture "${name}" in src/model/arch.ts`);
+  return row;
+}
+
+/**
+ * What the file written from `spec` means, worked out from the spec and llama.cpp's rules (the kit README), not by
+ * reading the file back: the reference forward pass runs from this, so a misreading in src/model/config.ts shows.
+ */
+export function syntheticConfig(spec: Omit<SyntheticSpec, 'ctx'>): RefConfig {
+  const arch = archOf(spec);
+  const headDim = spec.headDim ?? spec.dim / spec.nHeads;
+  // f32 as the file stores them
+  const ropeBase = Math.fround(spec.ropeBase ?? 10000);
+  // Only the architectures with local layers read the window, and then every layer the pattern makes local has it.
+  const size = arch.swaPattern ? (spec.window ?? arch.swaWindowDefault) : 0;
+  const pattern = spec.swaPattern ?? arch.swaPattern;
+  const local = (l: number) => (Array.isArray(pattern) ? pattern[l] : l % pattern < pattern - 1);
+  return {
+    arch,
+    dim: spec.dim, nLayers: spec.nLayers, nHeads: spec.nHeads, nKvHeads: spec.nKvHeads, headDim,
+    nRot: spec.nRot ?? headDim, ffn: spec.ffn, vocab: spec.vocab,
+    ropeBase,
+    ropeBaseLocal: arch.swaPattern ? Math.fround(spec.ropeBaseLocal ?? (arch.swaRopeBase || ropeBase)) : ropeBase,
+    ropeScale: spec.ropeScalingFactor ? 1 / Math.fround(spec.ropeScalingFactor) : 1,
+    ropeAttnFactor: spec.longRope ? Math.fround(spec.longRope.attnFactor) : 1,
+    ropeOriginalContext: spec.longRope?.originalContext ?? spec.ctx,
+    contextLength: spec.ctx,
+    ropeMode: arch.ropeMode,
+    rmsEps: Math.fround(spec.eps ?? 1e-5),
+    window: Array.from({ length: spec.nLayers }, (_, l) => (size && local(l) ? size : 0)),
+    attnSoftcap: arch.softcaps ? Math.fround(spec.attnSoftcap ?? arch.attnSoftcapDefault) : 0,
+    finalSoftcap: arch.softcaps ? Math.fround(spec.finalSoftcap ?? arch.finalSoftcapDefault) : 0,
+  };
 }
 
 export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions = {}): SyntheticModel {
@@ -136,7 +206,14 @@ export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions =
     throw new Error(`makeSyntheticLlama: dim ${dim} is not divisible by nHeads ${nHeads}; give headDim`);
   }
   if (nHeads % nKvHeads !== 0) throw new Error(`makeSyntheticLlama: nHeads ${nHeads} is not a multiple of nKvHeads ${nKvHeads}`);
+  const arch = archOf(spec);
+  const A = arch.name;
   const headDim = spec.headDim ?? dim / nHeads;
+  const nRot = spec.nRot ?? headDim;
+  if (nRot % 2 !== 0 || nRot < 2 || nRot > headDim) throw new Error(`makeSyntheticLlama: nRot ${nRot} must be even and ≤ headDim ${headDim}`);
+  if (spec.qkvBias && arch.qkvBias !== 'optional') throw new Error(`makeSyntheticLlama: qkvBias is an option of llama only (${A}: ${arch.qkvBias})`);
+  if (spec.ropeFreqs && !arch.ropeFreqs) throw new Error(`makeSyntheticLlama: ${A} has no rope_freqs`);
+  if (spec.longRope && !arch.longRope) throw new Error(`makeSyntheticLlama: ${A} has no LongRoPE factors`);
   const seed = spec.seed ?? 1;
   const matType = spec.type ?? GGMLType.F32;
   const qDim = nHeads * headDim;
@@ -144,21 +221,44 @@ export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions =
 
   const plans: Plan[] = [];
   const mat = (name: string, rowLen: number, rows: number) => plans.push({ name, dims: [rowLen, rows], type: matType, kind: 'weight' });
-  const norm = (name: string) => plans.push({ name, dims: [dim], type: GGMLType.F32, kind: 'norm' });
+  const vec = (name: string, len: number, kind: Plan['kind']) => plans.push({ name, dims: [len], type: GGMLType.F32, kind });
+  const norm = (name: string, len = dim) => vec(name, len, 'norm');
   mat('token_embd.weight', dim, vocab);
   norm('output_norm.weight');
   if (!spec.tied) mat('output.weight', dim, vocab);
+  if (spec.ropeFreqs) vec('rope_freqs.weight', nRot / 2, 'freq');
+  if (spec.longRope) {
+    vec('rope_factors_long.weight', nRot / 2, 'freq');
+    vec('rope_factors_short.weight', nRot / 2, 'freq');
+  }
   for (let l = 0; l < nLayers; l++) {
     const b = `blk.${l}.`;
     norm(`${b}attn_norm.weight`);
-    mat(`${b}attn_q.weight`, dim, qDim);
-    mat(`${b}attn_k.weight`, dim, kvDim);
-    mat(`${b}attn_v.weight`, dim, kvDim);
+    if (arch.fusedQKV) mat(`${b}attn_qkv.weight`, dim, qDim + 2 * kvDim);
+    else {
+      mat(`${b}attn_q.weight`, dim, qDim);
+      mat(`${b}attn_k.weight`, dim, kvDim);
+      mat(`${b}attn_v.weight`, dim, kvDim);
+    }
+    if (arch.qkvBias === 'required' || spec.qkvBias) {
+      vec(`${b}attn_q.bias`, qDim, 'bias');
+      vec(`${b}attn_k.bias`, kvDim, 'bias');
+      vec(`${b}attn_v.bias`, kvDim, 'bias');
+    }
+    if (arch.qkNorm) {
+      norm(`${b}attn_q_norm.weight`, headDim);
+      norm(`${b}attn_k_norm.weight`, headDim);
+    }
     mat(`${b}attn_output.weight`, qDim, dim);
+    if (arch.postNorms) norm(`${b}post_attention_norm.weight`);
     norm(`${b}ffn_norm.weight`);
-    mat(`${b}ffn_gate.weight`, dim, ffn);
-    mat(`${b}ffn_up.weight`, dim, ffn);
+    if (arch.fusedGateUp) mat(`${b}ffn_up.weight`, dim, 2 * ffn);
+    else {
+      mat(`${b}ffn_gate.weight`, dim, ffn);
+      mat(`${b}ffn_up.weight`, dim, ffn);
+    }
     mat(`${b}ffn_down.weight`, ffn, dim);
+    if (arch.postNorms) norm(`${b}post_ffw_norm.weight`);
   }
   const known = new Set(plans.map((p) => p.name));
   for (const [name, type] of Object.entries(spec.types ?? {})) {
@@ -183,27 +283,38 @@ export function makeSyntheticLlama(spec: SyntheticSpec, opts: SyntheticOptions =
 
   const { tokens, scores, types } = syntheticVocab(vocab);
   const quantized = plans.some((p) => ROW_FORMATS.get(p.type)!.blockSize > 1);
+  const u32 = (key: string, value: number): GGUFWriterKV => ({ key: `${A}.${key}`, type: GGUFValueType.UINT32, value });
+  const f32 = (key: string, value: number): GGUFWriterKV => ({ key: `${A}.${key}`, type: GGUFValueType.FLOAT32, value });
   const metadata: GGUFWriterKV[] = [
-    { key: 'general.architecture', type: GGUFValueType.STRING, value: 'llama' },
-    { key: 'general.name', type: GGUFValueType.STRING, value: `synthetic-llama-${dim}x${nLayers}` },
+    { key: 'general.architecture', type: GGUFValueType.STRING, value: A },
+    // llama.cpp looks up Phi-3's special tokens when general.name contains "phi3" and fails without them (kit README)
+    { key: 'general.name', type: GGUFValueType.STRING, value: `synthetic-${A === 'phi3' ? 'phi' : A}-${dim}x${nLayers}` },
     { key: 'general.file_type', type: GGUFValueType.UINT32, value: FILE_TYPE[matType] },
     ...(quantized ? [{ key: 'general.quantization_version', type: GGUFValueType.UINT32, value: 2 }] : []),
-    { key: 'llama.context_length', type: GGUFValueType.UINT32, value: ctx },
-    { key: 'llama.embedding_length', type: GGUFValueType.UINT32, value: dim },
-    { key: 'llama.block_count', type: GGUFValueType.UINT32, value: nLayers },
-    { key: 'llama.feed_forward_length', type: GGUFValueType.UINT32, value: ffn },
-    { key: 'llama.rope.dimension_count', type: GGUFValueType.UINT32, value: headDim },
-    { key: 'llama.attention.head_count', type: GGUFValueType.UINT32, value: nHeads },
-    { key: 'llama.attention.head_count_kv', type: GGUFValueType.UINT32, value: nKvHeads },
-    ...(spec.headDim !== undefined
-      ? [
-          { key: 'llama.attention.key_length', type: GGUFValueType.UINT32, value: headDim },
-          { key: 'llama.attention.value_length', type: GGUFValueType.UINT32, value: headDim },
-        ]
+    u32('context_length', ctx),
+    u32('embedding_length', dim),
+    u32('block_count', nLayers),
+    u32('feed_forward_length', ffn),
+    ...(A === 'llama' || spec.nRot !== undefined ? [u32('rope.dimension_count', nRot)] : []),
+    u32('attention.head_count', nHeads),
+    u32('attention.head_count_kv', nKvHeads),
+    ...(spec.headDim !== undefined ? [u32('attention.key_length', headDim), u32('attention.value_length', headDim)] : []),
+    f32('attention.layer_norm_rms_epsilon', spec.eps ?? 1e-5),
+    f32('rope.freq_base', spec.ropeBase ?? 10000),
+    ...(spec.window !== undefined ? [u32('attention.sliding_window', spec.window)] : []),
+    ...(Array.isArray(spec.swaPattern)
+      ? [{ key: `${A}.attention.sliding_window_pattern`, type: GGUFValueType.ARRAY, arrayType: GGUFValueType.BOOL, value: spec.swaPattern }]
+      : spec.swaPattern !== undefined ? [u32('attention.sliding_window_pattern', spec.swaPattern)] : []),
+    ...(spec.ropeBaseLocal !== undefined ? [f32('rope.freq_base_swa', spec.ropeBaseLocal)] : []),
+    ...(spec.ropeScalingFactor !== undefined
+      ? [{ key: `${A}.rope.scaling.type`, type: GGUFValueType.STRING, value: 'linear' }, f32('rope.scaling.factor', spec.ropeScalingFactor)]
       : []),
-    { key: 'llama.attention.layer_norm_rms_epsilon', type: GGUFValueType.FLOAT32, value: spec.eps ?? 1e-5 },
-    { key: 'llama.rope.freq_base', type: GGUFValueType.FLOAT32, value: spec.ropeBase ?? 10000 },
-    { key: 'llama.vocab_size', type: GGUFValueType.UINT32, value: vocab },
+    ...(spec.longRope
+      ? [u32('rope.scaling.original_context_length', spec.longRope.originalContext), f32('rope.scaling.attn_factor', spec.longRope.attnFactor)]
+      : []),
+    ...(spec.attnSoftcap !== undefined ? [f32('attn_logit_softcapping', spec.attnSoftcap)] : []),
+    ...(spec.finalSoftcap !== undefined ? [f32('final_logit_softcapping', spec.finalSoftcap)] : []),
+    ...(A === 'llama' ? [u32('vocab_size', vocab)] : []),
     { key: 'tokenizer.ggml.model', type: GGUFValueType.STRING, value: 'llama' },
     { key: 'tokenizer.ggml.tokens', type: GGUFValueType.ARRAY, arrayType: GGUFValueType.STRING, value: tokens },
     { key: 'tokenizer.ggml.scores', type: GGUFValueType.ARRAY, arrayType: GGUFValueType.FLOAT32, value: scores },
@@ -224,7 +335,12 @@ function fillTensor(p: Plan, seed: number, dst: Uint8Array, weights: Map<string,
   const rows = p.dims.slice(1).reduce((a, b) => a * b, 1);
   // Uniform on [-a, a] has std a/sqrt(3): a = sqrt(3/fan_in) gives std 1/sqrt(fan_in), so W·x keeps x's scale.
   const a = Math.sqrt(3 / rowLen);
-  const gen = p.kind === 'norm' ? () => 1 + 0.2 * (rand() - 0.5) : () => a * (2 * rand() - 1);
+  const gen = {
+    norm: () => 1 + 0.2 * (rand() - 0.5),
+    weight: () => a * (2 * rand() - 1),
+    bias: () => rand() - 0.5,
+    freq: () => 2 ** (5 * rand()),
+  }[p.kind];
   const kept = weights ? new Float32Array(rowLen * rows) : undefined;
   if (p.type === GGMLType.F32) {
     const out = new Float32Array(dst.buffer, dst.byteOffset, rowLen * rows);
