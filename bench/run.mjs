@@ -53,6 +53,7 @@ Options:
   --batch N           prompt tokens per forward batch (default: the library's, 32)
   --simd MODE         kernel build: auto (default), baseline (SIMD128) or relaxed
   --anchors           also run llama.cpp (native) and wllama (wasm, Chromium) on the same ids
+  --anchor ENGINE     one of them only: llama.cpp or wllama (wllama on a 1B model takes minutes a run)
   --json              end stdout with one JSON line: {"prefill_tps","decode_tps","rss_mb","build",...}
                       (with --contexts: {"rows":[...],...})
 
@@ -72,7 +73,7 @@ Decode speed by context (one table: a row per KV type × attention × hot budget
 
 const FLAGS = {
   synthetic: 'string', type: 'string', threads: 'int', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
-  simd: 'string', anchors: 'bool', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
+  simd: 'string', anchors: 'bool', anchor: 'string', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
   'kv-warm': 'string', breakdown: 'bool',
 };
 
@@ -139,7 +140,10 @@ function parseArgs(argv) {
     kvHot: list('kv-hot', ['all'], (x) => x === 'all' || /^\d+(\.\d+)?\s*[kmgt]?i?b?$/i.test(x), "'all' or a size like 4MB"),
     kvWarm: o['kv-warm'] ?? '1TB',
   };
-  if (contexts && o.anchors) usage('--anchors runs one prompt length: not with --contexts');
+  const ANCHORS = ['llama.cpp', 'wllama'];
+  if (o.anchor !== undefined && !ANCHORS.includes(o.anchor)) usage(`--anchor is one of ${ANCHORS.join(', ')}`);
+  const anchors = o.anchor ? [o.anchor] : o.anchors ? ANCHORS : [];
+  if (contexts && anchors.length) usage('--anchors runs one prompt length: not with --contexts');
   if (o.breakdown && !sweep) usage('--breakdown goes with --contexts (the plain bench always prints its breakdown)');
   if (!sweep && (cache.kv.length > 1 || cache.attention.length > 1 || cache.kvHot.length > 1)) {
     usage('lists of --kv, --attention or --kv-hot go with --contexts; without it, give one value each');
@@ -147,7 +151,7 @@ function parseArgs(argv) {
   return {
     model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, promptTokens: o['prompt-tokens'], gen: o.gen,
     // Long contexts prefill for minutes under full attention, so the sweep defaults to one timed run per row.
-    repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors: o.anchors, json: o.json, contexts,
+    repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors, json: o.json, contexts,
     breakdown: o.breakdown, ...cache,
   };
 }
@@ -586,7 +590,7 @@ const e = await benchEdgellm(cfg, modelPath, syntheticPrompt);
 printEdgellm(cfg, modelPath, e);
 
 const anchors = [];
-if (cfg.anchors && e.prompt.text === undefined) {
+if (cfg.anchors.length && e.prompt.text === undefined) {
   // Both anchors are handed a text that their own tokenizer must turn into exactly the prompt ids: with ids alone
   // there is none. llama.cpp (node-llama-cpp) evaluates ids, so its child could take them without the text check;
   // wllama 3.x completes text only.
@@ -594,17 +598,17 @@ if (cfg.anchors && e.prompt.text === undefined) {
     'llama.cpp': 'skipped: the prompt is token ids with no text, and bench/anchors/llamacpp-child.mjs checks the ids against llama.cpp\'s tokenization of a text',
     wllama: 'skipped: the prompt is token ids with no text, and wllama 3.x completions take text only',
   };
-  for (const [engine, short] of [['llama.cpp', 'native'], ['wllama', 'wasm, Chromium']]) {
+  for (const [engine, short] of [['llama.cpp', 'native'], ['wllama', 'wasm, Chromium']].filter(([engine]) => cfg.anchors.includes(engine))) {
     console.error(`bench: ${engine} ${why[engine]}`);
     anchors.push({ engine, short, skipped: true, error: why[engine] });
   }
   printAnchors(e, anchors);
-} else if (cfg.anchors) {
+} else if (cfg.anchors.length) {
   const job = { model: modelPath, promptText: e.prompt.text, promptIds: e.prompt.ids, gen: cfg.gen, repeat: cfg.repeat, threads: cfg.threads };
   const engines = [
     ['llama.cpp', 'native', async () => (await import('./anchors/llamacpp.mjs')).runLlamaCpp(job)],
     ['wllama', 'wasm, Chromium', async () => (await import('./anchors/wllama.mjs')).runWllama(job)],
-  ];
+  ].filter(([engine]) => cfg.anchors.includes(engine));
   for (const [engine, short, go] of engines) {
     console.error(`bench: running ${engine} on the same ${cfg.promptTokens} prompt ids...`);
     try {
@@ -624,6 +628,6 @@ if (cfg.json) {
   console.log(JSON.stringify({
     prefill_tps: e.prefill_tps, decode_tps: e.decode_tps, rss_mb: e.rss_mb, build: e.build,
     ...rest, model: path.basename(modelPath), prompt_tokens: cfg.promptTokens, prompt_kind: prompt.text === undefined ? 'ids' : 'text', gen_tokens: cfg.gen, repeat: cfg.repeat,
-    anchors: cfg.anchors ? Object.fromEntries(anchors.map((a) => [a.engine, strip(a)])) : undefined,
+    anchors: cfg.anchors.length ? Object.fromEntries(anchors.map((a) => [a.engine, strip(a)])) : undefined,
   }));
 }
