@@ -25,7 +25,7 @@ import path from 'node:path';
 import { loadModel, EdgeLLMError, logSoftmaxAt, type LoadOptions, type Model } from '../src/index.js';
 import { GGUFValueType, memorySource, readGGUF, type GGUFWriterKV, type GGUFWriterTensor } from '../src/gguf/index.js';
 import { syntheticPrompt, writeSyntheticGGUF } from '../bench/synthetic.mjs';
-import { argmax, quantile } from './util/compare.js';
+import { argmax, greedyAgainst, quantile, type GreedyDivergence } from './util/compare.js';
 import { expectCodeAsync, rewriteGGUF } from './util/expect.js';
 import { announceSkipIfMissing, ROOT, SHARED } from './util/shared.js';
 
@@ -148,8 +148,6 @@ function master(arch: string, ref: Reference): string {
 
 /** One top-10 logit (or an id that entered our top-10) off llama.cpp's: where, and by how much. */
 interface Miss { where: string; pos: number; id: number; rank: number | 'not in its top-10'; ours: number; theirs: number; rel: number; tol: number }
-/** Where our greedy token first differs from llama.cpp's: our top-1's logit and its gap over llama.cpp's token there. */
-interface Divergence { prompt: number; at: number; ours: number; theirs: number; logit: number; gap: number; refGap?: number }
 interface Result {
   name: string;
   types: string;
@@ -176,7 +174,7 @@ interface Result {
   /** the largest of our logit gaps between our top-1 and llama.cpp's where they differ */
   maxDisagreeGap: number;
   greedy: number[];
-  divergences: Divergence[];
+  divergences: GreedyDivergence[];
   decodeAgrees: boolean;
   seconds: number;
 }
@@ -245,7 +243,7 @@ async function measure(name: string, model: Model, ref: Reference, bars: Bars, n
   };
 
   const greedy: number[] = [];
-  const divergences: Divergence[] = [];
+  const divergences: GreedyDivergence[] = [];
   let decodeAgrees = true;
   for (const [pi, p] of ref.prompts.entries()) {
     expect(model.tokenize(p.text), `prompt ${pi} tokenized as llama.cpp did`).toEqual(p.ids);
@@ -254,24 +252,10 @@ async function measure(name: string, model: Model, ref: Reference, bars: Bars, n
     const seq = [...p.ids, ...p.greedy_ids];
     const logits = await model.evaluate(seq);
     for (const [i, t] of p.top10.entries()) position(logits, p.ids.length, `prompt ${pi}`, i, t, noFlash?.prompts[pi][i]);
-    const n = p.ids.length;
-    let k = 0;
-    while (k < p.greedy_ids.length && argmax(logits, (n - 1 + k) * V, V) === p.greedy_ids[k]) k++;
-    greedy.push(k);
-    if (k < p.greedy_ids.length) {
-      const row = (n - 1 + k) * V;
-      const ours = argmax(logits, row, V);
-      const theirs = p.greedy_ids[k];
-      // At k = 0 the position is the prompt's last, where llama.cpp's own top-10 is known.
-      const last = p.top10[n - 1];
-      const refGap = k === 0 && last.ids.includes(ours) ? last.logits[0] - last.logits[last.ids.indexOf(ours)] : undefined;
-      divergences.push({ prompt: pi, at: k, ours, theirs, logit: logits[row + ours], gap: logits[row + ours] - logits[row + theirs], refGap });
-    }
-    // The decode path (one token per forward) must choose what the teacher-forced rows say, up to the divergence.
-    const generated: number[] = [];
-    for await (const _ of model.generate(p.ids, { maxTokens: Math.min(k + 1, p.greedy_ids.length), temperature: 0, onToken: (id) => generated.push(id) }));
-    const want = seq.slice(n, n + k).concat(k < p.greedy_ids.length ? [argmax(logits, (n - 1 + k) * V, V)] : []);
-    if (generated.join() !== want.slice(0, generated.length).join()) decodeAgrees = false;
+    const g = await greedyAgainst(model, p, pi, logits, V);
+    greedy.push(g.matched);
+    if (g.divergence) divergences.push(g.divergence);
+    if (!g.decodeAgrees) decodeAgrees = false;
   }
 
   devText ??= readFileSync(DEV, 'utf8');

@@ -10,23 +10,11 @@ import { DESC_INTS, KVCache, planKV, type KVOptions, type KVType } from '../src/
 import { attend, attentionPolicy, bindAttention, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions } from '../src/attention/attend.js';
 import { instantiateKernels, STATIC_RESERVE, type KernelBuild } from '../src/runtime/kernels.js';
 import type { LlamaConfig } from '../src/model/config.js';
+import { gaussian } from './util/compare.js';
 
 const TYPES: KVType[] = ['f32', 'f16', 'int8', 'int4'];
 const D = 64, GROUP = 2, KV_HEADS = 2;
 const KV_DIM = KV_HEADS * D, Q_DIM = GROUP * KV_HEADS * D;
-
-/** Seeded normal samples (mulberry32 + Box-Muller), so a failure reproduces exactly. */
-function gaussian(seed: number): () => number {
-  let a = seed >>> 0;
-  const uniform = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
-  return () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-}
 
 /** A config with only what the cache and attention read, as the forward pass would have it. */
 function config(window: number[], attnSoftcap = 0): LlamaConfig {

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadModel, EdgeLLMError, logSoftmaxAt, type LoadOptions, type Model } from '../src/index.js';
 import { dequantizeRow, memorySource, readGGUF } from '../src/gguf/index.js';
-import { argmax, quantile } from './util/compare.js';
+import { argmax, greedyAgainst, quantile, type GreedyDivergence } from './util/compare.js';
 import { referenceForward } from './util/reference.js';
 import { announceSkipIfMissing, ROOT, SHARED } from './util/shared.js';
 
@@ -130,7 +130,6 @@ const CASES: Case[] = [
   { name: 'sotu-15m-f16', source: () => path.join(SHARED, 'models/sotu-15m-f16.gguf'), family: 'sotu', nll: 0.005, ppl: 0.005 },
 ];
 
-interface Divergence { prompt: number; at: number; ours: number; theirs: number; gap: number; refGap?: number }
 interface Result {
   name: string;
   types: string;
@@ -145,7 +144,7 @@ interface Result {
   /** the largest of our logit gaps between our top-1 and llama.cpp's where they differ */
   maxDisagreeGap: number;
   greedy: number[];
-  divergences: Divergence[];
+  divergences: GreedyDivergence[];
   decodeAgrees: boolean;
   seconds: number;
 }
@@ -167,7 +166,7 @@ async function measure(c: Case, model: Model, ref: Reference): Promise<Result> {
     else maxDisagreeGap = Math.max(maxDisagreeGap, logits[row * V + ours] - logits[row * V + theirs]);
   };
   const greedy: number[] = [];
-  const divergences: Divergence[] = [];
+  const divergences: GreedyDivergence[] = [];
   let decodeAgrees = true;
 
   for (const [pi, p] of ref.prompts.entries()) {
@@ -179,24 +178,10 @@ async function measure(c: Case, model: Model, ref: Reference): Promise<Result> {
       top1(logits, i, t.ids[0]);
       for (let j = 0; j < t.ids.length; j++) deltas.push(Math.abs(logits[i * V + t.ids[j]] - t.logits[j]));
     }
-    const n = p.ids.length;
-    let k = 0;
-    while (k < p.greedy_ids.length && argmax(logits, (n - 1 + k) * V, V) === p.greedy_ids[k]) k++;
-    greedy.push(k);
-    if (k < p.greedy_ids.length) {
-      const row = (n - 1 + k) * V;
-      const ours = argmax(logits, row, V);
-      const theirs = p.greedy_ids[k];
-      // At k = 0 the position is the prompt's last, where llama.cpp's own top-10 is known.
-      const last = p.top10[n - 1];
-      const refGap = k === 0 && last.ids.includes(ours) ? last.logits[0] - last.logits[last.ids.indexOf(ours)] : undefined;
-      divergences.push({ prompt: pi, at: k, ours, theirs, gap: logits[row + ours] - logits[row + theirs], refGap });
-    }
-    // The decode path (one token per forward) must choose what the teacher-forced rows say, up to the divergence.
-    const generated: number[] = [];
-    for await (const _ of model.generate(p.ids, { maxTokens: k + 1 > 32 ? 32 : k + 1, temperature: 0, onToken: (id) => generated.push(id) }));
-    const want = seq.slice(n, n + k).concat(k < p.greedy_ids.length ? [argmax(logits, (n - 1 + k) * V, V)] : []);
-    if (generated.join() !== want.slice(0, generated.length).join()) decodeAgrees = false;
+    const g = await greedyAgainst(model, p, pi, logits, V);
+    greedy.push(g.matched);
+    if (g.divergence) divergences.push(g.divergence);
+    if (!g.decodeAgrees) decodeAgrees = false;
   }
 
   const pr = ref.perplexity[0];

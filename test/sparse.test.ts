@@ -12,21 +12,9 @@ import { instantiateKernels, STATIC_RESERVE, type Kernels } from '../src/runtime
 import type { LlamaConfig } from '../src/model/config.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama } from './util/synthetic.js';
+import { gaussian } from './util/compare.js';
 
 const TYPES: KVType[] = ['f32', 'f16', 'int8', 'int4'];
-
-/** Seeded normal samples (mulberry32 + Box-Muller), so a failure reproduces exactly. */
-function gaussian(seed: number): () => number {
-  let a = seed >>> 0;
-  const uniform = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) + 0.5) / 4294967296;
-  };
-  return () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
-}
 
 /** One layer, one KV head serving a group of 4 query heads, head dim 64: a KV cache and attention on real kernels. */
 async function harness(ctx: number, type: KVType, attention: AttentionOptions) {
