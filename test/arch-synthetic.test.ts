@@ -90,8 +90,8 @@ const CASES: Case[] = [
     spec: { ...base, architecture: 'gemma2', dim: 128, nHeads: 4, nKvHeads: 2, headDim: 64, window: 8, attnSoftcap: 5, finalSoftcap: 3, ffn: 192, vocab: 300, eps: 1e-6, tied: false },
   },
   {
-    name: 'gemma2: head dim 256, 3 layers (local, global, local), window 13, default soft-caps, F16',
-    spec: { ...base, architecture: 'gemma2', nLayers: 3, dim: 256, nHeads: 2, nKvHeads: 1, headDim: 256, window: 13, ffn: 256, vocab: 300, type: F16, tied: true },
+    name: 'gemma2: head dim 256, 3 layers (local, global, local), window 13, default soft-caps, linear RoPE ×2 on every layer, F16',
+    spec: { ...base, architecture: 'gemma2', nLayers: 3, dim: 256, nHeads: 2, nKvHeads: 1, headDim: 256, window: 13, ropeScalingFactor: 2, ffn: 256, vocab: 300, type: F16, tied: true },
   },
   // gemma3
   {
@@ -218,6 +218,7 @@ describe('each architecture step changes these logits (the comparison has teeth)
     if (c.nRot < c.headDim) m.push(['full rotary', (x) => ({ ...x, nRot: x.headDim }), padFreqs]);
     if (w.has('rope_freqs.weight')) m.push(['rope_freqs ignored', (x) => x, without('rope_freqs')]);
     if (c.ropeScale !== 1) m.push(['no linear RoPE scaling', (x) => ({ ...x, ropeScale: 1 }), same]);
+    if (c.ropeScaleLocal !== 1 && c.window.some((x) => x)) m.push(['no linear RoPE scaling on local layers', (x) => ({ ...x, ropeScaleLocal: 1 }), same]);
     if (w.has('rope_factors_short.weight')) {
       m.push(['LongRoPE factors ignored', (x) => x, without('rope_factors')]);
       m.push(['the other LongRoPE set', (x) => ({ ...x, ropeOriginalContext: x.contextLength > x.ropeOriginalContext ? x.contextLength : x.contextLength - 1 }), same]);

@@ -36,7 +36,10 @@ export interface Architecture {
   swaPattern: number;
   /** the window when attention.sliding_window is absent (llama.cpp's default), or 0 when the key is required */
   swaWindowDefault: number;
-  /** the RoPE base of local layers when rope.freq_base_swa is absent, or 0 for the global base */
+  /**
+   * Local layers' own RoPE (llama.cpp's gemma3): this base when rope.freq_base_swa is absent, and no linear scaling;
+   * 0 = the global layers' base and scaling (llama.cpp's default for the others)
+   */
   swaRopeBase: number;
   /**
    * attn_logit_softcapping and final_logit_softcapping are read (Gemma 2 and 3), with these values when absent (0 =

@@ -26,7 +26,9 @@ export interface LlamaConfig {
   ropeBase: number;
   /** RoPE base of sliding-window layers (Gemma 3's rope.freq_base_swa); ropeBase where there is none */
   ropeBaseLocal: number;
-  /** linear RoPE scaling of global layers (rope.scaling.type linear): positions × ropeScale = 1/rope.scaling.factor */
+  /** linear RoPE scaling of sliding-window layers: 1 for Gemma 3's, ropeScale for the others */
+  ropeScaleLocal: number;
+  /** linear RoPE scaling (rope.scaling.type linear): positions × ropeScale = 1/rope.scaling.factor */
   ropeScale: number;
   /** rope.scaling.attn_factor: cos and sin are multiplied by it (Phi-3 LongRoPE's magnitude scaling), else 1 */
   ropeAttnFactor: number;
@@ -114,6 +116,7 @@ export function readLlamaConfig(gguf: GGUFFile): LlamaConfig {
   }
   const factor = gguf.has(key('rope.scaling.factor')) ? positive('rope.scaling.factor', 1) : positive('rope.scale_linear', 1);
   const ropeScale = scaling === 'linear' ? 1 / factor : 1;
+  const ropeScaleLocal = row.swaRopeBase ? 1 : ropeScale;
   const ropeAttnFactor = positive('rope.scaling.attn_factor', 1);
   const ropeOriginalContext = int('rope.scaling.original_context_length', LIMITS.contextLength, contextLength);
 
@@ -122,7 +125,7 @@ export function readLlamaConfig(gguf: GGUFFile): LlamaConfig {
     arch: row,
     name: gguf.string('general.name', ''),
     dim, nLayers, nHeads, nKvHeads, headDim, nRot, ffn, vocab, contextLength,
-    ropeBase, ropeBaseLocal, ropeScale, ropeAttnFactor, ropeOriginalContext, ropeMode: row.ropeMode, rmsEps, window, attnScale, attnSoftcap, finalSoftcap,
+    ropeBase, ropeBaseLocal, ropeScale, ropeScaleLocal, ropeAttnFactor, ropeOriginalContext, ropeMode: row.ropeMode, rmsEps, window, attnScale, attnSoftcap, finalSoftcap,
   };
 }
 

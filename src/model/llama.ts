@@ -62,7 +62,7 @@ export function planRunState(arena: Arena, c: LlamaConfig, maxBatch: number, ctx
 
 /** Whether sliding-window layers rotate differently from global ones (another base, or no linear scaling). */
 function localRopeDiffers(c: LlamaConfig): boolean {
-  return c.window.some((w) => w > 0) && (c.ropeBaseLocal !== c.ropeBase || c.ropeScale !== 1);
+  return c.window.some((w) => w > 0) && (c.ropeBaseLocal !== c.ropeBase || c.ropeScaleLocal !== c.ropeScale);
 }
 
 /**
@@ -93,11 +93,11 @@ export class Llama {
     this.kvDim = config.nKvHeads * config.headDim;
     this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };
     // Frequency factors (Llama 3's, or Phi-3's set for this context) apply to every layer; Gemma 3's local layers have
-    // their own base and no linear scaling.
+    // their own base and no linear scaling (ropeBaseLocal, ropeScaleLocal).
     const at = weights.ropeFreqs || (kv.ctx > config.ropeOriginalContext ? weights.ropeLong : weights.ropeShort);
     const factors = at ? this.heap.slice(at / 4, at / 4 + config.nRot / 2) : null;
     this.fillRopeTable(s.rope, config.ropeBase, config.ropeScale, factors);
-    if (s.ropeLocal !== s.rope) this.fillRopeTable(s.ropeLocal, config.ropeBaseLocal, 1, factors);
+    if (s.ropeLocal !== s.rope) this.fillRopeTable(s.ropeLocal, config.ropeBaseLocal, config.ropeScaleLocal, factors);
     if (s.gelu) fillGeluTable(this.heap.subarray(s.gelu / 4, s.gelu / 4 + 65536));
   }
 

@@ -67,7 +67,7 @@ export function roundActivationsQ8K(x: Float64Array): Float64Array {
 export type RefConfig = Pick<
   LlamaConfig,
   'arch' | 'dim' | 'nLayers' | 'nHeads' | 'nKvHeads' | 'headDim' | 'nRot' | 'ffn' | 'vocab' | 'ropeBase' | 'ropeBaseLocal' |
-  'ropeScale' | 'ropeMode' | 'rmsEps' | 'window' | 'attnSoftcap' | 'finalSoftcap' | 'ropeAttnFactor' | 'ropeOriginalContext' |
+  'ropeScale' | 'ropeScaleLocal' | 'ropeMode' | 'rmsEps' | 'window' | 'attnSoftcap' | 'finalSoftcap' | 'ropeAttnFactor' | 'ropeOriginalContext' |
   'contextLength'
 >;
 
@@ -217,8 +217,8 @@ export function referenceForward(
       }
       // a sliding-window layer has its own RoPE base and no linear scaling (llama.cpp's rope_freq_*_train_swa)
       const window = c.window[l];
-      rope(q, nHeads, pos, window ? c.ropeBaseLocal : c.ropeBase, window ? 1 : c.ropeScale);
-      rope(k, nKvHeads, pos, window ? c.ropeBaseLocal : c.ropeBase, window ? 1 : c.ropeScale);
+      rope(q, nHeads, pos, window ? c.ropeBaseLocal : c.ropeBase, window ? c.ropeScaleLocal : c.ropeScale);
+      rope(k, nKvHeads, pos, window ? c.ropeBaseLocal : c.ropeBase, window ? c.ropeScaleLocal : c.ropeScale);
       const ggml = opts.ggmlAttention?.(pos);
       keys[l].push(ggml ? k.map(f16) : k);
       vals[l].push(ggml ? v.map(f16) : v);

@@ -185,6 +185,7 @@ export function syntheticConfig(spec: Omit<SyntheticSpec, 'ctx'>): RefConfig {
     ropeBase,
     ropeBaseLocal: arch.swaPattern ? Math.fround(spec.ropeBaseLocal ?? (arch.swaRopeBase || ropeBase)) : ropeBase,
     ropeScale: spec.ropeScalingFactor ? 1 / Math.fround(spec.ropeScalingFactor) : 1,
+    ropeScaleLocal: spec.ropeScalingFactor && !arch.swaRopeBase ? 1 / Math.fround(spec.ropeScalingFactor) : 1,
     ropeAttnFactor: spec.longRope ? Math.fround(spec.longRope.attnFactor) : 1,
     ropeOriginalContext: spec.longRope?.originalContext ?? spec.ctx,
     contextLength: spec.ctx,
