@@ -1,7 +1,6 @@
 // Q2_K, Q3_K and IQ4_XS (assembly/q2_k.ts, q3_k.ts, iq4_xs.ts): the kernels against an exact re-computation of
 // llama.cpp's integer formula from the GGUF bytes, on both builds; dequant_row against the host dequantizer; synthetic
 // models against the f64 reference forward pass; and a quick look at llama.cpp's own files of these types.
-import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
@@ -9,12 +8,12 @@ import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../src/gguf/quantize.js
 import { f16Table } from '../src/gguf/f16.js';
 import { KVALUES_IQ4NL } from '../src/gguf/quantize-legacy.js';
 import { iq4xsScale, q3kScale } from '../src/gguf/quantize-k-low.js';
-import { WEIGHT_TYPES, type Matrix } from '../src/model/weight-types.js';
-import type { Kernels } from '../src/runtime/kernels.js';
+import type { Matrix } from '../src/model/weight-types.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward, runtimeRounding } from './util/reference.js';
 import { compare, fmt, seededIds } from './util/compare.js';
 import { expectBatchesIdentical, expectBuildsIdentical } from './util/builds.js';
+import { KernelInstance } from './util/kernels.js';
 
 const { F16, Q8_0, Q4_0, Q4_K, Q6_K, Q2_K, Q3_K, IQ4_XS } = GGMLType;
 const TYPES = [Q2_K, Q3_K, IQ4_XS] as const;
@@ -34,33 +33,9 @@ function rng(seed: number) {
 
 // ---- the two builds, each over its own memory, with a bump allocator above heap_base ----
 
-class Instance {
-  k!: Kernels;
-  memory = new WebAssembly.Memory({ initial: 64 });
-  top = 0;
-  constructor(readonly build: 'simd' | 'relaxed') {}
-  async init() {
-    const bytes = readFileSync(new URL(`../build/edgellm-${this.build}.wasm`, import.meta.url));
-    const { instance } = await WebAssembly.instantiate(bytes, { env: { memory: this.memory } });
-    this.k = instance.exports as unknown as Kernels;
-    this.top = (this.k.heap_base() + 63) & ~63;
-  }
-  /** Fresh zeroed memory (repacks expect it), with room after it for the kernels' lookahead loads. */
-  alloc(bytes: number): number {
-    const p = this.top;
-    this.top = (this.top + bytes + 4096 + 63) & ~63;
-    if (this.top > this.memory.buffer.byteLength) this.memory.grow(Math.ceil((this.top - this.memory.buffer.byteLength) / 65536));
-    new Uint8Array(this.memory.buffer, p, bytes).fill(0);
-    return p;
-  }
-  get heap() {
-    return new Uint8Array(this.memory.buffer);
-  }
-}
-
-const builds = [new Instance('simd'), new Instance('relaxed')];
+let builds: KernelInstance[];
 beforeAll(async () => {
-  for (const b of builds) await b.init();
+  builds = await KernelInstance.both();
 });
 
 // ---- weights ----
@@ -96,18 +71,6 @@ function makeWeights(type: number, rows: number, cols: number, seed: number, raw
   return out;
 }
 
-/** The matrix loaded into one instance through its weight-type row, as the loader does (in two chunks). */
-function loadMatrix(inst: Instance, type: number, gguf: Uint8Array, rows: number, cols: number): Matrix {
-  const kernel = WEIGHT_TYPES.get(type)!;
-  const layout = kernel.layout(rows, cols);
-  const m: Matrix = { name: 'w', type, kernel, rows, cols, data: inst.alloc(layout.data), scales: inst.alloc(layout.scales) };
-  const rowBytes = gguf.length / rows;
-  const split = Math.min(rows, 5); // a chunk boundary inside a row group
-  kernel.repack(m, inst.heap, gguf.subarray(0, split * rowBytes), 0, split);
-  if (split < rows) kernel.repack(m, inst.heap, gguf.subarray(split * rowBytes), split, rows - split);
-  return m;
-}
-
 // ---- activations ----
 
 interface Q8K {
@@ -117,7 +80,7 @@ interface Q8K {
 }
 
 /** ntok activation vectors through the kernels' quantize_q8_k; returns pointers and a copy. */
-function quantizeActivations(inst: Instance, x: Float32Array, cols: number, ntok: number) {
+function quantizeActivations(inst: KernelInstance, x: Float32Array, cols: number, ntok: number) {
   const xp = inst.alloc(x.byteLength);
   new Float32Array(inst.memory.buffer, xp, x.length).set(x);
   const kq = inst.alloc(ntok * cols), kd = inst.alloc(ntok * (cols / 256) * 4), ks = inst.alloc(ntok * (cols / 16) * 2);
@@ -192,7 +155,7 @@ function referenceMatmul(type: number, w: Uint8Array, rows: number, cols: number
   return y;
 }
 
-function runMatmul(inst: Instance, m: Matrix, act: { kq: number; kd: number; ks: number }, ntok: number): Float32Array {
+function runMatmul(inst: KernelInstance, m: Matrix, act: { kq: number; kd: number; ks: number }, ntok: number): Float32Array {
   const y = inst.alloc(ntok * m.rows * 4);
   m.kernel.matmul(inst.k, m, { x: 0, q8_0: { q: 0, d: 0, s: 0 }, q8_k: { q: act.kq, d: act.kd, s: act.ks } }, y, ntok);
   return new Float32Array(inst.memory.buffer.slice(y, y + ntok * m.rows * 4));
@@ -231,7 +194,7 @@ describe('matmul: both builds equal the integer formula, bit for bit, decode and
           const w = makeWeights(type, rows, cols, 100 + si + (raw ? 50 : 0), raw);
           const x = makeActivations(cols, ntok, 7 + si);
           for (const inst of builds) {
-            const m = loadMatrix(inst, type, w, rows, cols);
+            const m = inst.matrix(type, rows, cols, w);
             const act = quantizeActivations(inst, x, cols, ntok);
             const want = referenceMatmul(type, w, rows, cols, act.copy, ntok);
             const got = runMatmul(inst, m, act, ntok);
@@ -247,7 +210,7 @@ describe('matmul: both builds equal the integer formula, bit for bit, decode and
       const x = new Float32Array(cols * ntok);
       for (let i = 0; i < x.length; i++) x[i] = Math.floor(i / cols) % 2 ? 1 : i % 2 ? -1 : 1;
       for (const inst of builds) {
-        const m = loadMatrix(inst, type, w, rows, cols);
+        const m = inst.matrix(type, rows, cols, w);
         const act = quantizeActivations(inst, x, cols, ntok);
         const want = referenceMatmul(type, w, rows, cols, act.copy, ntok);
         expect(Array.from(runMatmul(inst, m, act, ntok)), inst.build).toEqual(Array.from(want));
@@ -264,7 +227,7 @@ describe('dequant_row equals the host dequantizer (ggml dequantize_row_*), bit f
         const w = makeWeights(type, rows, cols, 300, raw);
         const want = dequantizeRow(type, w, rows * cols);
         for (const inst of builds) {
-          const m = loadMatrix(inst, type, w, rows, cols);
+          const m = inst.matrix(type, rows, cols, w);
           const out = inst.alloc(cols * 4);
           for (let r = 0; r < rows; r++) {
             m.kernel.dequantRow(inst.k, m, r, out);

@@ -5,19 +5,18 @@
 // - synthetic models in each type and in mixes against the f64 reference forward pass, both builds bit-identical,
 //   batched prefill identical to one token at a time;
 // (llama.cpp's files of these types: test/quant-conformance.test.ts.)
-import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../src/gguf/quantize.js';
 import { scaleMinK4 } from '../src/gguf/quantize-k.js';
 import { f16ToF32 } from '../src/gguf/f16.js';
-import { WEIGHT_TYPES, type Matrix } from '../src/model/weight-types.js';
-import type { Kernels } from '../src/runtime/kernels.js';
+import { WEIGHT_TYPES } from '../src/model/weight-types.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward, runtimeRounding } from './util/reference.js';
 import { compare, fmt, seededIds } from './util/compare.js';
 import { expectBatchesIdentical, expectBuildsIdentical } from './util/builds.js';
+import { KernelInstance } from './util/kernels.js';
 
 const { F16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K } = GGMLType;
 const K_TYPES = [Q4_K, Q5_K, Q6_K];
@@ -25,25 +24,6 @@ const NAME: Record<number, string> = { [Q4_K]: 'Q4_K', [Q5_K]: 'Q5_K', [Q6_K]: '
 const fr = Math.fround;
 
 // ---- the kernels alone, over a memory of their own ----
-
-class Instance {
-  k!: Kernels;
-  memory = new WebAssembly.Memory({ initial: 256 });
-  top = 0;
-  async init(build: 'simd' | 'relaxed') {
-    const bytes = readFileSync(new URL(`../build/edgellm-${build}.wasm`, import.meta.url));
-    const { instance } = await WebAssembly.instantiate(bytes, { env: { memory: this.memory } });
-    this.k = instance.exports as unknown as Kernels;
-    this.top = (this.k.heap_base() + 63) & ~63;
-  }
-  alloc(bytes: number): number {
-    const p = this.top;
-    this.top = (this.top + bytes + 4096 + 63) & ~63; // room for the PREFETCH reads past the end
-    if (this.top > this.memory.buffer.byteLength) throw new Error('test memory too small');
-    new Uint8Array(this.memory.buffer, p, bytes).fill(0);
-    return p;
-  }
-}
 
 /** Seeded uniform floats in [-a, a) (mulberry32). */
 function randoms(n: number, seed: number, a = 1): Float32Array {
@@ -112,10 +92,9 @@ function exactRow(type: number, blocks: KBlock[], kq: Int8Array, kd: Float32Arra
   return acc;
 }
 
-const builds = { simd: new Instance(), relaxed: new Instance() };
+let builds: KernelInstance[];
 beforeAll(async () => {
-  await builds.simd.init('simd');
-  await builds.relaxed.init('relaxed');
+  builds = await KernelInstance.both(256); // 16 MiB, reused by every test (reset), never grown under a live view
 });
 
 describe('K-quant kernels vs an exact model of their arithmetic', () => {
@@ -135,14 +114,11 @@ describe('K-quant kernels vs an exact model of their arithmetic', () => {
       const blocks = Array.from({ length: rows }, (_, r) => Array.from({ length: cols / 256 }, (_, b) => decodeBlock(type, gguf, r * rowBytes + b * blockBytes)));
       const kernel = WEIGHT_TYPES.get(type)!;
       expect(kernel.input).toBe('q8_k');
-      for (const [name, inst] of Object.entries(builds)) {
-        inst.top = (inst.k.heap_base() + 63) & ~63;
-        const lay = kernel.layout(rows, cols);
-        const m: Matrix = { name: 'w', type, kernel, rows, cols, data: inst.alloc(lay.data), scales: inst.alloc(lay.scales) };
-        // repack in two chunks that split a row group, as loadWeights may
-        const heap = new Uint8Array(inst.memory.buffer);
-        kernel.repack(m, heap, gguf.subarray(0, 10 * rowBytes), 0, 10);
-        kernel.repack(m, heap, gguf.subarray(10 * rowBytes), 10, rows - 10);
+      for (const inst of builds) {
+        const name = inst.build;
+        inst.reset();
+        // repacked in two chunks that split a row group, as loadWeights may
+        const m = inst.matrix(type, rows, cols, gguf, 10);
         // dequant_row against dequantizeRow, bit for bit
         const out = inst.alloc(cols * 4);
         for (let r = 0; r < rows; r++) {

@@ -2,18 +2,16 @@
 // against the host's ggml dequantizers and a plain f64 forward pass on synthetic models (alone and mixed with the other
 // types), both builds bit-identical, batched prefill bit-identical to one token at a time.
 // (llama.cpp's files of these types: test/quant-conformance.test.ts.)
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { GGMLType, typeName } from '../src/gguf/types.js';
 import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../src/gguf/quantize.js';
-import { WEIGHT_TYPES, type Matrix } from '../src/model/weight-types.js';
-import type { Kernels } from '../src/runtime/kernels.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward, roundActivationsQ8 } from './util/reference.js';
 import { compare, fmt, seededIds } from './util/compare.js';
 import { expectBatchesIdentical, expectBuildsIdentical } from './util/builds.js';
+import { KernelInstance } from './util/kernels.js';
 
 const { F32, F16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, BF16 } = GGMLType;
 const MINE = [Q4_1, Q5_0, Q5_1, IQ4_NL, BF16];
@@ -33,43 +31,9 @@ function rng(seed: number): () => number {
 
 // ---- the kernels alone: both builds over one memory each, matrices repacked by the weight-type rows ----
 
-class Instance {
-  k!: Kernels;
-  memory = new WebAssembly.Memory({ initial: 64 });
-  top = 0;
-  async init(build: string) {
-    const bytes = readFileSync(new URL(`../build/edgellm-${build}.wasm`, import.meta.url));
-    const { instance } = await WebAssembly.instantiate(bytes, { env: { memory: this.memory } });
-    this.k = instance.exports as unknown as Kernels;
-    this.top = (this.k.heap_base() + 63) & ~63;
-  }
-  alloc(bytes: number): number {
-    const p = this.top;
-    this.top = (this.top + bytes + 63) & ~63;
-    // the matmuls read up to PREFETCH_SLACK bytes past a region
-    if (this.top + 4096 > this.memory.buffer.byteLength) throw new Error('test memory too small');
-    return p;
-  }
-  /** A rows × cols matrix of `type` from GGUF bytes, repacked in two chunks that split a row group, over garbage memory. */
-  matrix(type: number, rows: number, cols: number, gguf: Uint8Array): Matrix {
-    const kernel = WEIGHT_TYPES.get(type)!;
-    const layout = kernel.layout(rows, cols);
-    const m: Matrix = { name: 't', type, kernel, rows, cols, data: this.alloc(layout.data), scales: layout.scales ? this.alloc(layout.scales) : 0 };
-    const heap = new Uint8Array(this.memory.buffer);
-    heap.fill(0xa5, m.data, m.data + layout.data);
-    if (m.scales) heap.fill(0xa5, m.scales, m.scales + layout.scales);
-    const rowBytes = gguf.length / rows;
-    const split = 3;
-    kernel.repack(m, heap, gguf.subarray(0, split * rowBytes), 0, split);
-    kernel.repack(m, heap, gguf.subarray(split * rowBytes), split, rows - split);
-    return m;
-  }
-}
-
-const builds = [new Instance(), new Instance()];
+let builds: KernelInstance[];
 beforeAll(async () => {
-  await builds[0].init('simd');
-  await builds[1].init('relaxed');
+  builds = await KernelInstance.both();
 });
 
 /** GGUF bytes of `rows` random rows (a spread of magnitudes per row, some all-zero blocks). */
@@ -95,7 +59,7 @@ describe('kernels alone', () => {
     it(`${typeName(type)}: dequant_row of every row = the host's ggml dequantizer, bit for bit (${rows} × ${cols})`, () => {
       const { bytes, values } = randomTensor(type, rows, cols, 17 + type);
       for (const inst of builds) {
-        const m = inst.matrix(type, rows, cols, bytes);
+        const m = inst.matrix(type, rows, cols, bytes, 3, 0xa5);
         const out = inst.alloc(cols * 4);
         for (let r = 0; r < rows; r++) {
           m.kernel.dequantRow(inst.k, m, r, out);
@@ -114,7 +78,7 @@ describe('kernels alone', () => {
       const x = Float32Array.from({ length: ntok * cols }, () => 2 * r());
       const results: Float32Array[] = [];
       for (const inst of builds) {
-        const m = inst.matrix(type, rows, cols, bytes);
+        const m = inst.matrix(type, rows, cols, bytes, 3, 0xa5);
         const xp = inst.alloc(x.byteLength);
         new Float32Array(inst.memory.buffer, xp, x.length).set(x);
         const nb = Math.ceil(cols / 32);

@@ -41,6 +41,33 @@ export interface Activations {
   q8_k: { q: number; d: number; s: number };
 }
 
+/**
+ * Rows r0..r1−1 of m as a matrix of its own, r0 a multiple of the row group (4): every layout is a sequence of row
+ * groups, so the slice starts where the layout of r0 rows ends. A slice computes exactly its rows of the whole
+ * matrix's product, so threads can split a matmul by rows. Its output rows are packed by the slice's own row count,
+ * so a row split suits one token (decode); split a batch by tokens (tokenSlice) instead.
+ */
+export function rowSlice(m: Matrix, r0: number, r1: number): Matrix {
+  if (!(r0 % ROW_GROUP === 0 && 0 <= r0 && r0 < r1 && r1 <= m.rows)) throw new RangeError(`rowSlice ${r0}..${r1} of ${m.rows} rows (starts at a multiple of ${ROW_GROUP})`);
+  const before = m.kernel.layout(r0, m.cols);
+  return { ...m, rows: r1 - r0, data: m.data + before.data, scales: m.scales && m.scales + before.scales };
+}
+
+/**
+ * The prepared input of tokens t0.. of a batch whose tokens have `cols` values: every format's arrays are packed per
+ * token ([ntok][cols] values or codes, [ntok][cols/32] or [ntok][cols/256] scales, per-32 or per-16 sums), so each
+ * advances by t0 tokens. With y advanced by t0·rows floats, a matmul over tokens t0..t1−1 computes exactly their rows
+ * of the batch's product.
+ */
+export function tokenSlice(a: Activations, cols: number, t0: number): Activations {
+  const b32 = Math.ceil(cols / 32), b256 = Math.ceil(cols / 256);
+  return {
+    x: a.x + t0 * cols * 4,
+    q8_0: { q: a.q8_0.q + t0 * cols, d: a.q8_0.d + t0 * b32 * 4, s: a.q8_0.s + t0 * b32 * 4 },
+    q8_k: { q: a.q8_k.q + t0 * cols, d: a.q8_k.d + t0 * b256 * 4, s: a.q8_k.s + t0 * Math.ceil(cols / 16) * 2 },
+  };
+}
+
 export interface WeightKernel {
   type: GGMLType;
   input: InputFormat;
