@@ -3,14 +3,15 @@
 // - dist/browser.js: browsers and WebViews, the package default (no Node built-ins; fetches the kernels);
 // - dist/workers.js: Cloudflare Workers (imports the kernels as precompiled modules: `import m from './x.wasm'`);
 // - dist/cli.js: the `edgellm` command.
-// The kernel builds are copied beside the bundles, which find them at ./edgellm-{simd,relaxed}.wasm.
+// The kernel builds are copied beside the bundles, which find them at ./edgellm-{simd,relaxed}.wasm, and their
+// shared-memory twins ./edgellm-{simd,relaxed}-shared.wasm for the threaded kernel pool (docs/threads.md).
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 
-const WASM = ['edgellm-simd.wasm', 'edgellm-relaxed.wasm'];
+const WASM = ['edgellm-simd.wasm', 'edgellm-relaxed.wasm', 'edgellm-simd-shared.wasm', 'edgellm-relaxed-shared.wasm'];
 if (WASM.some((f) => !existsSync(`build/${f}`))) {
-  console.error('build/edgellm-{simd,relaxed}.wasm are missing: run `npm run build:wasm` first');
+  console.error('build/edgellm-{simd,relaxed}[-shared].wasm are missing: run `npm run build:wasm` first');
   process.exit(1);
 }
 rmSync('dist', { recursive: true, force: true });

@@ -1,0 +1,302 @@
+/**
+ * A pool of kernel instances on one shared WebAssembly.Memory (docs/threads.md): the calling thread is worker 0, and
+ * threads − 1 workers each instantiate the same shared-memory kernel module on the same memory. A job is one kernel
+ * export run on every worker at once, each with its own arguments (its own rows or tokens), dispatched through a control
+ * block in the shared memory with Atomics: no postMessage per job, since a decode step runs hundreds of kernels and
+ * dispatch must cost microseconds.
+ *
+ *   const pool = await KernelPool.start({ module, memory, control, threads: 4 });
+ *   pool.run('matmul_q4_0', [argsOfWorker0, argsOfWorker1, null, argsOfWorker3]);  // null: no work for worker 2
+ *   await pool.dispose();
+ *
+ * run() is synchronous (the caller waits with Atomics.wait after a short spin), so it slots into the synchronous
+ * forward pass. That wait is allowed in Node, Deno, Bun and in Web workers; a browser page's main thread may not wait,
+ * and spins instead (docs/threads.md).
+ */
+import { EdgeLLMError } from '../errors.js';
+import { instantiateKernels, packagedWasmUrl, type KernelBuild, type Kernels } from './kernels.js';
+import { CONTROL, workerSource } from './pool-worker.js';
+
+export { CONTROL } from './pool-worker.js';
+
+/** How workers are started: Node `worker_threads`, or the Web `Worker` (Deno, Bun, browsers). */
+export type PoolPlatform = 'node' | 'web';
+
+export interface PoolOptions {
+  /** A shared-memory kernel build (build/edgellm-{simd,relaxed}-shared.wasm, see sharedWasmUrl), compiled. */
+  module: WebAssembly.Module;
+  /** The memory every instance imports: `new WebAssembly.Memory({ initial, maximum, shared: true })`. */
+  memory: WebAssembly.Memory;
+  /** Byte offset of the control block in memory (8-aligned, controlBytes(threads) bytes, inside the memory's current size). */
+  control: number;
+  /** Threads in all, the caller included: threads − 1 workers are started. */
+  threads: number;
+  /** Default: what threadSupport() finds. */
+  platform?: PoolPlatform;
+}
+
+/** Most threads a pool takes: far past any phone or desktop, and it bounds the control block. */
+export const MAX_THREADS = 256;
+
+/** Bytes of the control block for `threads` threads. */
+export function controlBytes(threads: number): number {
+  return CONTROL.HEADER_BYTES + threads * CONTROL.SLOT_BYTES;
+}
+
+/**
+ * The file of a packaged shared-memory build, beside the unshared one (build/ from source, dist/ in the package). The
+ * shared builds differ from theirs only in the memory import (shared, maximum 65536 pages, so any planned memory fits).
+ */
+export function sharedWasmUrl(build: KernelBuild): URL {
+  return new URL(packagedWasmUrl(build).href.replace(/\.wasm$/, '-shared.wasm'));
+}
+
+/** Whether this runtime can run a pool, and how; else why not (for model.info.threads). */
+export function threadSupport(): { platform: PoolPlatform } | { reason: string } {
+  const g = globalThis as { crossOriginIsolated?: boolean; Worker?: unknown; process?: NodeProcessLike };
+  if (typeof SharedArrayBuffer !== 'function') {
+    return { reason: g.crossOriginIsolated === false ? 'no SharedArrayBuffer (not cross-origin isolated)' : 'no SharedArrayBuffer' };
+  }
+  // Node's worker_threads where the runtime has them (Node, and Deno and Bun, which also have the Web Worker): only
+  // those can be unref'd, and Deno keeps a process alive while a Web Worker lives. getBuiltinModule (Node 20.16+, Deno
+  // 2, Bun) tells a real runtime from a bundler's `process` shim; older Node 20 has no Web Worker.
+  if (typeof g.process?.getBuiltinModule === 'function') return { platform: 'node' };
+  if (typeof g.Worker === 'function') return { platform: 'web' };
+  if (g.process?.versions?.node) return { platform: 'node' };
+  return { reason: 'no Worker in this runtime' };
+}
+
+interface NodeProcessLike {
+  versions?: { node?: string };
+  getBuiltinModule?: (id: string) => unknown;
+}
+
+/** What the pool needs of a Node or Web worker. */
+interface PoolWorker {
+  terminate(): Promise<unknown> | void;
+}
+
+interface NodeWorker extends PoolWorker {
+  on(event: 'message' | 'error' | 'exit', listener: (value: never) => void): void;
+  unref(): void;
+}
+type NodeWorkerClass = new (source: string, options: { eval: true; workerData: unknown }) => NodeWorker;
+
+interface WorkerInit {
+  module: WebAssembly.Module;
+  memory: WebAssembly.Memory;
+  control: number;
+  index: number;
+  threads: number;
+  names: string[];
+}
+
+type ReadyMessage = { ready: true } | { error: string };
+
+async function nodeWorkerClass(): Promise<NodeWorkerClass> {
+  const p = (globalThis as { process?: NodeProcessLike }).process;
+  // Reached at run time only, so no bundle (browser, Workers) sees a Node built-in: getBuiltinModule where this Node has
+  // it (20.16+), else an import whose specifier bundlers do not follow.
+  const mod = (p?.getBuiltinModule?.('worker_threads') ??
+    (await import(/* @vite-ignore */ ['node', 'worker_threads'].join(':')))) as { Worker: NodeWorkerClass };
+  return mod.Worker;
+}
+
+/** Starts one worker and resolves once it has instantiated the module (its only message). */
+function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeWorkerClass | undefined): Promise<PoolWorker> {
+  return new Promise((resolve, reject) => {
+    const fail = (why: string) => reject(new EdgeLLMError('WASM', `kernel pool worker ${init.index} did not start: ${why}`));
+    const onMessage = (worker: PoolWorker, m: ReadyMessage) => ('ready' in m ? resolve(worker) : fail(m.error));
+    if (platform === 'node') {
+      const worker = new NodeWorker!(workerSource('node'), { eval: true, workerData: init });
+      worker.on('message', (m: ReadyMessage) => onMessage(worker, m));
+      worker.on('error', (e: Error) => fail(e.message));
+      worker.on('exit', (code: number) => fail(`exited with code ${code}`));
+    } else {
+      const url = URL.createObjectURL(new Blob([workerSource('web')], { type: 'text/javascript' }));
+      const worker = new Worker(url, { type: 'module' });
+      // Revoked once the worker has run (Bun reads the URL after the constructor returns).
+      worker.onmessage = (e: MessageEvent<ReadyMessage>) => {
+        URL.revokeObjectURL(url);
+        onMessage(worker, e.data);
+      };
+      worker.onerror = (e: ErrorEvent) => {
+        URL.revokeObjectURL(url);
+        e.preventDefault?.();
+        fail(e.message);
+      };
+      worker.postMessage(init);
+    }
+  });
+}
+
+export class KernelPool {
+  private readonly words: Int32Array;
+  private readonly args: Float64Array;
+  private readonly exportIndex: Map<string, number>;
+  private disposed = false;
+  private canWait = true;
+
+  private constructor(
+    /** Threads in all, the caller's included. */
+    readonly threads: number,
+    /** The caller's own instance (worker 0), usable directly for work that is not split. */
+    readonly kernels: Kernels,
+    private readonly workers: PoolWorker[],
+    memory: WebAssembly.Memory,
+    control: number,
+    names: string[],
+  ) {
+    // Views taken once: a shared memory's buffer is never detached (grow only makes a longer one), and the control
+    // block lies inside the current size.
+    this.words = new Int32Array(memory.buffer, control, CONTROL.HEADER_BYTES >> 2);
+    this.args = new Float64Array(memory.buffer, control + CONTROL.HEADER_BYTES, (threads * CONTROL.SLOT_BYTES) >> 3);
+    this.exportIndex = new Map(names.map((n, i) => [n, i]));
+  }
+
+  static async start(options: PoolOptions): Promise<KernelPool> {
+    const { module, memory, control, threads } = options;
+    if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `threads must be an integer from 1 to ${MAX_THREADS}, got ${threads}`);
+    }
+    const size = memory.buffer.byteLength;
+    if (typeof SharedArrayBuffer !== 'function' || !(memory.buffer instanceof SharedArrayBuffer)) {
+      throw new EdgeLLMError('BAD_ARGUMENT', 'the kernel pool needs a shared memory (new WebAssembly.Memory({ ..., shared: true }))');
+    }
+    if (!Number.isInteger(control) || control % 8 !== 0 || control < 0 || control + controlBytes(threads) > size) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `the control block (${controlBytes(threads)} bytes at ${control}) must be 8-aligned and inside the memory`);
+    }
+    let kernels: Kernels;
+    try {
+      kernels = await instantiateKernels(module, memory);
+    } catch (e) {
+      throw new EdgeLLMError('WASM', `cannot instantiate the kernel module on a shared memory (is it a -shared build?): ${(e as Error).message}`, { cause: e });
+    }
+    const names = WebAssembly.Module.exports(module).filter((e) => e.kind === 'function').map((e) => e.name);
+    // A fresh block: generation 0, nothing running, no error.
+    new Uint8Array(memory.buffer, control, controlBytes(threads)).fill(0);
+    const platform = options.platform ?? (() => {
+      const s = threadSupport();
+      if ('reason' in s) throw new EdgeLLMError('WASM', `cannot start kernel workers: ${s.reason}`);
+      return s.platform;
+    })();
+    const NodeWorker = platform === 'node' && threads > 1 ? await nodeWorkerClass() : undefined;
+    const started = await Promise.allSettled(
+      Array.from({ length: threads - 1 }, (_, i) => startWorker(platform, { module, memory, control, index: i + 1, threads, names }, NodeWorker)),
+    );
+    const workers = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+    const failed = started.find((s) => s.status === 'rejected');
+    if (failed) {
+      await Promise.all(workers.map((w) => w.terminate()));
+      throw (failed as PromiseRejectedResult).reason;
+    }
+    // Idle workers must not keep a Node process alive (one that never disposed its model still exits).
+    for (const w of workers) (w as Partial<NodeWorker>).unref?.();
+    return new KernelPool(threads, kernels, workers, memory, control, names);
+  }
+
+  /**
+   * Runs kernels[name](...argsPerWorker[i]) on thread i (0 on the caller) and returns when every thread is done.
+   * argsPerWorker may be shorter than threads, and an entry null: those threads sit this job out. A kernel that
+   * throws (a trap) on any thread is a WASM error, after every thread has finished.
+   */
+  run(name: keyof Kernels & string, argsPerWorker: readonly (readonly number[] | null | undefined)[]): void {
+    if (this.disposed) throw new EdgeLLMError('DISPOSED', 'the kernel pool was disposed');
+    const fn = this.exportIndex.get(name);
+    if (fn === undefined) throw new EdgeLLMError('BAD_ARGUMENT', `the kernel module has no export ${name}`);
+    const n = this.threads;
+    if (argsPerWorker.length > n) throw new EdgeLLMError('BAD_ARGUMENT', `${argsPerWorker.length} argument lists for ${n} threads`);
+    const own = argsPerWorker[0];
+    const kernel = this.kernels[name] as (...a: number[]) => unknown;
+    if (n === 1) {
+      if (own) kernel(...own);
+      return;
+    }
+    const { words: w, args } = this;
+    const slot = CONTROL.SLOT_BYTES >> 3;
+    for (let i = 1; i < n; i++) {
+      const a = argsPerWorker[i];
+      const at = i * slot;
+      if (!a) {
+        args[at] = -1;
+        continue;
+      }
+      if (a.length > CONTROL.MAX_ARGS) throw new EdgeLLMError('BAD_ARGUMENT', `at most ${CONTROL.MAX_ARGS} kernel arguments, got ${a.length}`);
+      args[at] = a.length;
+      for (let j = 0; j < a.length; j++) args[at + 1 + j] = a[j];
+    }
+    Atomics.store(w, CONTROL.DONE, 0);
+    Atomics.store(w, CONTROL.ERROR, 0);
+    Atomics.store(w, CONTROL.FN, fn);
+    // The generation bump publishes everything above (Atomics are sequentially consistent); workers spinning see it,
+    // sleeping ones are woken.
+    Atomics.add(w, CONTROL.GEN, 1);
+    Atomics.notify(w, CONTROL.GEN);
+    let failed: unknown;
+    try {
+      if (own) kernel(...own);
+    } catch (e) {
+      failed = e;
+    }
+    // Every worker must be done before returning (or throwing): they write into memory the caller reads next.
+    const want = n - 1;
+    let spins: number = CONTROL.SPIN;
+    for (;;) {
+      const done = Atomics.load(w, CONTROL.DONE);
+      if (done === want) break;
+      if (--spins > 0 || !this.canWait) continue;
+      try {
+        Atomics.wait(w, CONTROL.DONE, done);
+      } catch {
+        // A browser page's main thread may not wait: it spins instead (it is blocked for the job either way).
+        this.canWait = false;
+      }
+      spins = CONTROL.SPIN;
+    }
+    const bad = failed ? 1 : Atomics.load(w, CONTROL.ERROR);
+    if (bad) {
+      const why = failed ? `: ${(failed as Error).message}` : '';
+      throw new EdgeLLMError('WASM', `kernel ${name} failed on thread ${bad - 1}${why}`, { cause: failed });
+    }
+  }
+
+  /**
+   * run() with each thread's call written as code against a Kernels: part i is called with a recorder and must make
+   * exactly one kernel call, which thread i then makes for real. So the host's own call sites split as they are:
+   *
+   *   pool.runParts(ranges.map(([r0, r1]) => (k) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + 4 * r0, 1)));
+   *
+   * null parts (and threads past the list) sit the job out.
+   */
+  runParts(parts: readonly (((k: Kernels) => void) | null | undefined)[]): void {
+    let name: string | undefined;
+    const args = parts.map((part, i) => {
+      if (!part) return null;
+      const calls = recordCalls(part);
+      if (calls.length !== 1) throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} made ${calls.length} kernel calls, not one`);
+      if (name !== undefined && calls[0].name !== name) {
+        throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} calls ${calls[0].name}, another part ${name}: a job runs one kernel`);
+      }
+      name = calls[0].name;
+      return calls[0].args;
+    });
+    if (name !== undefined) this.run(name as keyof Kernels & string, args);
+  }
+
+  /** Stops every worker (they leave their loop on the exit command; terminate is the backstop). Idempotent. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    Atomics.store(this.words, CONTROL.CMD, CONTROL.CMD_EXIT);
+    Atomics.add(this.words, CONTROL.GEN, 1);
+    Atomics.notify(this.words, CONTROL.GEN);
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}
+
+/** The kernel calls `part` makes, recorded instead of run. */
+function recordCalls(part: (k: Kernels) => void): { name: string; args: number[] }[] {
+  const calls: { name: string; args: number[] }[] = [];
+  part(new Proxy({} as Kernels, { get: (_, name) => (...args: number[]) => void calls.push({ name: String(name), args }) }));
+  return calls;
+}
