@@ -46,7 +46,7 @@ Options:
                       llama.cpp's quantizer writes that file type (q3_k_m, q4_k_m, q5_k_m: its per-tensor mix;
                       q4_1, q5_0, q5_1, iq4_nl, bf16, q2_k, q6_k, iq4_xs: pure; rows that do not fit a 256-block
                       fall back as in llama.cpp, e.g. to q5_0 and q8_0 at smollm's 576)
-  --threads N         threads (default 1; edgellm runs one thread so far)
+  --threads N         threads for edgellm's matmuls and the anchors (default 1; 'auto' for edgellm's choice)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
   --repeat N          timed runs; medians are reported (default 3; 1 with --contexts)
@@ -72,7 +72,7 @@ Decode speed by context (one table: a row per KV type × attention × hot budget
                       matmul and JS/other (staging warm pages and choosing pages are JS)`;
 
 const FLAGS = {
-  synthetic: 'string', type: 'string', threads: 'int', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
+  synthetic: 'string', type: 'string', threads: 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
   simd: 'string', anchors: 'bool', anchor: 'string', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
   'kv-warm': 'string', breakdown: 'bool',
 };
@@ -121,7 +121,8 @@ function parseArgs(argv) {
   o['prompt-tokens'] ??= 128;
   if (o['prompt-tokens'] < 2) usage('--prompt-tokens must be at least 2');
   if (!['auto', 'baseline', 'relaxed'].includes(o.simd)) usage(`--simd must be auto, baseline or relaxed, got ${JSON.stringify(o.simd)}`);
-  if (o.threads !== 1) usage('--threads: edgellm runs one thread so far, so the comparison is at --threads 1');
+  if (o.threads !== 1 && o.threads !== 'auto' && !(Number.isInteger(+o.threads) && +o.threads >= 1)) usage(`--threads is a count or auto, got ${o.threads}`);
+  if (o.threads !== 1 && o.threads !== 'auto') o.threads = +o.threads;
   // A comma-separated option; `fallback` when absent (undefined: the library's default).
   const list = (name, fallback, allowed, what) => {
     if (o[name] === undefined) return fallback;
@@ -260,7 +261,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   }
   const { loadModel } = await import(pathToFileURL(DIST).href);
   // The KV cache is planned for exactly what a run uses, so the memory reported is what this workload needs.
-  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
+  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
   const t0 = performance.now();
   let model = await loadModel(modelPath, options);
   const loadMs = performance.now() - t0;
@@ -306,6 +307,8 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   return {
     engine: 'edgellm',
     build: info.build,
+    threads: info.threads,
+    threading: info.threading,
     prefill_tps: round1(median(timed.map((r) => r.prefill_tps))),
     decode_tps: round1(median(timed.map((r) => r.decode_tps))),
     rss_mb: round1(rssMb),
@@ -363,7 +366,7 @@ async function benchContexts(cfg, modelPath, text) {
   const started = performance.now();
   for (const [i, c] of configs.entries()) {
     const label = `[${i + 1}/${configs.length}] KV ${c.kv}, ${c.attention}, hot ${c.hot}, context ${c.context}`;
-    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
+    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
     let model;
     try {
       model = await loadModel(modelPath, options);
@@ -425,7 +428,7 @@ async function benchContexts(cfg, modelPath, text) {
     if (first && !row.error) row.decode_vs_shortest = Number((row.decode_tps / first.decode_tps).toFixed(3));
   }
   return {
-    build: info?.build, node: process.version, rss_mb: round1(mb(process.resourceUsage().maxRSS * 1024)),
+    build: info?.build, threading: info?.threading, node: process.version, rss_mb: round1(mb(process.resourceUsage().maxRSS * 1024)),
     describe: info && describeModel(info), seconds: Math.round((performance.now() - started) / 1000), rows,
   };
 }
@@ -476,7 +479,7 @@ function printEdgellm(cfg, modelPath, e) {
   const f = (x) => x.toFixed(1).padStart(9);
   const lines = [
     `edgellm bench: ${path.basename(modelPath)} (${e.describe})`,
-    `build ${e.build}, node ${e.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, 1 thread; ` +
+    `build ${e.build}, node ${e.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, threads ${e.threading}; ` +
       `load ${e.load_ms} ms; wasm memory ${e.wasm_memory_mb} MB (context ${e.context}, batch ${e.batch}, KV ${e.kv}, ${e.attention} attention)`,
     `prompt ${cfg.promptTokens} tokens${e.prompt.text === undefined ? ' (token ids: the vocabulary cannot spell such a text)' : ''}, decode ${cfg.gen} tokens greedily; 1 untimed warmup + ${cfg.repeat} timed runs`,
   ];
@@ -519,7 +522,7 @@ function printContexts(cfg, modelPath, result) {
   const line = (c) => `  ${c.map((x, i) => (i < 3 ? x.padEnd(widths[i]) : x.padStart(widths[i]))).join('  ')}`;
   const lines = [
     `edgellm bench by context: ${path.basename(modelPath)} (${result.describe ?? 'no configuration loaded'})`,
-    `build ${result.build ?? '—'}, node ${result.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, 1 thread; ` +
+    `build ${result.build ?? '—'}, node ${result.node}${process.execArgv.includes(RELAXED_FLAG) ? ` ${RELAXED_FLAG}` : ''}, threads ${result.threading ?? cfg.threads}; ` +
       `each row: a context of exactly C planned, prefill C − ${cfg.gen} ids, decode ${cfg.gen} tokens greedily; ` +
       `1 short untimed warmup + ${cfg.repeat} timed run(s), medians; ${result.seconds} s in all, peak RSS ${result.rss_mb} MB`,
     'read/query and scored/query: KV tokens read and page summaries scored per (decode token, layer, KV head); ' +
@@ -537,7 +540,7 @@ function printContexts(cfg, modelPath, result) {
 function printAnchors(e, anchors) {
   const rows = [{ name: `edgellm (${e.build})`, r: e }, ...anchors.map((a) => ({ name: `${a.engine} (${a.short})`, r: a }))];
   const cell = (x, w = 10) => (x === undefined || x === null ? '—' : typeof x === 'number' ? x.toFixed(1) : String(x)).padStart(w);
-  const lines = ['', 'side by side (1 thread, same prompt ids):', `  ${'engine'.padEnd(26)}${cell('prefill', 10)}${cell('decode', 10)}${cell('RSS MB', 10)}   edgellm ÷ engine (prefill, decode)`];
+  const lines = ['', `side by side (${e.threads} thread${e.threads === 1 ? '' : 's'}, same prompt ids):`, `  ${'engine'.padEnd(26)}${cell('prefill', 10)}${cell('decode', 10)}${cell('RSS MB', 10)}   edgellm ÷ engine (prefill, decode)`];
   for (const { name, r } of rows) {
     const ratio = r === e || r.error ? '' : `${(e.prefill_tps / r.prefill_tps).toFixed(2)}×, ${(e.decode_tps / r.decode_tps).toFixed(2)}×`;
     if (r.error) lines.push(`  ${name.padEnd(26)}${r.skipped ? '' : 'failed: '}${r.error}`);
@@ -604,7 +607,8 @@ if (cfg.anchors.length && e.prompt.text === undefined) {
   }
   printAnchors(e, anchors);
 } else if (cfg.anchors.length) {
-  const job = { model: modelPath, promptText: e.prompt.text, promptIds: e.prompt.ids, gen: cfg.gen, repeat: cfg.repeat, threads: cfg.threads };
+  // the anchors run as many threads as edgellm did
+  const job = { model: modelPath, promptText: e.prompt.text, promptIds: e.prompt.ids, gen: cfg.gen, repeat: cfg.repeat, threads: e.threads };
   const engines = [
     ['llama.cpp', 'native', async () => (await import('./anchors/llamacpp.mjs')).runLlamaCpp(job)],
     ['wllama', 'wasm, Chromium', async () => (await import('./anchors/wllama.mjs')).runWllama(job)],
@@ -626,7 +630,7 @@ if (cfg.json) {
   const { prompt, ...rest } = e;
   const strip = ({ runs, ...a }) => a;
   console.log(JSON.stringify({
-    prefill_tps: e.prefill_tps, decode_tps: e.decode_tps, rss_mb: e.rss_mb, build: e.build,
+    prefill_tps: e.prefill_tps, decode_tps: e.decode_tps, rss_mb: e.rss_mb, build: e.build, threads: e.threads,
     ...rest, model: path.basename(modelPath), prompt_tokens: cfg.promptTokens, prompt_kind: prompt.text === undefined ? 'ids' : 'text', gen_tokens: cfg.gen, repeat: cfg.repeat,
     anchors: cfg.anchors.length ? Object.fromEntries(anchors.map((a) => [a.engine, strip(a)])) : undefined,
   }));

@@ -11,6 +11,7 @@ import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
 import { KernelProfile } from './runtime/profile.js';
 import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput, type WasmLoader } from './runtime/kernels.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
+import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport } from './runtime/pool.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
 import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
@@ -56,6 +57,12 @@ export interface LoadOptions {
   /** Prompt tokens per forward batch (default 32). */
   batchSize?: number;
   /**
+   * Threads for the matmuls (default 1): N, or 'auto' (the cores the runtime reports, at most 8). They share one
+   * memory, so the runtime needs SharedArrayBuffer and workers (Node, Deno, Bun; browsers when cross-origin isolated);
+   * elsewhere the model runs on one thread, and `info.threading` says why. The logits are the same bits for any count.
+   */
+  threads?: number | 'auto';
+  /**
    * Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it.
    * With kv.warmBytes (and no kv.hotBytes), the KV pages that do not fit under it go to the warm tier instead.
    */
@@ -91,6 +98,9 @@ export interface ModelInfo extends LlamaConfig {
   memoryBytes: number;
   /** the kernel build running: 'relaxed' (relaxed SIMD) or 'simd' (SIMD128) */
   build: KernelBuild;
+  /** threads running the matmuls, and why that many (e.g. "1: no SharedArrayBuffer (not cross-origin isolated)") */
+  threads: number;
+  threading: string;
   /** the vocabulary: its kind, special ids, end-of-generation ids, and whether the file has a chat template */
   tokenizer: TokenizerInfo;
 }
@@ -141,11 +151,12 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
     const batchSize = options.batchSize ?? 32;
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
+    const threading = planThreads(options.threads ?? 1, options.wasm !== undefined);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
     let kvOptions = options.kv ?? {};
     const policy = attentionPolicy(options.attention);
-    let plan = planMemory(gguf, config, context, batchSize, kvOptions, policy);
+    let plan = planMemory(gguf, config, context, batchSize, kvOptions, policy, threading.threads);
     if (options.memoryBudget !== undefined) {
       const budget = parseBytes(options.memoryBudget, 'memoryBudget');
       if (plan.arena.totalBytes > budget && kvOptions.warmBytes !== undefined && kvOptions.hotBytes === undefined) {
@@ -153,22 +164,32 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
         const hotBytes = budget - (plan.arena.totalBytes - plan.kv.plan.hotBytes) - 65536;
         if (hotBytes > 0) {
           kvOptions = { ...kvOptions, hotBytes };
-          plan = planMemory(gguf, config, context, batchSize, kvOptions, policy);
+          plan = planMemory(gguf, config, context, batchSize, kvOptions, policy, threading.threads);
         }
       }
       if (plan.arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, policy, plan.arena.totalBytes, budget);
     }
-    const { arena, weights, pending, kv, attention, state } = plan;
+    const { arena, weights, pending, kv, attention, state, control } = plan;
 
-    const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd)) : await compileKernels(options.wasm, platform);
+    const threads = threading.threads;
+    const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd), threads > 1) : await compileKernels(options.wasm, platform);
     checkAborted(signal);
-    const memory = arena.createMemory();
-    const kernels = await instantiateKernels(module, memory);
-    if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
-    await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
-    const profile = options.profile ? new KernelProfile() : undefined;
-    const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize);
-    return new Model(llama, text, gguf, arena.regions, arena.totalBytes, profile);
+    const memory = arena.createMemory(threads > 1);
+    let pool: KernelPool | undefined;
+    try {
+      // With threads, thread 0's instance in the pool is the one the forward pass calls directly.
+      if (threads > 1) pool = await KernelPool.start({ module, memory, control, threads });
+      const kernels = pool ? pool.kernels : await instantiateKernels(module, memory);
+      if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
+      await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+      checkAborted(signal);
+      const profile = options.profile ? new KernelProfile() : undefined;
+      const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize, pool);
+      return new Model(llama, text, gguf, arena.regions, arena.totalBytes, threading, profile);
+    } catch (e) {
+      void pool?.dispose();
+      throw e;
+    }
   } finally {
     await source.close();
   }
@@ -189,14 +210,32 @@ export async function loadTokenizerOn(platform: Platform, src: ModelSource, opti
 }
 
 /** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
-function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy) {
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads = 1) {
   const arena = new Arena(STATIC_RESERVE);
   const { weights, pending } = planWeights(gguf, config, arena);
   const kv = new KVCache(arena, config, context, kvOptions, sinkTokens(policy));
   const attention = planAttention(arena, config, kv, policy);
   const state = planRunState(arena, config, batchSize, context);
+  const control = threads > 1 ? arena.reserve('threads.control', controlBytes(threads)) : 0;
   arena.reserve('prefetch slack', PREFETCH_SLACK);
-  return { arena, weights, pending, kv, attention, state };
+  return { arena, weights, pending, kv, attention, state, control };
+}
+
+/** Most threads 'auto' takes: past the physical cores, extra threads slow decoding down (as llama.cpp's do). */
+const AUTO_MAX_THREADS = 8;
+
+/** How many threads run the matmuls, and why (for info.threading). */
+function planThreads(option: number | 'auto', ownWasm: boolean): { threads: number; threading: string } {
+  if (option !== 'auto' && (!Number.isSafeInteger(option) || option < 1 || option > MAX_THREADS)) {
+    throw new EdgeLLMError('BAD_ARGUMENT', `threads must be 'auto' or an integer in 1..${MAX_THREADS}, got ${JSON.stringify(option)}`);
+  }
+  const asked = option === 'auto' ? Math.min(AUTO_MAX_THREADS, availableCores()) : option;
+  const label = option === 'auto' ? `'auto' (${asked} cores)` : String(option);
+  if (asked === 1) return { threads: 1, threading: `1: threads ${label}` };
+  if (ownWasm) return { threads: 1, threading: `1: the wasm option gives one unshared kernel module (threads ${label} asked)` };
+  const support = threadSupport();
+  if ('reason' in support) return { threads: 1, threading: `1: ${support.reason} (threads ${label} asked)` };
+  return { threads: asked, threading: `${asked}: threads ${label}` };
 }
 
 /** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
@@ -242,6 +281,7 @@ export class Model {
     gguf: GGUFFile,
     private readonly regions: Region[],
     memoryBytes: number,
+    threading: { threads: number; threading: string },
     private readonly kernelProfile?: KernelProfile,
   ) {
     const tensorTypes: Record<string, number> = {};
@@ -259,6 +299,7 @@ export class Model {
       tensorTypes,
       memoryBytes,
       build: llama.kernels.kernel_build() === 1 ? 'relaxed' : 'simd',
+      ...threading,
       tokenizer: text.info,
     };
   }
@@ -406,6 +447,7 @@ export class Model {
 
   /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */
   dispose(): void {
+    if (!this.disposed) void this.llama.pool?.dispose();
     this.disposed = true;
     this.llama = undefined as unknown as Llama;
   }

@@ -125,8 +125,9 @@ const SAMPLING_HELP = `  -n, --max-tokens N       most tokens to generate (defau
   --seed S                 random seed (default: random)
   --stop STR               stop before STR; repeatable`;
 
-/** The help lines of CACHE_FLAGS, shared by run, chat and perplexity. */
-const CACHE_HELP = `  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
+/** The help lines of ENGINE_FLAGS, shared by run, chat and perplexity. */
+const ENGINE_HELP = `  --threads N|auto         threads for the matmuls (default 1; auto: the cores, at most 8)
+  --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
   --page-tokens N          tokens per KV page (default 32)
   --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
   --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
@@ -138,7 +139,7 @@ const CACHE_HELP = `  --kv f32|f16|int8|int4   KV page type (default f32; f16 as
 /** The help lines of MODEL_FLAGS, shared by run and chat. */
 const MODEL_HELP = `  --ctx N                  context length to plan (default: the model's, at most 4096)
   --batch N                prompt tokens per forward batch (default 32)
-${CACHE_HELP}
+${ENGINE_HELP}
   --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB`;
 
 const HELP: Record<string, string> = {
@@ -188,7 +189,7 @@ Options:
   --ctx N                  tokens per window, BOS included (default 2048)
   --windows N              how many windows to score (default: as many as the text fills)
   --batch N                tokens per forward batch (default 32)
-${CACHE_HELP}
+${ENGINE_HELP}
   --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
   -h, --help               show this help`,
   info: `Usage: edgellm info MODEL [options]
@@ -250,7 +251,7 @@ async function load(source: string, opts: LoadOptions): Promise<Model> {
   const types = Object.entries(i.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ');
   stderr(
     `loaded ${i.name || i.architecture} in ${ms.toFixed(0)} ms: ${i.nLayers} layers, dim ${i.dim}, vocab ${i.vocab}, tensors ${types}; ` +
-      `context ${i.context}, wasm memory ${formatBytes(i.memoryBytes)}`,
+      `context ${i.context}, wasm memory ${formatBytes(i.memoryBytes)}, threads ${i.threading}`,
   );
   return model;
 }
@@ -261,8 +262,9 @@ function withoutUndefined<T extends object>(o: T): T {
   return o;
 }
 
-/** The KV cache and attention flags, shared by run and perplexity. */
-const CACHE_FLAGS: FlagSpec[] = [
+/** The threads, KV cache and attention flags, shared by run, chat and perplexity. */
+const ENGINE_FLAGS: FlagSpec[] = [
+  { name: 'threads', kind: 'string' },
   { name: 'kv', kind: 'string' },
   { name: 'page-tokens', kind: 'int' },
   { name: 'kv-hot', kind: 'string' },
@@ -274,9 +276,12 @@ const CACHE_FLAGS: FlagSpec[] = [
 ];
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
-function cacheOptions(p: Parsed): Pick<LoadOptions, 'kv' | 'attention'> {
+function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention'> {
   const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
+  const threads = p.flags.get('threads') as string | undefined;
+  if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
   return {
+    threads: threads === undefined || threads === 'auto' ? (threads as 'auto' | undefined) : Number(threads),
     kv: defined({
       type: p.flags.get('kv') as KVType | undefined,
       pageTokens: num(p, 'page-tokens'),
@@ -322,7 +327,7 @@ const SAMPLING_FLAGS: FlagSpec[] = [
 const MODEL_FLAGS: FlagSpec[] = [
   { name: 'ctx', kind: 'int' },
   { name: 'batch', kind: 'int' },
-  ...CACHE_FLAGS,
+  ...ENGINE_FLAGS,
   { name: 'memory-budget', kind: 'string' },
 ];
 
@@ -347,7 +352,7 @@ function loadFor(p: Parsed, source: string, signal: AbortSignal): Promise<Model>
   return load(source, {
     contextLength: num(p, 'ctx'),
     batchSize: num(p, 'batch'),
-    ...cacheOptions(p),
+    ...engineOptions(p),
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
     signal,
   });
@@ -524,7 +529,7 @@ const PPL_FLAGS: FlagSpec[] = [
   { name: 'ctx', kind: 'int' },
   { name: 'windows', kind: 'int' },
   { name: 'batch', kind: 'int' },
-  ...CACHE_FLAGS,
+  ...ENGINE_FLAGS,
   { name: 'json', kind: 'bool' },
 ];
 
@@ -536,7 +541,7 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   if (windowsAsked !== undefined && windowsAsked < 1) throw new UsageError(`--windows must be at least 1, got ${windowsAsked}`, 'perplexity');
   const text = await readTextFile(textFile, 'text file');
   // The KV cache only has to hold one window.
-  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...cacheOptions(p), signal: controller.signal });
+  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...engineOptions(p), signal: controller.signal });
   if (window > model.info.contextLength) {
     stderr(`warning: window ${window} is longer than the model's training context of ${model.info.contextLength}`);
   }

@@ -9,6 +9,8 @@ import { fetchOk, type KernelBuild } from './runtime/kernels.js';
 import simd from './edgellm-simd.wasm';
 import relaxed from './edgellm-relaxed.wasm';
 
+import { EdgeLLMError } from './errors.js';
+
 export * from './api.js';
 
 const modules: Record<KernelBuild, WebAssembly.Module> = { simd, relaxed };
@@ -16,7 +18,11 @@ const modules: Record<KernelBuild, WebAssembly.Module> = { simd, relaxed };
 const platform: Platform = {
   openPath: fetchRelativePath,
   fetchBytes: fetchOk,
-  packagedKernels: async (build) => modules[build],
+  // Workers have no threads (no Worker to start), so only the unshared builds are bundled.
+  packagedKernels: async (build, shared) => {
+    if (shared) throw new EdgeLLMError('WASM', 'the Workers bundle has no shared-memory kernel builds (no threads in Workers)');
+    return modules[build];
+  },
 };
 
 /** Reads a GGUF (bytes, a Blob or an http(s) URL), plans memory, loads the weights; the kernels are already compiled. */

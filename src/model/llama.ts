@@ -6,7 +6,11 @@ import { attend, bindAttention, type AttentionState } from '../attention/attend.
 import type { LlamaConfig } from './config.js';
 import type { LayerWeights, LlamaWeights } from './weights.js';
 import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
-import type { Activations, InputFormat, Matrix } from './weight-types.js';
+import { rowSlice, tokenSlice, type Activations, type InputFormat, type Matrix } from './weight-types.js';
+import type { KernelPool } from '../runtime/pool.js';
+
+/** Multiply-adds below which a matmul runs on one thread: a dispatch costs a few µs, ~100K MACs' worth. */
+const SPLIT_MIN_MACS = 1 << 17;
 
 /** Activation buffers for a batch of up to maxBatch tokens (llama2.c's RunState), all planned in the arena. */
 interface RunState {
@@ -85,6 +89,8 @@ export class Llama {
     readonly kernels: Kernels,
     memory: WebAssembly.Memory,
     readonly maxBatch: number,
+    /** threads for the matmuls (the pool's thread 0 is `kernels`), or none */
+    readonly pool?: KernelPool,
   ) {
     this.heap = new Float32Array(memory.buffer);
     kv.bind(memory);
@@ -233,10 +239,33 @@ export class Llama {
     if (needs('q8_k')) k.quantize_q8_k(x, cols, ntok, s.kq, s.kd, s.ks);
   }
 
-  /** y = W·x for ntok tokens; quantized types read the input prepared by prepareInput. */
+  /**
+   * y = W·x for ntok tokens; quantized types read the input prepared by prepareInput. With threads, a product big
+   * enough to pay for the dispatch is split: one token by row groups, a batch by 4-token tiles. Each part is the same
+   * kernel on a slice, computing the same bytes as the whole call (test/matmul-split.test.ts), so the logits do not
+   * depend on the thread count.
+   */
   private matmul(m: Matrix, x: number, y: number, ntok: number): void {
-    this.act.x = x;
-    m.kernel.matmul(this.kernels, m, this.act, y, ntok);
+    const a = this.act, pool = this.pool;
+    a.x = x;
+    if (!pool || m.rows * m.cols * ntok < SPLIT_MIN_MACS) {
+      m.kernel.matmul(this.kernels, m, a, y, ntok);
+      return;
+    }
+    const n = pool.threads;
+    // thread i takes the i-th of n near-equal runs of `units` units (row groups or token tiles of 4)
+    const share = (units: number, i: number) => [4 * Math.floor((units * i) / n), 4 * Math.floor((units * (i + 1)) / n)];
+    if (ntok === 1) {
+      pool.runParts(Array.from({ length: n }, (_, i) => {
+        const [r0, r1] = share(Math.ceil(m.rows / 4), i).map((r) => Math.min(r, m.rows));
+        return r0 < r1 ? (k: Kernels) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + r0 * 4, 1) : null;
+      }));
+    } else {
+      pool.runParts(Array.from({ length: n }, (_, i) => {
+        const [t0, t1] = share(Math.ceil(ntok / 4), i).map((t) => Math.min(t, ntok));
+        return t0 < t1 ? (k: Kernels) => m.kernel.matmul(k, m, tokenSlice(a, m.cols, t0), y + t0 * m.rows * 4, t1 - t0) : null;
+      }));
+    }
   }
 
   private dequantRow(m: Matrix, row: number, out: number): void {

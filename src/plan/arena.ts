@@ -41,10 +41,11 @@ export class Arena {
     return Math.ceil(this.top / PAGE) * PAGE;
   }
 
-  createMemory(): WebAssembly.Memory {
+  /** The memory of the plan, at its final size; `shared` for threads (a SharedArrayBuffer every worker maps). */
+  createMemory(shared = false): WebAssembly.Memory {
     const pages = this.totalBytes / PAGE;
     try {
-      return new WebAssembly.Memory({ initial: pages, maximum: pages });
+      return new WebAssembly.Memory({ initial: pages, maximum: pages, shared });
     } catch (e) {
       throw new EdgeLLMError('BUDGET', `the engine refused ${formatBytes(this.totalBytes)} of wasm memory: ${(e as Error).message}`, { cause: e });
     }

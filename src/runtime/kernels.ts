@@ -90,9 +90,12 @@ export type SimdOption = 'auto' | 'baseline' | 'relaxed';
 declare const __EDGELLM_WASM_DIR__: string | undefined;
 const WASM_DIR = typeof __EDGELLM_WASM_DIR__ === 'string' ? __EDGELLM_WASM_DIR__ : '../../build/';
 
-/** The file of a packaged build, next to the running module. */
-export function packagedWasmUrl(build: KernelBuild): URL {
-  return new URL(`${WASM_DIR}edgellm-${build}.wasm`, import.meta.url);
+/**
+ * The file of a packaged build, next to the running module; `shared`: its shared-memory twin for threads (the same
+ * code, a shared memory import of up to 65536 pages, docs/threads.md).
+ */
+export function packagedWasmUrl(build: KernelBuild, shared = false): URL {
+  return new URL(`${WASM_DIR}edgellm-${build}${shared ? '-shared' : ''}.wasm`, import.meta.url);
 }
 
 // The smallest modules using each feature: (func (param v128 v128 v128) (result v128) ...) whose body is one
@@ -130,8 +133,8 @@ export type WasmInput = BufferSource | WebAssembly.Module | URL | string;
 export interface WasmLoader {
   /** The bytes at a URL (the `wasm` option given as a URL). */
   fetchBytes(url: URL): Promise<Uint8Array<ArrayBuffer>>;
-  /** A packaged build, compiled. */
-  packagedKernels(build: KernelBuild): Promise<WebAssembly.Module>;
+  /** A packaged build (its shared-memory twin with `shared`), compiled. */
+  packagedKernels(build: KernelBuild, shared?: boolean): Promise<WebAssembly.Module>;
 }
 
 /** The caller's own kernel module: bytes, a URL, or a precompiled module; it says itself which build it is (kernel_build()). */
@@ -151,20 +154,21 @@ export async function compileKernels(wasm: WasmInput, loader: WasmLoader): Promi
 }
 
 /** Packaged builds fetched as bytes (by file read or fetch) and compiled once per process. */
-export function compileOncePerBuild(fetchBytes: (url: URL) => Promise<Uint8Array<ArrayBuffer>>): (build: KernelBuild) => Promise<WebAssembly.Module> {
-  const cached = new Map<KernelBuild, Promise<WebAssembly.Module>>();
-  return (build) => {
-    let p = cached.get(build);
+export function compileOncePerBuild(fetchBytes: (url: URL) => Promise<Uint8Array<ArrayBuffer>>): (build: KernelBuild, shared?: boolean) => Promise<WebAssembly.Module> {
+  const cached = new Map<string, Promise<WebAssembly.Module>>();
+  return (build, shared = false) => {
+    const key = `${build}${shared ? '-shared' : ''}`;
+    let p = cached.get(key);
     if (!p) {
-      const url = packagedWasmUrl(build);
+      const url = packagedWasmUrl(build, shared);
       p = fetchBytes(url).then(
         (bytes) => compile(bytes, url.href),
         (e) => {
           throw new EdgeLLMError('WASM', `cannot load the kernel module from ${url.href}: ${(e as Error).message}`, { cause: e });
         },
       );
-      cached.set(build, p);
-      p.catch(() => cached.delete(build));
+      cached.set(key, p);
+      p.catch(() => cached.delete(key));
     }
     return p;
   };

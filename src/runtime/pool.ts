@@ -48,7 +48,20 @@ export function controlBytes(threads: number): number {
  * shared builds differ from theirs only in the memory import (shared, maximum 65536 pages, so any planned memory fits).
  */
 export function sharedWasmUrl(build: KernelBuild): URL {
-  return new URL(packagedWasmUrl(build).href.replace(/\.wasm$/, '-shared.wasm'));
+  return packagedWasmUrl(build, true);
+}
+
+/**
+ * The cores this runtime reports: Node's os.availableParallelism (through process.getBuiltinModule, so no import of
+ * it reaches the browser bundle), else navigator.hardwareConcurrency, else 1.
+ */
+export function availableCores(): number {
+  const g = globalThis as { navigator?: { hardwareConcurrency?: number }; process?: NodeProcessLike };
+  // 'os', not 'node:os': the browser bundle must hold no node: specifier (scripts/build.mjs checks), and this branch
+  // only runs where process.getBuiltinModule exists
+  const os = g.process?.getBuiltinModule?.('os') as { availableParallelism?: () => number } | undefined;
+  const n = os?.availableParallelism?.() ?? g.navigator?.hardwareConcurrency ?? 1;
+  return Number.isSafeInteger(n) && n >= 1 ? n : 1;
 }
 
 /** Whether this runtime can run a pool, and how; else why not (for model.info.threads). */

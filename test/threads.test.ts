@@ -1,0 +1,122 @@
+// Threads (issue 13, docs/threads.md): the matmuls split over a pool of workers on one shared memory give the same
+// logits, bit for bit, as one thread, for any thread count; the pool is stopped by dispose and by a failed load, and a
+// process that never disposes still exits.
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { loadModel, EdgeLLMError, type LoadOptions } from '../src/index.js';
+import { GGMLType } from '../src/gguf/types.js';
+import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
+import { seededIds } from './util/compare.js';
+import { announceSkipIfNoModels, modelPath, ROOT } from './util/shared.js';
+
+const { Q8_0, Q4_0, Q4_K, Q6_K, Q5_0, IQ4_XS, F16 } = GGMLType;
+
+/**
+ * Logits of 37 tokens, as bytes, twice: in batches of 16 (prefill: tiles of 4 tokens and a remainder, split by tokens)
+ * and one token per forward (decode, split by row groups).
+ */
+async function logits(bytes: Uint8Array | string, ids: number[], options: LoadOptions): Promise<{ bytes: Buffer; threads: number; threading: string }> {
+  const out: Buffer[] = [];
+  let info = { threads: 0, threading: '' };
+  for (const batchSize of [16, 1]) {
+    const model = await loadModel(bytes, { batchSize, contextLength: 64, ...options });
+    try {
+      out.push(Buffer.from((await model.evaluate(ids.slice(0, 37))).buffer.slice(0)));
+      info = { threads: model.info.threads, threading: model.info.threading };
+    } finally {
+      model.dispose();
+    }
+  }
+  return { bytes: Buffer.concat(out), ...info };
+}
+
+async function expectSameForThreadCounts(bytes: Uint8Array | string, vocab: number, counts = [2, 3]) {
+  const ids = seededIds(40, vocab, 7);
+  const one = await logits(bytes, ids, { threads: 1 });
+  expect(one.threads).toBe(1);
+  for (const threads of counts) {
+    const many = await logits(bytes, ids, { threads });
+    expect(many.threads, many.threading).toBe(threads);
+    expect(many.bytes.equals(one.bytes), `threads ${threads}: logits differ from one thread's`).toBe(true);
+  }
+}
+
+// Shapes big enough that every matmul is split (≥ 2^17 multiply-adds), with a row count that leaves a padded group.
+const BASE: SyntheticSpec = { dim: 512, nLayers: 2, nHeads: 8, nKvHeads: 2, ffn: 1024, vocab: 1000, ctx: 64, seed: 5, tied: false };
+
+describe('threads: the same logits for 1, 2 and 3 threads', () => {
+  const cases: Array<[string, SyntheticSpec]> = [
+    ['Q8_0', { ...BASE, type: Q8_0 }],
+    ['Q4_0 with a Q6_K output', { ...BASE, type: Q4_0, types: { 'output.weight': Q6_K } }],
+    ['Q4_K / Q6_K / Q5_0 / IQ4_XS / F16 mix', { ...BASE, type: Q4_K, types: { 'blk.0.ffn_down.weight': Q6_K, 'blk.1.attn_q.weight': Q5_0, 'blk.1.ffn_up.weight': IQ4_XS, 'output.weight': F16 } }],
+    ['gemma3 (windows, q/k norms, GELU), Q8_0', { ...BASE, architecture: 'gemma3', headDim: 128, nHeads: 4, nKvHeads: 1, window: 8, type: Q8_0, tied: true }],
+  ];
+  for (const [name, spec] of cases) {
+    it(name, async () => {
+      await expectSameForThreadCounts(makeSyntheticLlama(spec, { keepWeights: false }).bytes, spec.vocab);
+    });
+  }
+
+  it.skipIf(!announceSkipIfNoModels('threads: sotu-15m'))('sotu-15m q8_0: logits, and 24 greedy tokens', async () => {
+    await expectSameForThreadCounts(modelPath('sotu-15m-q8_0.gguf'), 32000, [2]);
+    const greedy = async (threads: number) => {
+      const model = await loadModel(modelPath('sotu-15m-q8_0.gguf'), { threads });
+      const ids: number[] = [];
+      try {
+        for await (const _ of model.generate('The state of the Union is', { maxTokens: 24, temperature: 0, onToken: (id) => ids.push(id) }));
+      } finally {
+        model.dispose();
+      }
+      return ids;
+    };
+    expect(await greedy(2)).toEqual(await greedy(1));
+  });
+});
+
+describe('threads: what runs, and stopping', () => {
+  const bytes = makeSyntheticLlama({ ...BASE, type: Q8_0 }, { keepWeights: false }).bytes;
+
+  it("info says how many threads run and why; 'auto' takes the cores", async () => {
+    const model = await loadModel(bytes, { threads: 'auto' });
+    expect(model.info.threads).toBeGreaterThanOrEqual(1);
+    expect(model.info.threading).toMatch(/'auto' \(\d+ cores\)/);
+    model.dispose();
+    const one = await loadModel(bytes);
+    expect([one.info.threads, one.info.threading]).toEqual([1, '1: threads 1']);
+    one.dispose();
+  });
+
+  it('a bad thread count is BAD_ARGUMENT', async () => {
+    for (const threads of [0, 1.5, 1000, 'many']) {
+      const err = await loadModel(bytes, { threads: threads as number }).catch((e) => e);
+      expect(err).toBeInstanceOf(EdgeLLMError);
+      expect((err as EdgeLLMError).code).toBe('BAD_ARGUMENT');
+    }
+  });
+
+  it('a process whose threaded model is disposed, or never disposed, exits by itself', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'edgellm-threads-'));
+    try {
+      const file = path.join(dir, 'm.gguf');
+      writeFileSync(file, bytes);
+      for (const dispose of [true, false]) {
+        const script = `
+          const { loadModel } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist/index.js')).href)});
+          const model = await loadModel(${JSON.stringify(file)}, { threads: 2 });
+          if (model.info.threads !== 2) throw new Error(model.info.threading);
+          await model.evaluate([1, 5, 9, 12]);
+          ${dispose ? 'model.dispose();' : ''}
+          console.log('done');`;
+        const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+        expect(r.error, `dispose ${dispose}: the process did not exit (${r.stderr})`).toBeUndefined();
+        expect([r.status, r.stdout.trim()], r.stderr).toEqual([0, 'done']);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
