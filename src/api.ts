@@ -167,7 +167,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
           plan = planMemory(gguf, config, context, batchSize, kvOptions, policy, threading.threads);
         }
       }
-      if (plan.arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, policy, plan.arena.totalBytes, budget);
+      if (plan.arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, policy, threading.threads, plan.arena.totalBytes, budget);
     }
     const { arena, weights, pending, kv, attention, state, control } = plan;
 
@@ -239,10 +239,12 @@ function planThreads(option: number | 'auto', ownWasm: boolean): { threads: numb
 }
 
 /** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
-function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, needed: number, budget: number): EdgeLLMError {
+function budgetError(
+  gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads: number, needed: number, budget: number,
+): EdgeLLMError {
   const fits = (ctx: number) => {
     try {
-      return planMemory(gguf, config, ctx, batchSize, kvOptions, policy).arena.totalBytes <= budget;
+      return planMemory(gguf, config, ctx, batchSize, kvOptions, policy, threads).arena.totalBytes <= budget;
     } catch (err) {
       if (err instanceof EdgeLLMError && err.code === 'BUDGET') return false;
       throw err;
@@ -250,7 +252,7 @@ function budgetError(gguf: GGUFFile, config: LlamaConfig, context: number, batch
   };
   let hint: string;
   if (!fits(1)) {
-    const weightBytes = planMemory(gguf, config, 1, 1, { ...kvOptions, hotBytes: undefined }, policy).arena.totalBytes;
+    const weightBytes = planMemory(gguf, config, 1, 1, { ...kvOptions, hotBytes: undefined }, policy, threads).arena.totalBytes;
     hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
   } else {
     let lo = 1, hi = context; // fits(lo) && !fits(hi)
