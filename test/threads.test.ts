@@ -90,6 +90,28 @@ describe('threads: what runs, and stopping', () => {
     one.dispose();
   });
 
+  it('an abort in the middle of a threaded decode stops within one token, and the model runs on', async () => {
+    const model = await loadModel(bytes, { threads: 2 });
+    try {
+      const ac = new AbortController();
+      const ids: number[] = [];
+      let tokensAtAbort = -1;
+      const err = await (async () => {
+        for await (const _ of model.generate([1, 5, 9], { maxTokens: 50, temperature: 0, signal: ac.signal, onToken: (id) => ids.push(id) })) {
+          if (ids.length === 3 && tokensAtAbort < 0) {
+            tokensAtAbort = ids.length;
+            ac.abort();
+          }
+        }
+      })().catch((e) => e);
+      expect((err as EdgeLLMError).code).toBe('ABORTED');
+      expect(ids.length - tokensAtAbort).toBeLessThanOrEqual(1);
+      expect((await model.evaluate([1, 5, 9])).length).toBe(3 * 1000);
+    } finally {
+      model.dispose();
+    }
+  });
+
   it('a bad thread count is BAD_ARGUMENT', async () => {
     for (const threads of [0, 1.5, 1000, 'many']) {
       const err = await loadModel(bytes, { threads: threads as number }).catch((e) => e);
@@ -119,4 +141,35 @@ describe('threads: what runs, and stopping', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('100 threaded load/dispose cycles leave RSS flat', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'edgellm-threads-'));
+    try {
+      const file = path.join(dir, 'm.gguf');
+      writeFileSync(file, bytes);
+      // In a process of its own, so the test runner's heap does not blur it; RSS after 20 cycles against after 100
+      // (a pool that leaked its workers would leave ~10 MB of isolate and instance behind per cycle).
+      const script = `
+        const { loadModel } = await import(${JSON.stringify(pathToFileURL(path.join(ROOT, 'dist/index.js')).href)});
+        const rss = [];
+        for (let i = 1; i <= 100; i++) {
+          const model = await loadModel(${JSON.stringify(file)}, { threads: 2, contextLength: 64 });
+          await model.evaluate([1, 5, 9, 12]);
+          model.dispose();
+          if (i === 20 || i === 100) {
+            globalThis.gc();
+            await new Promise((r) => setTimeout(r, 100));
+            rss.push(process.memoryUsage().rss);
+          }
+        }
+        console.log(JSON.stringify(rss));`;
+      const r = spawnSync(process.execPath, ['--expose-gc', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 120_000 });
+      expect(r.status, r.stderr).toBe(0);
+      const [at20, at100] = JSON.parse(r.stdout) as number[];
+      console.log(`RSS after 20 threaded load/dispose cycles ${(at20 / 1e6).toFixed(0)} MB, after 100 ${(at100 / 1e6).toFixed(0)} MB`);
+      expect(at100 - at20, 'RSS growth over 80 cycles').toBeLessThan(64e6);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 150_000);
 });
