@@ -126,6 +126,20 @@ function softmax_weights(s: usize, ntok: i32, M: f32): f32 {
   return hsum_f32x4(sum);
 }
 
+/**
+ * One KV head's whole attention in one call: attend_begin, attend_pages over descs, attend_end into out. The same
+ * operations in the same order as the three calls, so the same bits; one call is what a thread runs (threads split
+ * attention by KV head, each with its own state and scratch).
+ */
+export function attend_head(
+  state: usize, q: usize, nq: i32, D: i32, P: i32, descs: usize, ndesc: i32, scale: f32, scratch: usize,
+  skip: i32, softcap: f32, out: usize,
+): void {
+  attend_begin(state, nq, D);
+  attend_pages(state, q, nq, D, P, descs, ndesc, scale, scratch, skip, softcap);
+  attend_end(state, out, nq, D);
+}
+
 /** out_j = (acc_j + B_j) / L_j, f32 [nq][D]. */
 export function attend_end(state: usize, out: usize, nq: i32, D: i32): void {
   const headBytes = <usize>(4 + D) << 2;

@@ -21,7 +21,7 @@ export { rmsnorm, rope, silu_mul, gelu_mul, add, add_bias, scale, softcap } from
 // The paged KV cache: like the weight types, one file per KV type (kv_f32/f16/int8/int4.ts) with the same ops (seal a
 // page, score its keys, accumulate its values), driven by attend_pages over a mixed list of pages.
 export { kv_seal_page } from './kv';
-export { attend_begin, attend_pages, attend_end, quest_scores, exp_f32 } from './attention';
+export { attend_begin, attend_pages, attend_end, attend_head, quest_scores, exp_f32 } from './attention';
 
 /** End of the module's static data (Mathf's tables); the host's arena starts above it. */
 export function heap_base(): usize {

@@ -214,7 +214,7 @@ function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchS
   const arena = new Arena(STATIC_RESERVE);
   const { weights, pending } = planWeights(gguf, config, arena);
   const kv = new KVCache(arena, config, context, kvOptions, sinkTokens(policy));
-  const attention = planAttention(arena, config, kv, policy);
+  const attention = planAttention(arena, config, kv, policy, threads);
   const state = planRunState(arena, config, batchSize, context);
   const control = threads > 1 ? arena.reserve('threads.control', controlBytes(threads)) : 0;
   arena.reserve('prefetch slack', PREFETCH_SLACK);

@@ -25,7 +25,7 @@ async function logits(bytes: Uint8Array | string, ids: number[], options: LoadOp
   for (const batchSize of [16, 1]) {
     const model = await loadModel(bytes, { batchSize, contextLength: 64, ...options });
     try {
-      out.push(Buffer.from((await model.evaluate(ids.slice(0, 37))).buffer.slice(0)));
+      out.push(Buffer.from((await model.evaluate(ids)).buffer.slice(0)));
       info = { threads: model.info.threads, threading: model.info.threading };
     } finally {
       model.dispose();
@@ -34,12 +34,13 @@ async function logits(bytes: Uint8Array | string, ids: number[], options: LoadOp
   return { bytes: Buffer.concat(out), ...info };
 }
 
-async function expectSameForThreadCounts(bytes: Uint8Array | string, vocab: number, counts = [2, 3]) {
-  const ids = seededIds(40, vocab, 7);
-  const one = await logits(bytes, ids, { threads: 1 });
+async function expectSameForThreadCounts(bytes: Uint8Array | string, vocab: number, counts = [2, 3], length = 37) {
+  const ids = seededIds(length, vocab, 7);
+  const options: LoadOptions = { contextLength: Math.max(64, length) };
+  const one = await logits(bytes, ids, { ...options, threads: 1 });
   expect(one.threads).toBe(1);
   for (const threads of counts) {
-    const many = await logits(bytes, ids, { threads });
+    const many = await logits(bytes, ids, { ...options, threads });
     expect(many.threads, many.threading).toBe(threads);
     expect(many.bytes.equals(one.bytes), `threads ${threads}: logits differ from one thread's`).toBe(true);
   }
@@ -60,6 +61,10 @@ describe('threads: the same logits for 1, 2 and 3 threads', () => {
       await expectSameForThreadCounts(makeSyntheticLlama(spec, { keepWeights: false }).bytes, spec.vocab);
     });
   }
+
+  it('Q8_0 over 100 positions: attention split by KV head past 64 positions too', async () => {
+    await expectSameForThreadCounts(makeSyntheticLlama({ ...BASE, type: Q8_0, ctx: 128 }, { keepWeights: false }).bytes, BASE.vocab, [2, 3], 100);
+  });
 
   it.skipIf(!announceSkipIfNoModels('threads: sotu-15m'))('sotu-15m q8_0: logits, and 24 greedy tokens', async () => {
     await expectSameForThreadCounts(modelPath('sotu-15m-q8_0.gguf'), 32000, [2]);

@@ -3,6 +3,10 @@ import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import { DESC_INTS, pinnedPages, type KVCache } from '../kv/cache.js';
 import type { LlamaConfig } from '../model/config.js';
+import type { KernelPool } from '../runtime/pool.js';
+
+/** Attention multiply-adds of a token below which a layer's heads stay on one thread (a dispatch costs a few µs). */
+const SPLIT_MIN_MACS = 1 << 16;
 
 /**
  * Which pages a query reads. 'full': every page. 'sparse' (Quest): the sink pages (the first sinkTokens tokens),
@@ -78,6 +82,10 @@ export interface AttentionState {
   listLength: number;
   /** the selected page indices, reused across calls */
   selected: Int32Array;
+  /** per thread of the pool, when there is one (Llama sets it): the state and scratch of the head it attends */
+  pool?: KernelPool;
+  threadState: number[];
+  threadScratch: number[];
   counters: { queries: number; tokensRead: number; positions: number; pagesScored: number; massSum: Float64Array; massCount: Float64Array };
   /** views of the memory (bindAttention) */
   f32: Float32Array;
@@ -89,16 +97,25 @@ export function bindAttention(a: AttentionState, memory: WebAssembly.Memory): vo
   a.i32 = new Int32Array(memory.buffer);
 }
 
-export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy: AttentionPolicy): AttentionState {
+export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy: AttentionPolicy, threads = 1): AttentionState {
   const group = c.nHeads / c.nKvHeads;
   const stateBytes = group * (4 + c.headDim) * 4;
+  // attend_pages: P scores and the quantized query; quest_scores: the group's query folded into 2·D floats
+  const scratchBytes = Math.max(4 * kv.P + 4 * c.headDim + 64, 8 * c.headDim);
   const listLength = Math.min(kv.pagesPerHead, Math.max(kv.plan.stagingSlots, 64));
+  const state = arena.reserve('attention.state', stateBytes);
+  const scratch = arena.reserve('attention.scratch', scratchBytes);
+  // threads 1.. attend a KV head each with their own state and scratch (thread 0 uses the ones above)
+  const others = Array.from({ length: threads - 1 }, (_, i) => [
+    arena.reserve(`attention.state (thread ${i + 1})`, stateBytes), arena.reserve(`attention.scratch (thread ${i + 1})`, scratchBytes),
+  ]);
   return {
     policy,
-    state: arena.reserve('attention.state', stateBytes),
+    state,
     fullState: arena.reserve('attention.state (recall)', policy.measureRecall ? stateBytes : 0),
-    // attend_pages: P scores and the quantized query; quest_scores: the group's query folded into 2·D floats
-    scratch: arena.reserve('attention.scratch', Math.max(4 * kv.P + 4 * c.headDim + 64, 8 * c.headDim)),
+    scratch,
+    threadState: [state, ...others.map(([s]) => s)],
+    threadScratch: [scratch, ...others.map(([, s]) => s)],
     scores: arena.reserve('attention.page scores', policy.sparse ? kv.pagesPerHead * 4 : 0),
     list: arena.reserve('attention.page list', listLength * DESC_INTS * 4),
     listLength,
@@ -141,6 +158,25 @@ export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionStat
   const scale = c.attnScale, cap = c.attnSoftcap;
   const W = kv.window(layer);
   const n = a.counters;
+  // With threads, a global layer with every page hot and read splits by KV head: each thread attends one head at a time
+  // with its own state and scratch (attend_head: the same operations in the same order, so the same bits).
+  const pool = a.pool;
+  if (pool && W === 0 && !a.policy.sparse && !kv.tiered && c.nKvHeads > 1 && 2 * nPos * D * c.nHeads >= SPLIT_MIN_MACS) {
+    const T = pool.threads;
+    for (let h0 = 0; h0 < c.nKvHeads; h0 += T) {
+      pool.runParts(Array.from({ length: T }, (_, i) => {
+        const h = h0 + i;
+        const at = h * group * D * 4;
+        return h < c.nKvHeads
+          ? (t: Kernels) => t.attend_head(a.threadState[i], q + at, group, D, P, kv.descriptors(layer, h), pages, scale, a.threadScratch[i], 0, cap, out + at)
+          : null;
+      }));
+    }
+    n.queries += c.nKvHeads;
+    n.positions += nPos * c.nKvHeads;
+    n.tokensRead += nPos * c.nKvHeads;
+    return;
+  }
   for (let h = 0; h < c.nKvHeads; h++) {
     const qh = q + h * group * D * 4;
     n.queries++;

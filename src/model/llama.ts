@@ -95,6 +95,7 @@ export class Llama {
     this.heap = new Float32Array(memory.buffer);
     kv.bind(memory);
     bindAttention(attention, memory);
+    attention.pool = pool;
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
     this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };

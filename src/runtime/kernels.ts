@@ -67,6 +67,11 @@ export interface Kernels {
   ): void;
   /** out: f32 [nq][D] = (acc + B) / L per head. */
   attend_end(state: number, out: number, nq: number, D: number): void;
+  /** attend_begin, attend_pages and attend_end in one call (a KV head on one thread), out: f32 [nq][D]. */
+  attend_head(
+    state: number, q: number, nq: number, D: number, P: number, descs: number, ndesc: number, scale: number, scratch: number,
+    skip: number, softcap: number, out: number,
+  ): void;
   /** out[p] (f32) = Σ_j Σ_c max(q_jc·kmin_c, q_jc·kmax_c) over npages summaries back to back (8·D bytes each); scratch 8·D bytes. */
   quest_scores(q: number, nq: number, D: number, summaries: number, npages: number, out: number, scratch: number): void;
   /** out[i] = e^x[i] by the softmax's exp (a test hook). */
