@@ -14,13 +14,14 @@ import { typeName } from '../src/gguf/types.js';
 import { ROW_FORMATS } from '../src/gguf/quantize.js';
 import { rowSlice, tokenSlice, WEIGHT_TYPES, type Activations, type Matrix } from '../src/model/weight-types.js';
 import { gaussian } from './util/compare.js';
-import { controlBytes, KernelPool, sharedWasmUrl } from '../src/runtime/pool.js';
+import { controlBytes, KernelPool } from '../src/runtime/pool.js';
+import { packagedWasmUrl } from '../src/runtime/kernels.js';
 import { ROOT } from './util/shared.js';
 
 type Build = 'simd' | 'relaxed';
 const BUILDS: Build[] = ['simd', 'relaxed'];
 const wasmBytes = (file: string) => readFileSync(path.join(ROOT, 'build', file));
-const sharedModule = (build: Build) => new WebAssembly.Module(readFileSync(sharedWasmUrl(build)));
+const sharedModule = (build: Build) => new WebAssembly.Module(readFileSync(packagedWasmUrl(build, true)));
 
 const PAGES = 256; // 16 MiB: room for every test's data, so no view is outgrown
 /** A shared memory as the host plans it: created at once, with a maximum. */

@@ -14,7 +14,7 @@
  * and spins instead (docs/threads.md).
  */
 import { EdgeLLMError } from '../errors.js';
-import { instantiateKernels, packagedWasmUrl, type KernelBuild, type Kernels } from './kernels.js';
+import { instantiateKernels, type Kernels } from './kernels.js';
 import { CONTROL, workerSource } from './pool-worker.js';
 
 export { CONTROL } from './pool-worker.js';
@@ -23,7 +23,7 @@ export { CONTROL } from './pool-worker.js';
 export type PoolPlatform = 'node' | 'web';
 
 export interface PoolOptions {
-  /** A shared-memory kernel build (build/edgellm-{simd,relaxed}-shared.wasm, see sharedWasmUrl), compiled. */
+  /** A shared-memory kernel build (build/edgellm-{simd,relaxed}-shared.wasm: packagedWasmUrl(build, true) in kernels.ts), compiled. */
   module: WebAssembly.Module;
   /** The memory every instance imports: `new WebAssembly.Memory({ initial, maximum, shared: true })`. */
   memory: WebAssembly.Memory;
@@ -43,13 +43,6 @@ export function controlBytes(threads: number): number {
   return CONTROL.HEADER_BYTES + threads * CONTROL.SLOT_BYTES;
 }
 
-/**
- * The file of a packaged shared-memory build, beside the unshared one (build/ from source, dist/ in the package). The
- * shared builds differ from theirs only in the memory import (shared, maximum 65536 pages, so any planned memory fits).
- */
-export function sharedWasmUrl(build: KernelBuild): URL {
-  return packagedWasmUrl(build, true);
-}
 
 /**
  * The cores this runtime reports: Node's os.availableParallelism (through process.getBuiltinModule, so no import of
@@ -307,9 +300,14 @@ export class KernelPool {
   }
 }
 
-/** The kernel calls `part` makes, recorded instead of run. */
+/**
+ * The kernel calls `part` makes, recorded instead of run: through one recorder for every part (runParts runs for every
+ * matmul of a decode step, so it allocates no Proxy per call).
+ */
+const recorded: { name: string; args: number[] }[] = [];
+const recorder = new Proxy({} as Kernels, { get: (_, name) => (...args: number[]) => void recorded.push({ name: String(name), args }) });
 function recordCalls(part: (k: Kernels) => void): { name: string; args: number[] }[] {
-  const calls: { name: string; args: number[] }[] = [];
-  part(new Proxy({} as Kernels, { get: (_, name) => (...args: number[]) => void calls.push({ name: String(name), args }) }));
-  return calls;
+  recorded.length = 0;
+  part(recorder);
+  return recorded.splice(0);
 }
