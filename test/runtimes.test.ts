@@ -1,13 +1,14 @@
 // The package in the runtimes it claims, run for real: Node, Deno and Bun each run their example (examples/*) and a
 // script that imports 'edgellm' from an installed copy of the packed package (so the exports conditions, the files
-// list and the .d.ts are what a user gets). Every run must give Node's greedy tokens. Browsers: browser.test.ts;
-// Workers: workerd.test.ts.
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+// list and the .d.ts are what a user gets), single-threaded and with a kernel pool of 2 and 3 threads. Every run must
+// give Node's single-thread greedy tokens. Browsers: browser.test.ts; Workers: workerd.test.ts.
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadModel } from '../src/index.js';
+import { KernelPool } from '../src/runtime/pool.js';
 import { announceSkipIfNoModels, modelPath, ROOT } from './util/shared.js';
 import { checkDist } from './util/dist.js';
 
@@ -36,15 +37,19 @@ const RUNTIMES: Runtime[] = [
   { name: 'bun', run: (s, a) => [bin('bun'), [s, ...a]], example: 'examples/bun.ts', build: 'relaxed' },
 ];
 
-function exec(rt: Runtime, script: string, args: string[], cwd: string) {
+function exec(rt: Runtime, script: string, args: string[], cwd: string, timeout = 120_000) {
   const [cmd, argv] = rt.run(script, args);
-  const r = spawnSync(cmd, argv, { cwd, encoding: 'utf8', timeout: 120_000, env: { ...process.env, NO_COLOR: '1' } });
+  // SIGKILL: a process kept alive by a worker spinning or waiting must not outlive the test
+  const r = spawnSync(cmd, argv, { cwd, encoding: 'utf8', timeout, killSignal: 'SIGKILL', env: { ...process.env, NO_COLOR: '1' } });
+  if (r.error) throw new Error(`${rt.name} ${script} ${args.join(' ')}: did not exit within ${timeout / 1000} s (${r.error.message}):\n${r.stderr}\n${r.stdout}`);
   if (r.status !== 0) throw new Error(`${rt.name} ${script} exited with ${r.status ?? r.signal}:\n${r.stderr}\n${r.stdout}`);
   return r;
 }
 
 describe.skipIf(!HAVE)('real runtimes give Node’s greedy tokens', () => {
   const reference = new Map<string, { ids: number[]; text: string }>();
+  /** pool jobs that gave a worker a slice, with 2 threads in Node from src/: before the first token (prefill), after it (decode) */
+  const split = new Map<string, { prefill: number; decode: number }>();
   let project = '';
 
   beforeAll(async () => {
@@ -56,12 +61,30 @@ describe.skipIf(!HAVE)('real runtimes give Node’s greedy tokens', () => {
       reference.set(c.file, { ids, text });
       model.dispose();
     }
+    // Which cases make the workers compute at all (a product under Llama's split threshold runs on thread 0 alone):
+    // the real pool, counted as it runs.
+    const run = vi.spyOn(KernelPool.prototype, 'run');
+    try {
+      for (const c of CASES) {
+        const jobs = () => run.mock.calls.filter(([, args]) => args.slice(1).some(Boolean)).length;
+        const model = await loadModel(modelPath(c.file), { contextLength: 512, threads: 2 });
+        const at = jobs();
+        let prefill = -1;
+        await model.complete(c.prompt, { maxTokens: N, onToken: () => void (prefill < 0 && (prefill = jobs() - at)) });
+        split.set(c.file, { prefill, decode: jobs() - at - prefill });
+        model.dispose();
+        run.mockClear();
+      }
+    } finally {
+      run.mockRestore();
+    }
     // A user's project with the package installed from its tarball: what `npm install edgellm` would unpack.
     project = mkdtempSync(path.join(tmpdir(), 'edgellm-runtimes-'));
     const pkg = path.join(project, 'node_modules/edgellm');
     mkdirSync(pkg, { recursive: true });
     const tgz = execFileSync('npm', ['pack', '--ignore-scripts', '--silent', '--pack-destination', project], { cwd: ROOT, encoding: 'utf8' }).trim().split('\n').pop()!;
     execFileSync('tar', ['xzf', path.join(project, tgz), '-C', pkg, '--strip-components=1']);
+    copyFileSync(path.join(ROOT, 'test/fixtures/runtime-threads.mjs'), path.join(project, 'threads.mjs'));
     writeFileSync(path.join(project, 'package.json'), JSON.stringify({ type: 'module', private: true, dependencies: { edgellm: '*' } }));
     writeFileSync(path.join(project, 'deno.json'), JSON.stringify({ nodeModulesDir: 'manual' }));
     writeFileSync(
@@ -111,7 +134,33 @@ console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model
       expect(out.text).toBe(reference.get(c.file)!.text);
       expect(out.build).toBe(rt.build);
     });
+
+    // Every model of a run is disposed, or none is: the process must end by itself either way (Node's workers are
+    // unref'd; Deno and Bun run them through their own worker_threads, which threadSupport() picks for that reason).
+    const THREADED = [[2, true], [2, false], [3, true], [3, false]] as const;
+    test(`${rt.name}: threads 2 and 3 from the installed package give the single-thread tokens, and the process exits with and without dispose`, () => {
+      for (const [threads, dispose] of THREADED) {
+        const job = { threads, dispose, cases: CASES.map((c) => ({ file: modelPath(c.file), prompt: c.prompt, n: N })) };
+        const r = exec(rt, 'threads.mjs', [JSON.stringify(job)], project, 60_000);
+        const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+        expect(out.entry).toMatch(/node_modules\/edgellm\/dist\/index\.js$/);
+        // Deno and Bun also have a Web Worker, which Deno would not let exit undisposed: this is why theirs is not taken
+        if (rt.name !== 'node') expect(out.getBuiltinModule, 'threadSupport() takes worker_threads here').toBe(true);
+        for (const [i, c] of CASES.entries()) {
+          const got = out.results[i], what = `${rt.name} threads ${threads} ${c.file}`;
+          expect(got.threads, `${what}: ${got.threading}`).toBe(threads);
+          expect(got.threading).toBe(`${threads}: threads ${threads}`);
+          expect(got.ids, what).toEqual(reference.get(c.file)!.ids);
+          expect(got.text, what).toBe(reference.get(c.file)!.text);
+        }
+      }
+    });
   }
+
+  test('sotu-15m splits its matmuls across the workers at prefill and at decode (tiny-260k is too small to)', () => {
+    expect(split.get('sotu-15m-q4_0.gguf')!.prefill).toBeGreaterThan(0);
+    expect(split.get('sotu-15m-q4_0.gguf')!.decode).toBeGreaterThan(0);
+  });
 
   test('deno check: the packaged .d.ts type-check a TypeScript user', () => {
     const r = spawnSync(bin('deno'), ['check', 'greedy.ts'], { cwd: project, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' } });
