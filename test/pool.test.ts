@@ -15,6 +15,7 @@ import { ROW_FORMATS } from '../src/gguf/quantize.js';
 import { rowSlice, tokenSlice, WEIGHT_TYPES, type Activations, type Matrix } from '../src/model/weight-types.js';
 import { gaussian } from './util/compare.js';
 import { controlBytes, KernelPool } from '../src/runtime/pool.js';
+import { splitPerTokenOps } from '../src/model/split-ops.js';
 import { packagedWasmUrl } from '../src/runtime/kernels.js';
 import { ROOT } from './util/shared.js';
 
@@ -161,7 +162,7 @@ describe('shared-memory kernel builds', () => {
 describe('KernelPool', () => {
   for (const build of BUILDS) {
     for (const threads of [1, 2, 3, 4]) {
-      it(`${build}, ${threads} thread(s): split Q8_0 and Q4_0 matmuls write the bytes of one call`, async () => {
+      it(`${build}, ${threads} thread(s): Q8_0 and Q4_0 matmuls split in parts write the bytes of one call`, async () => {
         const memory = sharedMemory();
         const pool = await KernelPool.start({ module: sharedModule(build), memory, control: CONTROL_AT, threads });
         try {
@@ -176,9 +177,12 @@ describe('KernelPool', () => {
               new Uint8Array(memory.buffer, p.y, ntok * p.rows * 4).fill(0xa5); // what no thread writes stays visible
               (k[name] as (...a: number[]) => void)(...wholeArgs(p, type));
               const want = y();
-              new Uint8Array(memory.buffer, p.y, ntok * p.rows * 4).fill(0xa5);
-              pool.run(name, split(p, type, threads));
-              expect(Buffer.from(y()).equals(Buffer.from(want)), `${name}, ntok ${ntok}`).toBe(true);
+              // as many parts as threads, and more (parts go to whichever thread is free)
+              for (const parts of [threads, 4 * threads]) {
+                new Uint8Array(memory.buffer, p.y, ntok * p.rows * 4).fill(0xa5);
+                pool.run(name, split(p, type, parts));
+                expect(Buffer.from(y()).equals(Buffer.from(want)), `${name}, ntok ${ntok}, ${parts} parts`).toBe(true);
+              }
             }
           }
           // Many back-to-back jobs (the decode pattern: workers still spinning), each complete when run returns.
@@ -187,7 +191,7 @@ describe('KernelPool', () => {
           const want = new Uint8Array(memory.buffer, p.y, 64 * 4).slice();
           for (let i = 0; i < 200; i++) {
             new Uint8Array(memory.buffer, p.y, 64 * 4).fill(i);
-            pool.run('matmul_q8_0', splitRows(p, 'q8_0', threads));
+            pool.run('matmul_q8_0', splitRows(p, 'q8_0', 3 * threads));
             expect(Buffer.from(memory.buffer, p.y, 64 * 4).equals(Buffer.from(want))).toBe(true);
           }
         } finally {
@@ -267,6 +271,80 @@ describe('KernelPool', () => {
     });
   }
 
+  it('the parts spread over every thread (a pool whose workers took none would still write the right bytes)', async () => {
+    const memory = sharedMemory();
+    const threads = 3;
+    const pool = await KernelPool.start({ module: sharedModule('simd'), memory, control: CONTROL_AT, threads });
+    try {
+      const p = problem(memory, pool.kernels, 256, 1024, 1, 5);
+      // Until every worker has taken a part: workers spinning or woken take parts within a few jobs; the bound only
+      // keeps a broken pool from looping forever.
+      for (let job = 0; job < 5000 && pool.partsTaken().some((n) => n === 0); job++) pool.run('matmul_q8_0', splitRows(p, 'q8_0', 4 * threads));
+      const taken = pool.partsTaken();
+      expect(taken.every((n) => n > 0), `parts taken per thread: ${taken}`).toBe(true);
+    } finally {
+      await pool.dispose();
+    }
+  });
+
+  it('a worker that dies is a WASM error at the next job, not a wait forever', async () => {
+    const memory = sharedMemory();
+    const pool = await KernelPool.start({ module: sharedModule('simd'), memory, control: CONTROL_AT, threads: 3 });
+    try {
+      const ok = [DATA_AT, DATA_AT, DATA_AT + 4096, 1, 8, 1];
+      pool.run('matmul_f32', [ok, ok, ok]);
+      // killed from outside, as an out-of-memory worker would be (terminate resolves once its exit event has run)
+      await (pool as unknown as { workers: { terminate(): Promise<unknown> }[] }).workers[1].terminate();
+      expect(() => pool.run('matmul_f32', [ok, ok, ok])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringMatching(/worker 2 exited.*load the model again/) }));
+    } finally {
+      await pool.dispose();
+    }
+  });
+
+  // The forward pass's per-token ops (src/model/split-ops.ts) split by token ranges: the bytes of one call.
+  for (const build of BUILDS) {
+    it(`${build}: norms, RoPE, activations, adds and the activations' quantization split by tokens write the bytes of one call`, async () => {
+      const memory = sharedMemory();
+      const pool = await KernelPool.start({ module: sharedModule(build), memory, control: CONTROL_AT, threads: 3 });
+      try {
+        const k = pool.kernels, split = splitPerTokenOps(k, pool);
+        const ntok = 37, n = 1024, heads = 8, headDim = n / heads, bytes = ntok * n * 4;
+        let top = DATA_AT;
+        const alloc = (size: number) => ((top += size + 64), top - size - 64);
+        const rnd = gaussian(11);
+        const fill = (p: number, count: number) => new Float32Array(memory.buffer, p, count).forEach((_, i, a) => (a[i] = rnd() * 2));
+        const x = alloc(bytes), y = alloc(bytes), w = alloc(n * 4), cs = alloc(64 * headDim * 4), table = alloc(65536 * 4);
+        const out = alloc(bytes), q = alloc(ntok * n), d = alloc(ntok * (n / 32) * 4), sums = alloc(ntok * (n / 16) * 4);
+        fill(w, n), fill(cs, 64 * headDim), fill(table, 65536);
+        const ops: Array<[string, (k: Kernels) => void]> = [
+          ['rmsnorm', (t) => t.rmsnorm(out, x, w, n, ntok, 1e-5)],
+          ['rope', (t) => t.rope(x, heads, headDim, headDim, ntok, cs, 3, 0)],
+          ['rope neox', (t) => t.rope(x, heads, headDim, headDim / 2, ntok, cs, 5, 1)],
+          ['add_bias', (t) => t.add_bias(x, w, n, ntok)],
+          ['add', (t) => t.add(x, y, ntok * n)],
+          ['silu_mul', (t) => t.silu_mul(x, y, ntok * n)],
+          ['gelu_mul', (t) => t.gelu_mul(x, y, ntok * n, table)],
+          ['quantize_q8_0', (t) => t.quantize_q8_0(x, n, ntok, q, d, sums)],
+          ['quantize_q8_k', (t) => t.quantize_q8_k(x, n, ntok, q, d, sums)],
+        ];
+        const state = () => Buffer.from(new Uint8Array(memory.buffer, x, top - x)).toString('base64');
+        for (const [name, op] of ops) {
+          fill(x, ntok * n), fill(y, ntok * n);
+          const before = state();
+          op(k);
+          const want = state();
+          new Uint8Array(memory.buffer, x, top - x).set(Buffer.from(before, 'base64'));
+          const taken = pool.partsTaken().reduce((a, b) => a + b);
+          op(split);
+          expect(pool.partsTaken().reduce((a, b) => a + b), `${name} was split`).toBeGreaterThan(taken + 1);
+          expect(state() === want, `${name}: split bytes differ`).toBe(true);
+        }
+      } finally {
+        await pool.dispose();
+      }
+    });
+  }
+
   it('runParts takes one kernel call per part, the same kernel in every part', async () => {
     const memory = sharedMemory();
     const pool = await KernelPool.start({ module: sharedModule('simd'), memory, control: CONTROL_AT, threads: 2 });
@@ -281,18 +359,19 @@ describe('KernelPool', () => {
     }
   });
 
-  it('a kernel trap on a worker is a WASM error after every thread is done, and the pool runs on', async () => {
+  it('a kernel trap in a part is a WASM error after every part is done, and the pool runs on', async () => {
     const memory = sharedMemory();
     const pool = await KernelPool.start({ module: sharedModule('simd'), memory, control: CONTROL_AT, threads: 3 });
     try {
       const out = DATA_AT;
       const ok = [DATA_AT, DATA_AT, out, 1, 8, 1]; // matmul_f32(w, x, y, rows, cols, ntok) over whatever is there
       const trap = [2 ** 31 - 64, DATA_AT, out, 1, 8, 1]; // w past the memory's end
-      expect(() => pool.run('matmul_f32', [ok, trap, ok])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringContaining('thread 1') }));
-      expect(() => pool.run('matmul_f32', [trap, ok])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringContaining('thread 0') }));
-      pool.run('matmul_f32', [ok, ok, ok]);
+      expect(() => pool.run('matmul_f32', [ok, trap, ok])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringContaining('part 1') }));
+      expect(() => pool.run('matmul_f32', [trap, ok])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringContaining('part 0') }));
+      expect(() => pool.run('matmul_f32', [ok, ok, ok, ok, ok, ok, ok, trap])).toThrow(expect.objectContaining({ code: 'WASM', message: expect.stringContaining('part 7') }));
+      pool.run('matmul_f32', Array(pool.maxParts).fill(ok));
       expect(() => pool.run('no_such_kernel' as never, [])).toThrow(expect.objectContaining({ code: 'BAD_ARGUMENT' }));
-      expect(() => pool.run('matmul_f32', [ok, ok, ok, ok])).toThrow(expect.objectContaining({ code: 'BAD_ARGUMENT' }));
+      expect(() => pool.run('matmul_f32', Array(pool.maxParts + 1).fill(ok))).toThrow(expect.objectContaining({ code: 'BAD_ARGUMENT' }));
     } finally {
       await pool.dispose();
     }
@@ -337,7 +416,7 @@ describe('a pool in a child process', () => {
       const pool = await KernelPool.start({ module, memory, control: 65536, threads: 3, platform: platform === 'auto' ? undefined : platform });
       const y = new Float32Array(memory.buffer, 80000, 3).fill(NaN);
       const w = new Float32Array(memory.buffer, 70000, 8).fill(1);
-      // y[i] = Σ w·w over 8 columns on thread i: 8 each, so every thread ran
+      // y[i] = Σ w·w over 8 columns in part i: 8 each, so every part ran
       const a = (i) => [70000, 70000, 80000 + 4 * i, 1, 8, 1];
       pool.run('matmul_f32', [a(0), a(1), a(2)]);
       if (dispose === 'dispose') await pool.dispose();

@@ -82,10 +82,10 @@ export interface AttentionState {
   listLength: number;
   /** the selected page indices, reused across calls */
   selected: Int32Array;
-  /** per thread of the pool, when there is one (Llama sets it): the state and scratch of the head it attends */
+  /** the pool, when there is one (Llama sets it), and per KV head the state and scratch its part attends with */
   pool?: KernelPool;
-  threadState: number[];
-  threadScratch: number[];
+  headState: number[];
+  headScratch: number[];
   counters: { queries: number; tokensRead: number; positions: number; pagesScored: number; massSum: Float64Array; massCount: Float64Array };
   /** views of the memory (bindAttention) */
   f32: Float32Array;
@@ -105,17 +105,17 @@ export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy:
   const listLength = Math.min(kv.pagesPerHead, Math.max(kv.plan.stagingSlots, 64));
   const state = arena.reserve('attention.state', stateBytes);
   const scratch = arena.reserve('attention.scratch', scratchBytes);
-  // threads 1.. attend a KV head each with their own state and scratch (thread 0 uses the ones above)
-  const others = Array.from({ length: threads - 1 }, (_, i) => [
-    arena.reserve(`attention.state (thread ${i + 1})`, stateBytes), arena.reserve(`attention.scratch (thread ${i + 1})`, scratchBytes),
+  // with threads, the KV heads are parts of one job, run by any thread at once: each its own state and scratch
+  const heads = Array.from({ length: threads > 1 ? c.nKvHeads : 0 }, (_, h) => [
+    arena.reserve(`attention.state (head ${h})`, stateBytes), arena.reserve(`attention.scratch (head ${h})`, scratchBytes),
   ]);
   return {
     policy,
     state,
     fullState: arena.reserve('attention.state (recall)', policy.measureRecall ? stateBytes : 0),
     scratch,
-    threadState: [state, ...others.map(([s]) => s)],
-    threadScratch: [scratch, ...others.map(([, s]) => s)],
+    headState: heads.map(([s]) => s),
+    headScratch: heads.map(([, s]) => s),
     scores: arena.reserve('attention.page scores', policy.sparse ? kv.pagesPerHead * 4 : 0),
     list: arena.reserve('attention.page list', listLength * DESC_INTS * 4),
     listLength,
@@ -158,18 +158,14 @@ export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionStat
   const scale = c.attnScale, cap = c.attnSoftcap;
   const W = kv.window(layer);
   const n = a.counters;
-  // With threads, a global layer with every page hot and read splits by KV head: each thread attends one head at a time
-  // with its own state and scratch (attend_head: the same operations in the same order, so the same bits).
+  // With threads, a global layer with every page hot and read splits by KV head: each head a part with its own state
+  // and scratch (attend_head: the same operations in the same order, so the same bits).
   const pool = a.pool;
   if (pool && W === 0 && !a.policy.sparse && !kv.tiered && c.nKvHeads > 1 && 2 * nPos * D * c.nHeads >= SPLIT_MIN_MACS) {
-    const T = pool.threads;
-    for (let h0 = 0; h0 < c.nKvHeads; h0 += T) {
-      pool.runParts(Array.from({ length: T }, (_, i) => {
-        const h = h0 + i;
-        const at = h * group * D * 4;
-        return h < c.nKvHeads
-          ? (t: Kernels) => t.attend_head(a.threadState[i], q + at, group, D, P, kv.descriptors(layer, h), pages, scale, a.threadScratch[i], 0, cap, out + at)
-          : null;
+    for (let h0 = 0; h0 < c.nKvHeads; h0 += pool.maxParts) {
+      pool.runParts(Array.from({ length: Math.min(pool.maxParts, c.nKvHeads - h0) }, (_, i) => {
+        const h = h0 + i, at = h * group * D * 4;
+        return (t: Kernels) => t.attend_head(a.headState[h], q + at, group, D, P, kv.descriptors(layer, h), pages, scale, a.headScratch[h], 0, cap, out + at);
       }));
     }
     n.queries += c.nKvHeads;

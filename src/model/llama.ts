@@ -8,9 +8,12 @@ import type { LayerWeights, LlamaWeights } from './weights.js';
 import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
 import { rowSlice, tokenSlice, type Activations, type InputFormat, type Matrix } from './weight-types.js';
 import type { KernelPool } from '../runtime/pool.js';
+import { splitPerTokenOps } from './split-ops.js';
 
 /** Multiply-adds below which a matmul runs on one thread: a dispatch costs a few µs, ~100K MACs' worth. */
 const SPLIT_MIN_MACS = 1 << 17;
+/** Parts per thread a split matmul is cut into: enough that a thread held back leaves its share to the others. */
+const PARTS_PER_THREAD = 4;
 
 /** Activation buffers for a batch of up to maxBatch tokens (llama2.c's RunState), all planned in the arena. */
 interface RunState {
@@ -79,6 +82,8 @@ export class Llama {
   private readonly kvDim: number;
   /** the prepared matmul input: its f32 values (set per call) and its quantized forms in the run state */
   private readonly act: Activations;
+  /** the kernels, with the per-token ops split over the pool's threads when there is one (split-ops.ts) */
+  private readonly ops: Kernels;
 
   constructor(
     readonly config: LlamaConfig,
@@ -96,6 +101,7 @@ export class Llama {
     kv.bind(memory);
     bindAttention(attention, memory);
     attention.pool = pool;
+    this.ops = splitPerTokenOps(kernels, pool);
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
     this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };
@@ -126,7 +132,7 @@ export class Llama {
    * of every token when allLogits ([ntok][vocab]), else of the last token only.
    */
   forward(tokens: ArrayLike<number>, pos0: number, allLogits: boolean): number {
-    const c = this.config, s = this.s, k = this.kernels, w = this.weights;
+    const c = this.config, s = this.s, k = this.ops, w = this.weights;
     const B = tokens.length;
     if (B < 1 || B > this.maxBatch) throw new EdgeLLMError('BAD_ARGUMENT', `forward batch of ${B} tokens; 1..${this.maxBatch} allowed`);
     if (pos0 + B > this.kv.ctx) {
@@ -190,7 +196,7 @@ export class Llama {
 
   /** q, k, v of the normed input xb: three matrices, or one fused matrix split by rows (Phi-3); then the biases. */
   private projectQKV(L: LayerWeights, B: number): void {
-    const s = this.s, k = this.kernels, dim = this.config.dim;
+    const s = this.s, k = this.ops, dim = this.config.dim;
     if (L.wqkv) {
       this.prepareInput(s.xb, dim, B, L.wqkv);
       this.matmul(L.wqkv, s.xb, s.fused, B);
@@ -234,7 +240,7 @@ export class Llama {
 
   /** Quantized matrices read int8 activations: quantize the input once, in each format the matrices sharing it read. */
   private prepareInput(x: number, cols: number, ntok: number, ...ms: Matrix[]): void {
-    const k = this.kernels, s = this.s;
+    const k = this.ops, s = this.s;
     const needs = (format: InputFormat) => ms.some((m) => m.kernel.input === format);
     if (needs('q8_0')) k.quantize_q8_0(x, cols, ntok, s.xq, s.xd, s.xs);
     if (needs('q8_k')) k.quantize_q8_k(x, cols, ntok, s.kq, s.kd, s.ks);
@@ -253,18 +259,20 @@ export class Llama {
       m.kernel.matmul(this.kernels, m, a, y, ntok);
       return;
     }
-    const n = pool.threads;
-    // thread i takes the i-th of n near-equal runs of `units` units (row groups or token tiles of 4)
-    const share = (units: number, i: number) => [4 * Math.floor((units * i) / n), 4 * Math.floor((units * (i + 1)) / n)];
+    // parts of near-equal runs of `units` units (row groups or token tiles of 4), several per thread, taken by
+    // whichever thread is free
+    const units = ntok === 1 ? Math.ceil(m.rows / 4) : Math.ceil(ntok / 4);
+    const n = Math.min(units, PARTS_PER_THREAD * pool.threads, pool.maxParts);
+    const share = (i: number) => 4 * Math.floor((units * i) / n);
     if (ntok === 1) {
       pool.runParts(Array.from({ length: n }, (_, i) => {
-        const [r0, r1] = share(Math.ceil(m.rows / 4), i).map((r) => Math.min(r, m.rows));
-        return r0 < r1 ? (k: Kernels) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + r0 * 4, 1) : null;
+        const r0 = share(i), r1 = Math.min(share(i + 1), m.rows);
+        return (k: Kernels) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + r0 * 4, 1);
       }));
     } else {
       pool.runParts(Array.from({ length: n }, (_, i) => {
-        const [t0, t1] = share(Math.ceil(ntok / 4), i).map((t) => Math.min(t, ntok));
-        return t0 < t1 ? (k: Kernels) => m.kernel.matmul(k, m, tokenSlice(a, m.cols, t0), y + t0 * m.rows * 4, t1 - t0) : null;
+        const t0 = share(i), t1 = Math.min(share(i + 1), ntok);
+        return (k: Kernels) => m.kernel.matmul(k, m, tokenSlice(a, m.cols, t0), y + t0 * m.rows * 4, t1 - t0);
       }));
     }
   }

@@ -7,35 +7,47 @@
  * It must stay plain JavaScript with no imports; CONTROL reaches it as a literal (see workerSource).
  */
 /**
- * The control block (int32 words, then f64 argument slots), at a byte offset the host plans (8-aligned):
- * - GEN: job generation, bumped by the caller to start a job (workers wait on it);
+ * The control block (int32 words, then f64 argument slots), at a byte offset the host plans (8-aligned). A job is one
+ * kernel export over a list of parts; any thread may run any part, each taking the next one left (ggml's chunking), so
+ * a thread that the OS or a slower core holds back takes fewer parts instead of holding every other thread up. The
+ * bytes do not depend on who runs what: each part writes its own outputs.
+ * - GEN: job generation, bumped by the caller to start a job (idle workers wait on it);
  * - CMD: 0 run, 1 exit (dispose);
  * - FN: the job's export, as an index into the export names handed to every worker at start;
- * - DONE (its own 64-byte line, away from the words the caller writes): workers finished with this job (the caller waits on it);
- * - ERROR: 0, or 1 + the index of the first worker whose kernel threw;
- * - from HEADER_BYTES, one SLOT_BYTES slot per thread: f64 argc (−1: no work for this thread), then up to MAX_ARGS
- *   arguments as f64 (exact for every i32 pointer, count and f32 the kernels take). Slot 0 is the caller's and unused.
+ * - PARTS: the job's part count;
+ * - TICKET (its own 64-byte line): the job's generation (high bits) and its next untaken part (low PART_BITS bits).
+ *   A part is taken by a compare-exchange that keeps the generation, so a worker that wakes late, still holding an
+ *   older generation, can never take a part of a newer job;
+ * - DONE (its own line): parts finished in this job (the caller waits on it);
+ * - ERROR: 0, or 1 + the index of the first part whose kernel threw;
+ * - from HEADER_BYTES, one SLOT_BYTES slot per part: f64 argc, then up to MAX_ARGS arguments as f64 (exact for every
+ *   i32 pointer, count and f32 the kernels take);
+ * - after the slots, one int32 per thread: parts it has taken so far (each thread writes only its own), which shows the
+ *   work really spreads (a pool whose workers never took a part would still compute the right bytes).
  */
 export const CONTROL = {
   GEN: 0,
   CMD: 1,
   FN: 2,
-  DONE: 16,
-  ERROR: 17,
+  PARTS: 3,
+  TICKET: 16,
+  DONE: 32,
+  ERROR: 33,
   CMD_RUN: 0,
   CMD_EXIT: 1,
-  HEADER_BYTES: 128,
+  PART_BITS: 12,
+  HEADER_BYTES: 192,
   SLOT_BYTES: 128,
   MAX_ARGS: 15,
   /** Atomics.load polls before sleeping (about 140 µs here): meant to outlast the gaps between a decode step's jobs. */
   SPIN: 20000,
 } as const;
 
-// One job: wait for the generation to move, run this worker's slice, count it done. The caller (worker 0) never
-// posts per job; the one message each way is at start ('ready', or why it could not instantiate).
+// One job: wait for the generation to move, take parts until none is left, count each done. The caller (worker 0)
+// never posts per job; the one message each way is at start ('ready', or why it could not instantiate).
 const MAIN = String.raw`
 function poolWorker(init, post) {
-  const { module, memory, control, index, threads, names } = init;
+  const { module, memory, control, index, names, counters } = init;
   let fns;
   try {
     const instance = new WebAssembly.Instance(module, { env: { memory } });
@@ -45,7 +57,9 @@ function poolWorker(init, post) {
     return;
   }
   const w = new Int32Array(memory.buffer, control, C.HEADER_BYTES >> 2);
-  const a = new Float64Array(memory.buffer, control + C.HEADER_BYTES + index * C.SLOT_BYTES, C.SLOT_BYTES >> 3);
+  const slots = new Float64Array(memory.buffer, control + C.HEADER_BYTES);
+  const taken = new Int32Array(memory.buffer, counters + 4 * index, 1);
+  const SLOT = C.SLOT_BYTES >> 3, MASK = (1 << C.PART_BITS) - 1, GEN_MASK = (1 << (32 - C.PART_BITS)) - 1;
   const args = [];
   let seen = Atomics.load(w, C.GEN);
   post({ ready: true });
@@ -59,18 +73,24 @@ function poolWorker(init, post) {
     }
     seen = Atomics.load(w, C.GEN);
     if (Atomics.load(w, C.CMD) === C.CMD_EXIT) return;
-    const argc = a[0];
-    if (argc >= 0) {
-      args.length = argc;
-      for (let i = 0; i < argc; i++) args[i] = a[1 + i];
+    const fn = fns[Atomics.load(w, C.FN)], parts = Atomics.load(w, C.PARTS), gen = seen & GEN_MASK;
+    for (;;) {
+      const t = Atomics.load(w, C.TICKET);
+      const part = t & MASK;
+      if (t >>> C.PART_BITS !== gen || part >= parts) break;
+      if (Atomics.compareExchange(w, C.TICKET, t, t + 1) !== t) continue;
+      const at = part * SLOT;
+      args.length = slots[at];
+      for (let i = 0; i < args.length; i++) args[i] = slots[at + 1 + i];
       try {
-        fns[Atomics.load(w, C.FN)].apply(undefined, args);
+        fn.apply(undefined, args);
       } catch (e) {
-        Atomics.compareExchange(w, C.ERROR, 0, index + 1);
+        Atomics.compareExchange(w, C.ERROR, 0, part + 1);
       }
+      taken[0]++;
+      // Whoever finishes the last part wakes the caller (if it went to sleep).
+      if (Atomics.add(w, C.DONE, 1) === parts - 1) Atomics.notify(w, C.DONE);
     }
-    // The last worker in wakes the caller (if it went to sleep).
-    if (Atomics.add(w, C.DONE, 1) === threads - 2) Atomics.notify(w, C.DONE);
   }
 }
 `;

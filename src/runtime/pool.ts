@@ -1,12 +1,14 @@
 /**
  * A pool of kernel instances on one shared WebAssembly.Memory (docs/threads.md): the calling thread is worker 0, and
  * threads − 1 workers each instantiate the same shared-memory kernel module on the same memory. A job is one kernel
- * export run on every worker at once, each with its own arguments (its own rows or tokens), dispatched through a control
- * block in the shared memory with Atomics: no postMessage per job, since a decode step runs hundreds of kernels and
- * dispatch must cost microseconds.
+ * export over a list of parts, each with its own arguments (its own rows, tokens or heads); every thread, the caller
+ * included, takes the next part left until none is, so a thread held back (by the OS, or a slower core of a phone's
+ * big.LITTLE set) takes fewer parts rather than holding up the others. Dispatch goes through a control block in the
+ * shared memory with Atomics: no postMessage per job, since a decode step runs hundreds of kernels and dispatch must
+ * cost microseconds.
  *
  *   const pool = await KernelPool.start({ module, memory, control, threads: 4 });
- *   pool.run('matmul_q4_0', [argsOfWorker0, argsOfWorker1, null, argsOfWorker3]);  // null: no work for worker 2
+ *   pool.run('matmul_q4_0', [argsOfPart0, argsOfPart1, null, argsOfPart3]);  // null: no part there
  *   await pool.dispose();
  *
  * run() is synchronous (the caller waits with Atomics.wait after a short spin), so it slots into the synchronous
@@ -38,11 +40,20 @@ export interface PoolOptions {
 /** Most threads a pool takes: far past any phone or desktop, and it bounds the control block. */
 export const MAX_THREADS = 256;
 
-/** Bytes of the control block for `threads` threads. */
-export function controlBytes(threads: number): number {
-  return CONTROL.HEADER_BYTES + threads * CONTROL.SLOT_BYTES;
+/** Most parts one job may have with `threads` threads: enough for several per thread, so they balance out. */
+export function maxParts(threads: number): number {
+  return Math.max(16, 8 * threads);
 }
 
+/** Bytes of the control block for `threads` threads. */
+export function controlBytes(threads: number): number {
+  return countersAt(threads) + 8 * Math.ceil(threads / 2);
+}
+
+/** Offset in the control block of the threads' taken-part counters. */
+function countersAt(threads: number): number {
+  return CONTROL.HEADER_BYTES + maxParts(threads) * CONTROL.SLOT_BYTES;
+}
 
 /**
  * The cores this runtime reports: Node's os.availableParallelism (through process.getBuiltinModule, so no import of
@@ -93,8 +104,9 @@ interface WorkerInit {
   memory: WebAssembly.Memory;
   control: number;
   index: number;
-  threads: number;
   names: string[];
+  /** byte offset of the per-thread taken-part counters */
+  counters: number;
 }
 
 type ReadyMessage = { ready: true } | { error: string };
@@ -108,15 +120,23 @@ async function nodeWorkerClass(): Promise<NodeWorkerClass> {
   return mod.Worker;
 }
 
-/** Starts one worker and resolves once it has instantiated the module (its only message). */
-function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeWorkerClass | undefined): Promise<PoolWorker> {
+/**
+ * Starts one worker and resolves once it has instantiated the module (its only message). After that, its death (an
+ * error outside a kernel, an exit nobody asked for) is reported to onLost.
+ */
+function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeWorkerClass | undefined, onLost: (why: string) => void): Promise<PoolWorker> {
   return new Promise((resolve, reject) => {
-    const fail = (why: string) => reject(new EdgeLLMError('WASM', `kernel pool worker ${init.index} did not start: ${why}`));
-    const onMessage = (worker: PoolWorker, m: ReadyMessage) => ('ready' in m ? resolve(worker) : fail(m.error));
+    let ready = false;
+    const fail = (why: string) => (ready ? onLost(`kernel pool worker ${init.index} ${why}`) : reject(new EdgeLLMError('WASM', `kernel pool worker ${init.index} did not start: ${why}`)));
+    const onMessage = (worker: PoolWorker, m: ReadyMessage) => {
+      if (!('ready' in m)) return fail(m.error);
+      ready = true;
+      resolve(worker);
+    };
     if (platform === 'node') {
       const worker = new NodeWorker!(workerSource('node'), { eval: true, workerData: init });
       worker.on('message', (m: ReadyMessage) => onMessage(worker, m));
-      worker.on('error', (e: Error) => fail(e.message));
+      worker.on('error', (e: Error) => fail(`failed: ${e.message}`));
       worker.on('exit', (code: number) => fail(`exited with code ${code}`));
     } else {
       const url = URL.createObjectURL(new Blob([workerSource('web')], { type: 'text/javascript' }));
@@ -129,7 +149,7 @@ function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeW
       worker.onerror = (e: ErrorEvent) => {
         URL.revokeObjectURL(url);
         e.preventDefault?.();
-        fail(e.message);
+        fail(`failed: ${e.message}`);
       };
       worker.postMessage(init);
     }
@@ -139,9 +159,18 @@ function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeW
 export class KernelPool {
   private readonly words: Int32Array;
   private readonly args: Float64Array;
+  private readonly taken: Int32Array;
   private readonly exportIndex: Map<string, number>;
+  /** Most parts a job may have (the control block's slots). */
+  readonly maxParts: number;
   private disposed = false;
   private canWait = true;
+  /**
+   * Why a worker is gone, once one is (set from its exit or error event, so seen between jobs: the forward pass runs
+   * synchronously, and a worker killed in the middle of a job would leave that job waiting; nothing of ours kills one
+   * then, since dispose() cannot run during a job and the kernels allocate nothing).
+   */
+  private lost: string | undefined;
 
   private constructor(
     /** Threads in all, the caller's included. */
@@ -156,8 +185,15 @@ export class KernelPool {
     // Views taken once: a shared memory's buffer is never detached (grow only makes a longer one), and the control
     // block lies inside the current size.
     this.words = new Int32Array(memory.buffer, control, CONTROL.HEADER_BYTES >> 2);
-    this.args = new Float64Array(memory.buffer, control + CONTROL.HEADER_BYTES, (threads * CONTROL.SLOT_BYTES) >> 3);
+    this.maxParts = maxParts(threads);
+    this.args = new Float64Array(memory.buffer, control + CONTROL.HEADER_BYTES, (this.maxParts * CONTROL.SLOT_BYTES) >> 3);
+    this.taken = new Int32Array(memory.buffer, control + countersAt(threads), threads);
     this.exportIndex = new Map(names.map((n, i) => [n, i]));
+  }
+
+  /** Parts each thread has taken since the pool started (thread 0 is the caller). */
+  partsTaken(): number[] {
+    return Array.from({ length: this.threads }, (_, i) => Atomics.load(this.taken, i));
   }
 
   static async start(options: PoolOptions): Promise<KernelPool> {
@@ -187,8 +223,14 @@ export class KernelPool {
       return s.platform;
     })();
     const NodeWorker = platform === 'node' && threads > 1 ? await nodeWorkerClass() : undefined;
+    let pool: KernelPool | undefined;
+    let lost: string | undefined;
+    const onLost = (why: string) => {
+      lost ??= why;
+      if (pool && !pool.disposed) pool.lost ??= why;
+    };
     const started = await Promise.allSettled(
-      Array.from({ length: threads - 1 }, (_, i) => startWorker(platform, { module, memory, control, index: i + 1, threads, names }, NodeWorker)),
+      Array.from({ length: threads - 1 }, (_, i) => startWorker(platform, { module, memory, control, index: i + 1, names, counters: control + countersAt(threads) }, NodeWorker, onLost)),
     );
     const workers = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s) => s.status === 'rejected');
@@ -198,58 +240,71 @@ export class KernelPool {
     }
     // Idle workers must not keep a Node process alive (one that never disposed its model still exits).
     for (const w of workers) (w as Partial<NodeWorker>).unref?.();
-    return new KernelPool(threads, kernels, workers, memory, control, names);
+    pool = new KernelPool(threads, kernels, workers, memory, control, names);
+    pool.lost = lost;
+    return pool;
   }
 
   /**
-   * Runs kernels[name](...argsPerWorker[i]) on thread i (0 on the caller) and returns when every thread is done.
-   * argsPerWorker may be shorter than threads, and an entry null: those threads sit this job out. A kernel that
-   * throws (a trap) on any thread is a WASM error, after every thread has finished.
+   * Runs kernels[name](...argsPerPart[i]) for every part, each on whichever thread takes it first (the caller's
+   * included), and returns when every part is done; null parts are skipped. A kernel that throws (a trap) in any part
+   * is a WASM error, after every part has finished.
    */
-  run(name: keyof Kernels & string, argsPerWorker: readonly (readonly number[] | null | undefined)[]): void {
+  run(name: keyof Kernels & string, argsPerPart: readonly (readonly number[] | null | undefined)[]): void {
     if (this.disposed) throw new EdgeLLMError('DISPOSED', 'the kernel pool was disposed');
+    if (this.lost) throw new EdgeLLMError('WASM', `${this.lost}; load the model again`);
     const fn = this.exportIndex.get(name);
     if (fn === undefined) throw new EdgeLLMError('BAD_ARGUMENT', `the kernel module has no export ${name}`);
-    const n = this.threads;
-    if (argsPerWorker.length > n) throw new EdgeLLMError('BAD_ARGUMENT', `${argsPerWorker.length} argument lists for ${n} threads`);
-    const own = argsPerWorker[0];
+    const parts = argsPerPart.filter((a): a is readonly number[] => !!a);
+    if (parts.length > this.maxParts) throw new EdgeLLMError('BAD_ARGUMENT', `${parts.length} parts in one job; at most ${this.maxParts} with ${this.threads} threads`);
     const kernel = this.kernels[name] as (...a: number[]) => unknown;
-    if (n === 1) {
-      if (own) kernel(...own);
+    if (this.threads === 1 || parts.length <= 1) {
+      for (let i = 0; i < parts.length; i++) this.runOwn(kernel, name, parts[i], i);
+      this.taken[0] += parts.length;
       return;
     }
     const { words: w, args } = this;
     const slot = CONTROL.SLOT_BYTES >> 3;
-    for (let i = 1; i < n; i++) {
-      const a = argsPerWorker[i];
-      const at = i * slot;
-      if (!a) {
-        args[at] = -1;
-        continue;
-      }
+    for (let i = 0; i < parts.length; i++) {
+      const a = parts[i];
       if (a.length > CONTROL.MAX_ARGS) throw new EdgeLLMError('BAD_ARGUMENT', `at most ${CONTROL.MAX_ARGS} kernel arguments, got ${a.length}`);
+      const at = i * slot;
       args[at] = a.length;
       for (let j = 0; j < a.length; j++) args[at + 1 + j] = a[j];
     }
+    const n = parts.length, MASK = (1 << CONTROL.PART_BITS) - 1;
+    const gen = (Atomics.load(w, CONTROL.GEN) + 1) | 0;
+    const ticket = (gen << CONTROL.PART_BITS) | 0;
     Atomics.store(w, CONTROL.DONE, 0);
     Atomics.store(w, CONTROL.ERROR, 0);
     Atomics.store(w, CONTROL.FN, fn);
+    Atomics.store(w, CONTROL.PARTS, n);
+    Atomics.store(w, CONTROL.TICKET, ticket);
     // The generation bump publishes everything above (Atomics are sequentially consistent); workers spinning see it,
     // sleeping ones are woken.
-    Atomics.add(w, CONTROL.GEN, 1);
+    Atomics.store(w, CONTROL.GEN, gen);
     Atomics.notify(w, CONTROL.GEN);
+    // The caller takes parts as the workers do (what it takes it runs from the JS arrays, not the slots).
     let failed: unknown;
-    try {
-      if (own) kernel(...own);
-    } catch (e) {
-      failed = e;
+    let failedPart = -1;
+    for (;;) {
+      const t = Atomics.load(w, CONTROL.TICKET);
+      const part = t & MASK;
+      if (part >= n) break;
+      if (Atomics.compareExchange(w, CONTROL.TICKET, t, t + 1) !== t) continue;
+      try {
+        kernel(...parts[part]);
+      } catch (e) {
+        if (!failed) [failed, failedPart] = [e, part];
+      }
+      this.taken[0]++;
+      Atomics.add(w, CONTROL.DONE, 1);
     }
-    // Every worker must be done before returning (or throwing): they write into memory the caller reads next.
-    const want = n - 1;
+    // Every part must be done before returning (or throwing): they write into memory the caller reads next.
     let spins: number = CONTROL.SPIN;
     for (;;) {
       const done = Atomics.load(w, CONTROL.DONE);
-      if (done === want) break;
+      if (done === n) break;
       if (--spins > 0 || !this.canWait) continue;
       try {
         Atomics.wait(w, CONTROL.DONE, done);
@@ -259,20 +314,30 @@ export class KernelPool {
       }
       spins = CONTROL.SPIN;
     }
-    const bad = failed ? 1 : Atomics.load(w, CONTROL.ERROR);
-    if (bad) {
-      const why = failed ? `: ${(failed as Error).message}` : '';
-      throw new EdgeLLMError('WASM', `kernel ${name} failed on thread ${bad - 1}${why}`, { cause: failed });
+    const bad = failed ? failedPart + 1 : Atomics.load(w, CONTROL.ERROR);
+    if (bad) this.fail(name, bad - 1, failed);
+  }
+
+  private runOwn(kernel: (...a: number[]) => unknown, name: string, args: readonly number[], part: number): void {
+    try {
+      kernel(...args);
+    } catch (e) {
+      this.fail(name, part, e);
     }
   }
 
+  private fail(name: string, part: number, cause: unknown): never {
+    const why = cause ? `: ${(cause as Error).message}` : '';
+    throw new EdgeLLMError('WASM', `kernel ${name} failed in part ${part}${why}`, { cause });
+  }
+
   /**
-   * run() with each thread's call written as code against a Kernels: part i is called with a recorder and must make
-   * exactly one kernel call, which thread i then makes for real. So the host's own call sites split as they are:
+   * run() with each part's call written as code against a Kernels: part i is called with a recorder and must make
+   * exactly one kernel call, which a thread then makes for real. So the host's own call sites split as they are:
    *
    *   pool.runParts(ranges.map(([r0, r1]) => (k) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + 4 * r0, 1)));
    *
-   * null parts (and threads past the list) sit the job out.
+   * null parts are skipped.
    */
   runParts(parts: readonly (((k: Kernels) => void) | null | undefined)[]): void {
     let name: string | undefined;
