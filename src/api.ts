@@ -11,7 +11,7 @@ import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
 import { KernelProfile } from './runtime/profile.js';
 import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput, type WasmLoader } from './runtime/kernels.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
-import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport } from './runtime/pool.js';
+import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport, WorkerStartError } from './runtime/pool.js';
 import { planWeights, loadWeights } from './model/weights.js';
 import { Llama, planRunState } from './model/llama.js';
 import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
@@ -151,7 +151,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
     const batchSize = options.batchSize ?? 32;
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
-    const threading = planThreads(options.threads ?? 1, options.wasm !== undefined);
+    let threading = planThreads(options.threads ?? 1, options.wasm !== undefined);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
     let kvOptions = options.kv ?? {};
@@ -171,14 +171,22 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     }
     const { arena, weights, pending, kv, attention, state, control } = plan;
 
-    const threads = threading.threads;
+    let threads = threading.threads;
     const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd), threads > 1) : await compileKernels(options.wasm, platform);
     checkAborted(signal);
     const memory = arena.createMemory(threads > 1);
     let pool: KernelPool | undefined;
     try {
       // With threads, thread 0's instance in the pool is the one the forward pass calls directly.
-      if (threads > 1) pool = await KernelPool.start({ module, memory, control, threads });
+      if (threads > 1) {
+        try {
+          pool = await KernelPool.start({ module, memory, control, threads });
+        } catch (e) {
+          if (!(e instanceof WorkerStartError)) throw e;
+          threading = { threads: 1, threading: `1: ${e.message} (threads ${threads} asked)` };
+          threads = 1;
+        }
+      }
       const kernels = pool ? pool.kernels : await instantiateKernels(module, memory);
       if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
       await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));

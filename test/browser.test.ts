@@ -1,21 +1,34 @@
-// The browser example (examples/browser/, a chat page) in a real browser: headless Chromium (Debian's) driven by
-// playwright-core, the page served by the example's own zero-dependency server with NO COOP/COEP headers, as a mobile
-// WebView or a plain static host would load it. So the page is not cross-origin isolated and has no SharedArrayBuffer,
-// which edgellm (single-threaded) does not need. Through the page's own controls, as a person would use them:
+// The browser example (examples/browser/, a chat page) and loadModelInWorker in a real browser: headless Chromium
+// (Debian's) driven by playwright-core, the page served by the example's own zero-dependency server.
+//
+// Without COOP/COEP (serve.mjs's `isolation: false`), as a mobile WebView or a plain static host would load it: the
+// page is not cross-origin isolated and has no SharedArrayBuffer, so the model's worker runs the single-thread
+// fallback (threads 'auto' asked; info.threading says why). Through the page's own controls, as a person would use
+// them:
 // - tiny-260k-q8_0 opened with the file picker (a File, read slice by slice), on a desktop viewport, with the keyboard
 //   (Enter sends, Shift+Enter is a new line);
 // - sotu-15m-q4_0 loaded by URL (fetched from the same server), in an emulated Android WebView (a phone-sized screen,
 //   touch, isMobile, a WebView user agent): a conversation of several turns sent by tapping Send, a reply stopped
 //   with Stop, a turn after it, and New chat;
-// each with the default kernels (relaxed SIMD in current Chromium) and ?simd=baseline (SIMD128). Every reply must be
-// exactly what Node's ChatSession gives for the same turns (greedy, the page's template and stop strings), token for
-// token, with the same cache reuse, and the page must plan the same wasm memory as Node.
-// The page tests dist/browser.js, the bundle users get: `npm test` builds it first (`npm run build` otherwise).
+// each with the default kernels (relaxed SIMD in current Chromium) and ?simd=baseline (SIMD128); the tiny model runs in
+// the page's worker with the default kernels and on the page's own thread (?worker=0, loadModel) with SIMD128. Every
+// reply must be exactly what Node's ChatSession gives for the same turns (greedy, the page's template and stop
+// strings), token for token, with the same cache reuse, and the page must plan the same wasm memory as Node.
+//
+// With COOP/COEP (serve.mjs's default), the page is cross-origin isolated: the example page with ?threads=2 runs a
+// threaded model in its worker and replies as Node's single thread does; and loadModelInWorker called directly (threads
+// 2) gives Node's single-thread tokens and logits bit for bit, keeps the page's event loop running while the worker
+// decodes (a setInterval on the page keeps ticking: counted, not timed), forwards abort, BUSY and errors with their
+// codes, and dispose() ends the worker and the kernel pool's worker it started.
+//
+// The page tests dist/browser.js and dist/browser-worker.js, the bundles users get: `npm test` builds them first
+// (`npm run build` otherwise).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import { chromium, devices, type Browser, type BrowserContext, type BrowserContextOptions, type Page } from 'playwright-core';
 import { loadModel, type ChatMessage, type Model, type TurnStats } from '../src/index.js';
-import { startServer, type RunningServer } from '../examples/browser/serve.mjs';
+import type { WorkerModel } from '../src/browser.js';
+import { ISOLATION_HEADERS, startServer, type RunningServer } from '../examples/browser/serve.mjs';
 import { PLAIN_STOP, PLAIN_TEMPLATE } from '../examples/browser/chat-format.js';
 import { announceSkipIfNoModels, modelPath, MODELS } from './util/shared.js';
 import { checkDist } from './util/dist.js';
@@ -57,16 +70,20 @@ const SOTU = {
 const STEP_MS = 60_000;
 
 interface Turn { user: string; text: string; ids: number[]; stopped: boolean; stats?: TurnStats; messages: ChatMessage[] }
-interface Loaded { name: string; build: string; memoryBytes: number; context: number; chatTemplate: boolean }
+interface Loaded { name: string; build: string; memoryBytes: number; context: number; chatTemplate: boolean; threads: number; threading: string; worker: boolean }
 /** The page's test hooks (see examples/browser/app.js). */
 type Hooks = { edgellmLoaded?: Loaded; edgellmTurns?: Turn[]; edgellmError?: string };
 // (page functions are serialized into the page, so they spell out `window as unknown as Hooks` themselves)
 
-/** Node: one model per file, shared by every reference session (a session's replies do not depend on what the model's cache held before). */
+/**
+ * Node: one model per file (single-threaded, the reference; or with threads, for its memory plan), shared by every
+ * reference session (a session's replies do not depend on what the model's cache held before).
+ */
 const nodeModels = new Map<string, Model>();
-async function nodeModel(file: string): Promise<Model> {
-  if (!nodeModels.has(file)) nodeModels.set(file, await loadModel(modelPath(file), { contextLength: CONTEXT }));
-  return nodeModels.get(file)!;
+async function nodeModel(file: string, threads = 1): Promise<Model> {
+  const key = `${file} ${threads}`;
+  if (!nodeModels.has(key)) nodeModels.set(key, await loadModel(modelPath(file), { contextLength: CONTEXT, threads }));
+  return nodeModels.get(key)!;
 }
 
 /** Node's turns for the same user messages, as the page holds them: its template and stop strings, greedy. */
@@ -81,6 +98,19 @@ async function nodeTurns(file: string, users: string[], maxTokens = MAX_TOKENS, 
     turns.push({ user, text, ids, stopped: false, stats: session.stats, messages: session.messages });
   }
   return turns;
+}
+
+/** Node's turns of both conversations, computed once for every suite. */
+let references: Promise<{ tiny: Turn[]; sotu: Turn[] }> | undefined;
+function nodeReferences(): Promise<{ tiny: Turn[]; sotu: Turn[] }> {
+  references ??= (async () => {
+    const tiny = await nodeTurns(TINY.file, TINY.turns.map((lines) => lines.join('\n')));
+    const sotu = await nodeTurns(SOTU.file, SOTU.turns);
+    // A conversation where a reply says nothing would not show much: the chosen turns all get text.
+    for (const t of [...tiny, ...sotu]) expect(t.text.trim(), `Node's reply to ${JSON.stringify(t.user)}`).not.toBe('');
+    return { tiny, sotu };
+  })();
+  return references;
 }
 
 /** What a turn's reply must equal in the browser: everything but the timings. */
@@ -109,14 +139,15 @@ class ExamplePage {
     });
   }
 
-  static async open(context: BrowserContext, url: string): Promise<ExamplePage> {
+  static async open(context: BrowserContext, url: string, isolated = false): Promise<ExamplePage> {
     const p = new ExamplePage(await context.newPage());
     const response = await p.page.goto(url);
     expect(response?.status()).toBe(200);
-    // Served as a static host or a WebView would: no isolation headers.
+    // Without isolation, served as a static host or a WebView would: no COOP/COEP headers.
     const headers = response!.headers();
-    expect(headers['cross-origin-opener-policy']).toBeUndefined();
-    expect(headers['cross-origin-embedder-policy']).toBeUndefined();
+    expect(headers['cross-origin-opener-policy']).toBe(isolated ? ISOLATION_HEADERS['Cross-Origin-Opener-Policy'] : undefined);
+    expect(headers['cross-origin-embedder-policy']).toBe(isolated ? ISOLATION_HEADERS['Cross-Origin-Embedder-Policy'] : undefined);
+    expect(await p.page.evaluate(() => globalThis.crossOriginIsolated)).toBe(isolated);
     await p.until('the page script to start', () => document.body.dataset.state === 'idle' || document.body.dataset.state === 'error');
     p.check();
     return p;
@@ -212,6 +243,102 @@ class ExamplePage {
   }
 }
 
+/** loadModelInWorker called directly in a page: dist/browser.js imported as edgellmLib, the model kept as edgellmModel. */
+type ApiHooks = { edgellmLib?: typeof import('../src/browser.js'); edgellmModel?: WorkerModel };
+const API = { prompt: 'The state of the Union is', maxTokens: 24, evalIds: [1, 450, 2106, 310] };
+
+interface WorkerRun {
+  threads: number;
+  threading: string;
+  ids: number[];
+  text: string;
+  /** setInterval ticks on the page between the first token and the last */
+  ticksDecoding: number;
+  tokenized: number[];
+  detokenized: string;
+  memoryBytes: number;
+  /** evaluate(API.evalIds), as the bits of each float */
+  logits: number[];
+}
+
+/**
+ * In `page`: loadModelInWorker(sotu-15m by URL, { threads }), then one greedy generation while a setInterval on the
+ * page counts ticks (read at each token), the page-side tokenizer, memory() and evaluate().
+ */
+async function runInWorker(page: Page, threads: number): Promise<WorkerRun> {
+  await page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+  await page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+  return page.evaluate(async ({ url, threads, context, prompt, maxTokens, evalIds }) => {
+    const w = window as unknown as ApiHooks;
+    const model = await w.edgellmLib!.loadModelInWorker(url, { threads, contextLength: context });
+    w.edgellmModel = model;
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const ids: number[] = [];
+    const ticksAt: number[] = [];
+    let text = '';
+    try {
+      const onToken = (id: number) => {
+        ids.push(id);
+        ticksAt.push(ticks);
+      };
+      for await (const chunk of model.generate(prompt, { maxTokens, onToken })) text += chunk;
+    } finally {
+      clearInterval(timer);
+    }
+    const logits = await model.evaluate(evalIds);
+    return {
+      threads: model.info.threads,
+      threading: model.info.threading,
+      ids,
+      text,
+      ticksDecoding: ticksAt[ticksAt.length - 1] - ticksAt[0],
+      tokenized: model.tokenize(prompt),
+      detokenized: model.detokenize(ids),
+      memoryBytes: (await model.memory()).totalBytes,
+      logits: Array.from(new Uint32Array(logits.buffer)),
+    };
+  }, { url: `/models/${SOTU.file}`, threads, context: CONTEXT, ...API });
+}
+
+/** The same as runInWorker, in Node on one thread: the reference. */
+async function runInNode(): Promise<Omit<WorkerRun, 'threads' | 'threading' | 'ticksDecoding'>> {
+  const model = await nodeModel(SOTU.file);
+  const ids: number[] = [];
+  const text = await model.complete(API.prompt, { maxTokens: API.maxTokens, onToken: (id) => ids.push(id) });
+  const logits = await model.evaluate(API.evalIds);
+  return {
+    ids,
+    text,
+    tokenized: model.tokenize(API.prompt),
+    detokenized: model.detokenize(ids),
+    memoryBytes: model.memory().totalBytes,
+    logits: Array.from(new Uint32Array(logits.buffer)),
+  };
+}
+
+/** Disposes the page's edgellmModel and waits for every worker of the page to end (playwright sees nested ones too). */
+async function disposeAndWait(page: Page): Promise<void> {
+  await page.evaluate(() => (window as unknown as ApiHooks).edgellmModel!.dispose());
+  await expect.poll(() => page.workers().length, { timeout: STEP_MS }).toBe(0);
+  const after = await page.evaluate(async () => {
+    const model = (window as unknown as ApiHooks).edgellmModel!;
+    const code = (e: unknown) => (e as { code?: string }).code;
+    let tokenize: string | undefined;
+    try {
+      model.tokenize('x');
+    } catch (e) {
+      tokenize = code(e);
+    }
+    return { tokenize, complete: await model.complete('x').then(() => undefined, code) };
+  });
+  expect(after).toEqual({ tokenize: 'DISPOSED', complete: 'DISPOSED' });
+}
+
+afterAll(() => {
+  for (const m of nodeModels.values()) m.dispose();
+});
+
 describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cross-origin isolation)', () => {
   let server: RunningServer;
   let browser: Browser;
@@ -222,11 +349,8 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
 
   beforeAll(async () => {
     checkDist();
-    tinyRef = await nodeTurns(TINY.file, TINY.turns.map((lines) => lines.join('\n')));
-    sotuRef = await nodeTurns(SOTU.file, SOTU.turns);
-    // A conversation where a reply says nothing would not show much: the chosen turns all get text.
-    for (const t of [...tinyRef, ...sotuRef]) expect(t.text.trim(), `Node's reply to ${JSON.stringify(t.user)}`).not.toBe('');
-    server = await startServer({ port: 0, mounts: { '/models/': MODELS } });
+    ({ tiny: tinyRef, sotu: sotuRef } = await nodeReferences());
+    server = await startServer({ port: 0, isolation: false, mounts: { '/models/': MODELS } });
     browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
     desktop = await browser.newContext(DESKTOP);
     webview = await browser.newContext(WEBVIEW);
@@ -235,7 +359,6 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
   afterAll(async () => {
     await browser?.close();
     await server?.close();
-    for (const m of nodeModels.values()) m.dispose();
   });
 
   it('runs without cross-origin isolation or SharedArrayBuffer (the WebView condition), on a phone-sized screen', async () => {
@@ -265,13 +388,16 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
 
   for (const simd of ['auto', 'baseline'] as const) {
     const build = simd === 'auto' ? 'relaxed' : 'simd';
+    // The page's worker (threads 'auto', the fallback's one thread here), or the page's own thread (loadModel).
+    const worker = simd === 'auto';
 
-    it(`tiny-260k by file picker with the keyboard, simd ${simd}: the ${build} build replies as Node does`, async () => {
-      const p = await ExamplePage.open(desktop, `${server.url}?simd=${simd}`);
-      expect(await p.page.evaluate(() => globalThis.crossOriginIsolated)).toBe(false);
+    it(`tiny-260k by file picker with the keyboard, simd ${simd}, ${worker ? 'in a worker' : "on the page's thread"}: the ${build} build replies as Node does`, async () => {
+      const p = await ExamplePage.open(desktop, `${server.url}?simd=${simd}${worker ? '' : '&worker=0'}`);
       await p.setting('max-tokens', String(MAX_TOKENS));
       const loaded = await p.loadFile(modelPath(TINY.file));
-      expect(loaded).toMatchObject({ name: TINY.file, build, context: CONTEXT, memoryBytes: (await nodeModel(TINY.file)).memory().totalBytes });
+      expect(loaded).toMatchObject({ name: TINY.file, build, context: CONTEXT, memoryBytes: (await nodeModel(TINY.file)).memory().totalBytes, threads: 1, worker });
+      expect(loaded.threading).toMatch(worker ? /^1: no SharedArrayBuffer \(not cross-origin isolated\) \(threads 'auto' \(\d+ cores\) asked\)$/ : /^1: threads 1$/);
+      expect(await p.page.textContent('#model-label')).toContain(' · 1 thread · ');
       // The message box has the focus after a load on a desktop: typing goes straight in.
       expect(await p.page.evaluate(() => document.activeElement?.id)).toBe('input');
 
@@ -301,7 +427,10 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
       await p.setting('max-tokens', String(MAX_TOKENS));
       // a page-relative URL, resolved against the page's location by loadModel
       const loaded = await p.loadUrl(`/models/${SOTU.file}`);
-      expect(loaded).toMatchObject({ name: SOTU.file, build, context: CONTEXT, memoryBytes: (await nodeModel(SOTU.file)).memory().totalBytes });
+      expect(loaded).toMatchObject({ name: SOTU.file, build, context: CONTEXT, memoryBytes: (await nodeModel(SOTU.file)).memory().totalBytes, threads: 1, worker: true });
+      // The fallback, and why: this page is not cross-origin isolated.
+      expect(loaded.threading).toMatch(/^1: no SharedArrayBuffer \(not cross-origin isolated\)/);
+      expect(await p.status()).toContain(`threads ${loaded.threading}, in a worker`);
       // The settings fold away after a load, leaving the screen to the conversation.
       expect(await p.page.evaluate(() => (document.getElementById('setup') as HTMLDetailsElement).open)).toBe(false);
 
@@ -396,6 +525,19 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
     });
   }
 
+  it('loadModelInWorker without isolation: threads 2 asked, the fallback runs 1 thread, says why, and gives the same tokens and logits', async () => {
+    const p = await ExamplePage.open(desktop, server.url);
+    const run = await runInWorker(p.page, 2);
+    expect(run.threads).toBe(1);
+    expect(run.threading).toBe('1: no SharedArrayBuffer (not cross-origin isolated) (threads 2 asked)');
+    expect(run).toMatchObject(await runInNode());
+    // (playwright learns of a page's workers as they attach, so these counts are polled)
+    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(1);
+    await disposeAndWait(p.page);
+    p.check();
+    await p.page.close();
+  });
+
   it('shows a failed load as `code: message`', async () => {
     const p = await ExamplePage.open(desktop, server.url);
     await p.page.fill('#url', '/examples/browser/index.html');
@@ -406,5 +548,144 @@ describe.skipIf(!HAVE)('browser example (chat page) in headless Chromium (no cro
     expect(await p.page.isDisabled('#send')).toBe(true);
     p.check();
     await p.page.close();
+  });
+});
+
+describe.skipIf(!HAVE)('threads in headless Chromium with COOP/COEP (cross-origin isolated)', () => {
+  let server: RunningServer;
+  let browser: Browser;
+  let desktop: BrowserContext;
+  let sotuRef: Turn[];
+
+  beforeAll(async () => {
+    checkDist();
+    ({ sotu: sotuRef } = await nodeReferences());
+    // serve.mjs's default: the isolation headers
+    server = await startServer({ port: 0, mounts: { '/models/': MODELS } });
+    expect(server.isolation).toBe(true);
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    desktop = await browser.newContext(DESKTOP);
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  it('the example page with ?threads=2 runs 2 threads in its worker and replies as Node does on one', async () => {
+    const p = await ExamplePage.open(desktop, `${server.url}?threads=2`, true);
+    expect(await p.status()).toContain('crossOriginIsolated true · SharedArrayBuffer present');
+    await p.setting('max-tokens', String(MAX_TOKENS));
+    const loaded = await p.loadUrl(`/models/${SOTU.file}`);
+    expect(loaded).toMatchObject({ name: SOTU.file, threads: 2, threading: '2: threads 2', worker: true, context: CONTEXT });
+    // The threaded plan: the pool's control block and per-thread attention scratch, as Node plans them.
+    expect(loaded.memoryBytes).toBe((await nodeModel(SOTU.file, 2)).memory().totalBytes);
+    expect(await p.page.textContent('#model-label')).toContain(' · 2 threads · ');
+    await expect.poll(() => p.page.workers().length, { message: "the model's worker and the pool's second thread", timeout: STEP_MS }).toBe(2);
+    for (const [i, text] of SOTU.turns.slice(0, 2).entries()) {
+      sameTurn(await p.say(text, 'enter'), sotuRef[i]);
+      expect(await p.status()).toContain(' build · 2 threads');
+    }
+    await p.page.close();
+  });
+
+  it('loadModelInWorker, threads 2: the single-thread tokens and logits, a page that keeps running, abort, errors and dispose', async () => {
+    const p = await ExamplePage.open(desktop, server.url, true);
+    const run = await runInWorker(p.page, 2);
+    expect(run.threads).toBe(2);
+    expect(run.threading).toBe('2: threads 2');
+    const node = await runInNode();
+    expect(run).toMatchObject({ ...node, memoryBytes: (await nodeModel(SOTU.file, 2)).memory().totalBytes });
+    // The page's own timer ran while the worker decoded (counted, not timed).
+    expect(run.ticksDecoding).toBeGreaterThan(0);
+    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(2);
+
+    const r = await p.page.evaluate(async ({ prompt }) => {
+      const w = window as unknown as ApiHooks;
+      const { EdgeLLMError } = w.edgellmLib!;
+      const model = w.edgellmModel!;
+      const failure = (e: unknown) => ({ code: (e as { code?: string }).code, edgellm: e instanceof EdgeLLMError });
+      // Aborted at its third token: nothing after it arrives, and the call rejects with ABORTED.
+      const ctrl = new AbortController();
+      const aborted: number[] = [];
+      let abortedWith;
+      try {
+        const onToken = (id: number) => {
+          aborted.push(id);
+          if (aborted.length === 3) ctrl.abort();
+        };
+        for await (const _ of model.generate(prompt, { maxTokens: 64, signal: ctrl.signal, onToken }));
+      } catch (e) {
+        abortedWith = failure(e);
+      }
+      // A second call while one runs, as in Model.
+      const first = model.complete(prompt, { maxTokens: 8 });
+      const busy = await model.complete(prompt, { maxTokens: 8 }).then(() => null, failure);
+      const firstText = await first;
+      const bad = await model.complete([-1]).then(() => null, failure);
+      // A consumer that stops early: the worker stops too, and the next call finds the model free.
+      for await (const _ of model.generate(prompt, { maxTokens: 64 })) break;
+      const afterBreak = await model.complete(prompt, { maxTokens: 8 });
+      return { aborted, abortedWith, busy, firstText, bad, afterBreak };
+    }, API);
+    const eight = await (await nodeModel(SOTU.file)).complete(API.prompt, { maxTokens: 8 });
+    expect(r).toEqual({
+      aborted: node.ids.slice(0, 3),
+      abortedWith: { code: 'ABORTED', edgellm: true },
+      busy: { code: 'BUSY', edgellm: true },
+      firstText: eight,
+      bad: { code: 'BAD_ARGUMENT', edgellm: true },
+      afterBreak: eight,
+    });
+
+    // dispose() ends the model's worker and the kernel pool's worker it started.
+    await disposeAndWait(p.page);
+    p.check();
+    await p.page.close();
+  });
+
+  it('a load aborted once the pool has started ends every worker; a worker script that does not load is a WASM error', async () => {
+    const p = await ExamplePage.open(desktop, server.url, true);
+    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    const r = await p.page.evaluate(async ({ url, context }) => {
+      const { loadModelInWorker, EdgeLLMError } = (window as unknown as ApiHooks).edgellmLib!;
+      const failure = (e: unknown) => ({ code: (e as { code?: string }).code, edgellm: e instanceof EdgeLLMError, message: (e as Error).message });
+      const ctrl = new AbortController();
+      // The weights are read after the pool has started (so its worker is running by then).
+      const onProgress = (p: { phase: string }) => p.phase === 'weights' && ctrl.abort();
+      const aborted = await loadModelInWorker(url, { threads: 2, contextLength: context, signal: ctrl.signal, onProgress }).then(() => null, failure);
+      const missing = await loadModelInWorker(url, { workerUrl: '/dist/no-such-worker.js' }).then(() => null, failure);
+      return { aborted, missing };
+    }, { url: `/models/${SOTU.file}`, context: CONTEXT });
+    expect(r.aborted).toMatchObject({ code: 'ABORTED', edgellm: true });
+    expect(r.missing).toMatchObject({ code: 'WASM', edgellm: true });
+    expect(r.missing!.message).toContain('did not load');
+    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
+    // The 404 of the missing script is expected here.
+    expect(p.problems.filter((line) => !line.includes('no-such-worker.js'))).toEqual([]);
+    await p.page.close();
+  });
+  it('a Content-Security-Policy that refuses blob: workers: threads 2 asked, 1 runs, says why, and gives the same tokens', async () => {
+    const page = await desktop.newPage();
+    // The page's policy allows workers from its own origin only; the pool starts its workers from Blob URLs.
+    await page.route(`${server.url}**`, async (route) => {
+      const response = await route.fetch();
+      await route.fulfill({ response, headers: { ...response.headers(), 'content-security-policy': "worker-src 'self'" } });
+    });
+    await page.goto(server.url);
+    await page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+    await page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    const r = await page.evaluate(async ({ url, context, prompt, maxTokens }) => {
+      const model = await (window as unknown as ApiHooks).edgellmLib!.loadModel(url, { threads: 2, contextLength: context });
+      const text = await model.complete(prompt, { maxTokens });
+      const out = { threads: model.info.threads, threading: model.info.threading, text };
+      model.dispose();
+      return out;
+    }, { url: `/models/${SOTU.file}`, context: CONTEXT, prompt: API.prompt, maxTokens: 8 });
+    expect(r.threads).toBe(1);
+    expect(r.threading).toMatch(/^1: kernel pool worker 1 did not start: .*worker-src blob:.* \(threads 2 asked\)$/);
+    expect(r.text).toBe(await (await nodeModel(SOTU.file)).complete(API.prompt, { maxTokens: 8 }));
+    await page.close();
   });
 });

@@ -1,23 +1,30 @@
 // The browser example: a chat page. Open a GGUF (file picker or URL), then talk to it; one ChatSession keeps the
 // model's KV cache between turns, so each turn prefills only its new tokens. Plain ES module, no build step.
 //
-// In an app, `import { loadModel } from 'edgellm'` resolves to this same browser build (the package's "browser" and
-// default export condition); here the page imports it from the repository's dist/ (run `npm run build` first).
-// dist/browser.js fetches its kernels (edgellm-relaxed.wasm or edgellm-simd.wasm) from beside itself.
+// In an app, `import { loadModelInWorker } from 'edgellm'` resolves to this same browser build (the package's "browser"
+// and default export condition); here the page imports it from the repository's dist/ (run `npm run build` first).
+// dist/browser.js starts the model's worker from beside itself (dist/browser-worker.js), which fetches its kernels
+// (edgellm-relaxed.wasm or edgellm-simd.wasm, or their -shared twins for threads) from there too.
 //
-// Mobile WebViews: edgellm runs single-threaded on the page's thread (it yields to the event loop between tokens), so it
-// needs no SharedArrayBuffer, no worker threads and no cross-origin isolation (COOP/COEP headers): any static host works.
+// The model runs in a dedicated worker (loadModelInWorker), so the page stays responsive while it computes. Threads
+// ('auto' by default: the cores the browser reports) need SharedArrayBuffer, which a page has only when cross-origin
+// isolated (served with COOP/COEP, as serve.mjs does by default). Elsewhere (a plain static host, most mobile
+// WebViews: serve.mjs --no-isolation) it runs one thread with the same replies, and the page shows why
+// (model.info.threading).
 //
-// Query parameters: ?simd=auto|baseline|relaxed (the kernel build), ?ctx=N (context tokens), ?model=URL (load at once).
+// Query parameters: ?simd=auto|baseline|relaxed (the kernel build), ?threads=auto|N, ?ctx=N (context tokens),
+// ?model=URL (load at once), ?worker=0 (run the model on the page's own thread with loadModel, single-threaded: a
+// page's main thread may not Atomics.wait, so a threaded pool there would spin; the page waits on each token).
 //
 // Test hooks (read by test/browser.test.ts and examples/browser/screenshot.mjs; harmless elsewhere):
 //   document.body.dataset.state: 'idle' | 'loading' | 'ready' | 'generating' | 'error'
-//   window.edgellmLoaded = { name, build, memoryBytes, context, chatTemplate } after each successful load
+//   window.edgellmLoaded = { name, build, memoryBytes, context, chatTemplate, threads, threading, worker } after each
+//                          successful load (worker: whether the model runs in a worker)
 //   window.edgellmTurns  = [{ user, text, ids, stopped, stats, messages }] one per finished turn of this chat
 //                          (text: the reply as streamed; ids from onToken; stats: session.stats, absent when stopped;
 //                          messages: session.messages after the turn)
 //   window.edgellmError  = 'CODE: message' of the last error
-import { loadModel, supportedBuilds, EdgeLLMError } from '../../dist/browser.js';
+import { loadModel, loadModelInWorker, supportedBuilds, EdgeLLMError } from '../../dist/browser.js';
 import { PLAIN_STOP, PLAIN_TEMPLATE } from './chat-format.js';
 
 /** the test hooks described above live on window */
@@ -32,6 +39,7 @@ const el = {
   load: /** @type {HTMLButtonElement} */ ($('load')),
   context: /** @type {HTMLInputElement} */ ($('context')),
   simd: /** @type {HTMLSelectElement} */ ($('simd')),
+  threads: /** @type {HTMLSelectElement} */ ($('threads')),
   maxTokens: /** @type {HTMLInputElement} */ ($('max-tokens')),
   temperature: /** @type {HTMLInputElement} */ ($('temperature')),
   system: /** @type {HTMLTextAreaElement} */ ($('system')),
@@ -48,12 +56,15 @@ const el = {
   status: $('status'),
 };
 
-/** @typedef {import('../../dist/browser.js').Model} Model */
+/** @typedef {import('../../dist/browser.js').Model | import('../../dist/browser.js').WorkerModel} Model */
 /** @typedef {import('../../dist/browser.js').ChatSession} ChatSession */
 
 /** @type {Model | undefined} */
 let model;
 let modelName = '';
+/** The model's memory() as last seen (a worker's model answers asynchronously): see refreshMemory. */
+/** @type {Awaited<ReturnType<Model['memory']>> | undefined} */
+let memory;
 /** @type {ChatSession | undefined} */
 let session;
 /** How this model's conversations are written: its own template, or the page's transcript (see chat-format.js). */
@@ -68,6 +79,16 @@ let live = [];
 
 const params = new URLSearchParams(location.search);
 if (['auto', 'baseline', 'relaxed'].includes(params.get('simd') ?? '')) el.simd.value = /** @type {string} */ (params.get('simd'));
+const threadsParam = params.get('threads');
+if (threadsParam && /^(auto|[1-9]\d*)$/.test(threadsParam)) {
+  if (![...el.threads.options].some((o) => o.value === threadsParam)) el.threads.add(new Option(threadsParam, threadsParam));
+  el.threads.value = threadsParam;
+}
+const inWorker = params.get('worker') !== '0';
+if (!inWorker) {
+  el.threads.value = '1';
+  el.threads.title = 'the model runs on the page’s thread (?worker=0): one thread';
+}
 // The KV cache is the part of memory that grows with the context, and a phone's browser or WebView may refuse a large
 // wasm memory; 1024 tokens holds a few turns of chat and keeps the plan close to the weights' size for small models.
 // Past it the session drops the oldest turns (overflow: 'drop-oldest') rather than failing.
@@ -89,6 +110,7 @@ function setState(state) {
   const loading = state === 'loading';
   const generating = state === 'generating';
   el.file.disabled = el.url.disabled = el.load.disabled = el.context.disabled = el.simd.disabled = loading || generating;
+  el.threads.disabled = loading || generating || !inWorker;
   el.newChat.disabled = !session || loading;
   el.input.disabled = !session || loading;
   el.send.disabled = !session || loading || generating;
@@ -115,13 +137,25 @@ function setStatus(...lines) {
   );
 }
 
-/** Memory now: the wasm memory planned at load (it does not grow), and the KV cache's pages in use. */
-function memoryLine() {
-  if (!model) return '';
-  const m = model.memory();
-  const kvBytes = m.kv.hotPagesInUse * m.kv.pageBytes;
-  return `wasm ${mb(m.totalBytes)} · KV ${mb(kvBytes)} of ${mb(m.kv.hotBytes)} in use`;
+/** Asks the model for its memory now (a WorkerModel answers asynchronously; a Model at once). */
+async function refreshMemory() {
+  const asked = model;
+  try {
+    const m = await asked?.memory();
+    if (asked === model) memory = m;
+  } catch {
+    // disposed meanwhile (a new load)
+  }
 }
+
+/** Memory as last seen: the wasm memory planned at load (it does not grow), and the KV cache's pages in use. */
+function memoryLine() {
+  if (!model || !memory) return '';
+  const kvBytes = memory.kv.hotPagesInUse * memory.kv.pageBytes;
+  return `wasm ${mb(memory.totalBytes)} · KV ${mb(kvBytes)} of ${mb(memory.kv.hotBytes)} in use`;
+}
+
+const threadsText = (n) => `${n} thread${n === 1 ? '' : 's'}`;
 
 // ---- messages -------------------------------------------------------------------------------------------------------
 
@@ -232,6 +266,7 @@ async function send() {
       reply += chunk;
       // The first token after "Assistant:" usually brings a space: the bubble does not show it.
       bubbleText(botLi).textContent = reply.trimStart();
+      void refreshMemory();
       const secs = (performance.now() - tFirst) / 1000;
       setStatus(`Replying… ${ids.length} tokens${secs > 0.2 ? `, ${rate((ids.length - 1) / secs)} tok/s` : ''}`, memoryLine());
       if (follow) scrollDown();
@@ -244,6 +279,7 @@ async function send() {
   }
   botLi.classList.remove('pending');
   bubbleText(botLi).textContent = reply.trimStart();
+  await refreshMemory();
 
   // A turn that failed before any text leaves no trace in the session, so it leaves none on the page either: the text
   // goes back into the box to try again. (One that failed part way keeps what it got, as the session does.)
@@ -266,7 +302,7 @@ async function send() {
   if (stats) {
     bubbleMeta(botLi).textContent = `${stats.generatedTokens} tokens · ${rate(stats.decodeTokensPerSecond)} tok/s`;
     setStatus(
-      `decode ${rate(stats.decodeTokensPerSecond)} tok/s · prefill ${rate(stats.prefillTokensPerSecond)} tok/s · ${model.info.build} build`,
+      `decode ${rate(stats.decodeTokensPerSecond)} tok/s · prefill ${rate(stats.prefillTokensPerSecond)} tok/s · ${model.info.build} build · ${threadsText(model.info.threads)}`,
       `prompt ${stats.promptTokens} tokens: ${stats.cachedTokens} from the cache, ${stats.prefilledTokens} new`,
       memoryLine(),
     );
@@ -290,8 +326,10 @@ async function load(source, name) {
   running?.abort();
   const ctrl = (running = new AbortController());
   // Drop the previous model first, so its wasm memory can be collected before the next one is allocated.
+  // (A worker's model: its worker, and the kernel pool's workers, end here.)
   model?.dispose();
   model = undefined;
+  memory = undefined;
   session = undefined;
   el.error.textContent = '';
   el.messages.replaceChildren();
@@ -308,25 +346,36 @@ async function load(source, name) {
   const t0 = performance.now();
   try {
     const context = Number(el.context.value);
-    const loaded = await loadModel(source, {
+    const options = {
       contextLength: Number.isInteger(context) && context > 0 ? context : 1024,
       simd: /** @type {'auto' | 'baseline' | 'relaxed'} */ (el.simd.value),
+      threads: el.threads.value === 'auto' ? /** @type {'auto'} */ ('auto') : Number(el.threads.value),
       signal: ctrl.signal,
       onProgress: ({ phase, loaded, total }) => {
         if (total) el.progress.value = loaded / total;
         else el.progress.removeAttribute('value');
         setStatus(`${phase === 'download' ? 'Downloading' : 'Loading weights'}: ${mb(loaded)}${total ? ` of ${mb(total)}` : ''}`, environment());
       },
-    });
+    };
+    /** @type {Model} */
+    const loaded = inWorker ? await loadModelInWorker(source, options) : await loadModel(source, { ...options, threads: 1 });
     model = loaded;
     modelName = name;
+    await refreshMemory();
     const hasTemplate = loaded.text.info.chatTemplate;
     format = hasTemplate ? {} : { template: PLAIN_TEMPLATE, stop: PLAIN_STOP };
     const i = loaded.info;
-    el.modelLabel.textContent = `${name} · ${i.build} · ${i.context} tokens`;
-    hooks.edgellmLoaded = { name, build: i.build, memoryBytes: loaded.memory().totalBytes, context: i.context, chatTemplate: hasTemplate };
+    el.modelLabel.textContent = `${name} · ${i.build} · ${threadsText(i.threads)} · ${i.context} tokens`;
+    hooks.edgellmLoaded = {
+      name, build: i.build, memoryBytes: memory?.totalBytes, context: i.context, chatTemplate: hasTemplate,
+      threads: i.threads, threading: i.threading, worker: inWorker,
+    };
     el.progress.hidden = true;
-    setStatus(`${name} loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s (${i.architecture}, ${i.nLayers} layers, dim ${i.dim})`, memoryLine());
+    setStatus(
+      `${name} loaded in ${((performance.now() - t0) / 1000).toFixed(2)} s (${i.architecture}, ${i.nLayers} layers, dim ${i.dim})`,
+      `threads ${i.threading}${inWorker ? ', in a worker' : ', on the page’s thread'}`,
+      memoryLine(),
+    );
     // Out of the way of the conversation, which needs the height on a phone.
     el.setup.open = false;
     newChat();

@@ -6,6 +6,8 @@ import type { Server } from 'node:http';
 export declare const REPO_ROOT: string;
 /** The example page's path under the served root: '/examples/browser/'. */
 export declare const PAGE_PATH: string;
+/** Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp. */
+export declare const ISOLATION_HEADERS: Record<string, string>;
 
 export interface ServeOptions {
   /** default 8080; 0 picks a free port */
@@ -16,6 +18,8 @@ export interface ServeOptions {
   root?: string;
   /** extra directories by URL prefix, e.g. { '/models/': '../shared/models' } */
   mounts?: Record<string, string>;
+  /** send ISOLATION_HEADERS (COOP/COEP) with every response, so the page is cross-origin isolated (default true) */
+  isolation?: boolean;
   /** called with one line per request */
   log?: (line: string) => void;
 }
@@ -27,6 +31,8 @@ export interface RunningServer {
   origin: string;
   /** the example page: origin + PAGE_PATH */
   url: string;
+  /** whether the COOP/COEP headers are sent */
+  isolation: boolean;
   close(): Promise<void>;
 }
 

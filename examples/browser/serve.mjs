@@ -1,14 +1,19 @@
 // A zero-dependency static server for the browser example (Node built-ins only).
 //
-//   node examples/browser/serve.mjs [--port 8080] [--host 127.0.0.1] [--models DIR]
+//   node examples/browser/serve.mjs [--port 8080] [--host 127.0.0.1] [--models DIR] [--no-isolation]
 //
 // Serves the repository root, so the page at /examples/browser/ can import ../../dist/browser.js, which fetches the
-// kernels from beside itself (dist/edgellm-*.wasm). --models DIR is also served at /models/, e.g. the test models:
-// `--models ../shared/models` makes /models/sotu-15m-q4_0.gguf loadable by URL.
+// kernels from beside itself (dist/edgellm-*.wasm) and starts its model worker from there (dist/browser-worker.js).
+// --models DIR is also served at /models/, e.g. the test models: `--models ../shared/models` makes
+// /models/sotu-15m-q4_0.gguf loadable by URL.
 //
-// Deliberately plain: no Cross-Origin-Opener-Policy / Cross-Origin-Embedder-Policy headers. edgellm is single-threaded
-// and needs no SharedArrayBuffer, so the page runs without cross-origin isolation, as in a mobile WebView or on any
-// static host. Files are streamed (models can be large), with single Range requests supported.
+// Cross-origin isolation: every response carries Cross-Origin-Opener-Policy: same-origin and
+// Cross-Origin-Embedder-Policy: require-corp, so the page is cross-origin isolated and has SharedArrayBuffer, which
+// edgellm's threads need (the page runs the model in a worker with threads: 'auto'). --no-isolation (startServer's
+// `isolation: false`) leaves them out, as a plain static host or a mobile WebView would: the page then runs the
+// single-thread fallback, with the same replies, and says why. (With the headers on, a model URL on another origin
+// must be served with CORS, as fetch() needs anyway, or with Cross-Origin-Resource-Policy.)
+// Files are streamed (models can be large), with single Range requests supported.
 //
 // As a module (the browser test uses this):
 //   import { startServer } from './examples/browser/serve.mjs';
@@ -24,6 +29,12 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_ROOT = path.resolve(HERE, '../..');
 /** Where the example page is, relative to the served root. */
 export const PAGE_PATH = '/examples/browser/';
+
+/** The headers that make a page cross-origin isolated (so it has SharedArrayBuffer). */
+export const ISOLATION_HEADERS = {
+  'Cross-Origin-Opener-Policy': 'same-origin',
+  'Cross-Origin-Embedder-Policy': 'require-corp',
+};
 
 const TYPES = {
   '.html': 'text/html; charset=utf-8',
@@ -73,15 +84,17 @@ function parseRange(header, size) {
 }
 
 /**
- * Starts the server. Resolves to { server, origin, url (the example page), port, close() }.
- * @param {{ port?: number, host?: string, root?: string, mounts?: Record<string, string>, log?: (line: string) => void }} [options]
+ * Starts the server. Resolves to { server, origin, url (the example page), port, isolation, close() }.
+ * isolation (default true): send ISOLATION_HEADERS with every response.
+ * @param {{ port?: number, host?: string, root?: string, mounts?: Record<string, string>, isolation?: boolean, log?: (line: string) => void }} [options]
  */
-export async function startServer({ port = 8080, host = '127.0.0.1', root = REPO_ROOT, mounts = {}, log } = {}) {
+export async function startServer({ port = 8080, host = '127.0.0.1', root = REPO_ROOT, mounts = {}, isolation = true, log } = {}) {
   const rootDir = path.resolve(root);
+  const always = { 'Cache-Control': 'no-cache', ...(isolation ? ISOLATION_HEADERS : {}) };
   const mountList = Object.entries(mounts).map(([prefix, dir]) => [prefix.endsWith('/') ? prefix : prefix + '/', path.resolve(dir)]);
   const server = http.createServer(async (req, res) => {
     const send = (status, headers = {}, body = '') => {
-      res.writeHead(status, { 'Cache-Control': 'no-cache', ...headers });
+      res.writeHead(status, { ...always, ...headers });
       res.end(req.method === 'HEAD' ? undefined : body);
       log?.(`${status} ${req.method} ${req.url}`);
     };
@@ -115,7 +128,7 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = REPO
       const { start, end } = range ?? { start: 0, end: size - 1 };
       if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
       headers['Content-Length'] = String(size === 0 ? 0 : end - start + 1);
-      res.writeHead(range ? 206 : 200, { 'Cache-Control': 'no-cache', ...headers });
+      res.writeHead(range ? 206 : 200, { ...always, ...headers });
       log?.(`${range ? 206 : 200} ${req.method} ${req.url}`);
       if (req.method === 'HEAD' || size === 0) return res.end();
       createReadStream(file, { start, end }).on('error', (e) => res.destroy(e)).pipe(res);
@@ -138,6 +151,7 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = REPO
     port: actual,
     origin,
     url: origin + PAGE_PATH,
+    isolation,
     close: () => new Promise((resolve) => {
       server.closeAllConnections?.();
       server.close(() => resolve());
@@ -145,7 +159,7 @@ export async function startServer({ port = 8080, host = '127.0.0.1', root = REPO
   };
 }
 
-// Run directly: node examples/browser/serve.mjs [--port N] [--host H] [--models DIR]
+// Run directly: node examples/browser/serve.mjs [--port N] [--host H] [--models DIR] [--no-isolation]
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const args = process.argv.slice(2);
   const opt = (name, fallback) => {
@@ -153,17 +167,19 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     return i >= 0 && args[i + 1] !== undefined ? args[i + 1] : fallback;
   };
   if (args.includes('--help') || args.includes('-h')) {
-    console.log('usage: node examples/browser/serve.mjs [--port 8080] [--host 127.0.0.1] [--models DIR]');
+    console.log('usage: node examples/browser/serve.mjs [--port 8080] [--host 127.0.0.1] [--models DIR] [--no-isolation]');
     process.exit(0);
   }
   const models = opt('--models', undefined);
-  const { url, origin } = await startServer({
+  const { url, origin, isolation } = await startServer({
     port: Number(opt('--port', process.env.PORT ?? 8080)),
     host: opt('--host', '127.0.0.1'),
     mounts: models ? { '/models/': models } : {},
+    isolation: !args.includes('--no-isolation'),
     log: args.includes('--verbose') ? (line) => console.log(line) : undefined,
   });
   console.log(`serving ${REPO_ROOT} at ${origin}/`);
   if (models) console.log(`serving ${path.resolve(models)} at ${origin}/models/`);
+  console.log(isolation ? 'cross-origin isolated (COOP/COEP): the page runs threaded' : 'no COOP/COEP (--no-isolation): the page runs single-threaded');
   console.log(`open ${url}`);
 }

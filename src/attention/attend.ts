@@ -82,10 +82,11 @@ export interface AttentionState {
   listLength: number;
   /** the selected page indices, reused across calls */
   selected: Int32Array;
-  /** the pool, when there is one (Llama sets it), and per KV head the state and scratch its part attends with */
+  /** the pool, when there is one (Llama sets it), and per KV head the state, scratch and page list its part attends with */
   pool?: KernelPool;
   headState: number[];
   headScratch: number[];
+  headList: number[];
   counters: { queries: number; tokensRead: number; positions: number; pagesScored: number; massSum: Float64Array; massCount: Float64Array };
   /** views of the memory (bindAttention) */
   f32: Float32Array;
@@ -105,9 +106,11 @@ export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy:
   const listLength = Math.min(kv.pagesPerHead, Math.max(kv.plan.stagingSlots, 64));
   const state = arena.reserve('attention.state', stateBytes);
   const scratch = arena.reserve('attention.scratch', scratchBytes);
-  // with threads, the KV heads are parts of one job, run by any thread at once: each its own state and scratch
+  // with threads, the KV heads are parts of one job, run by any thread at once: each its own state, scratch and list
+  // (of every page: a window's or a selection's pages are fewer)
   const heads = Array.from({ length: threads > 1 ? c.nKvHeads : 0 }, (_, h) => [
     arena.reserve(`attention.state (head ${h})`, stateBytes), arena.reserve(`attention.scratch (head ${h})`, scratchBytes),
+    arena.reserve(`attention.page list (head ${h})`, kv.pagesPerHead * DESC_INTS * 4),
   ]);
   return {
     policy,
@@ -116,6 +119,7 @@ export function planAttention(arena: Arena, c: LlamaConfig, kv: KVCache, policy:
     scratch,
     headState: heads.map(([s]) => s),
     headScratch: heads.map(([, s]) => s),
+    headList: heads.map(([, , l]) => l),
     scores: arena.reserve('attention.page scores', policy.sparse ? kv.pagesPerHead * 4 : 0),
     list: arena.reserve('attention.page list', listLength * DESC_INTS * 4),
     listLength,
@@ -158,19 +162,10 @@ export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionStat
   const scale = c.attnScale, cap = c.attnSoftcap;
   const W = kv.window(layer);
   const n = a.counters;
-  // With threads, a global layer with every page hot and read splits by KV head: each head a part with its own state
-  // and scratch (attend_head: the same operations in the same order, so the same bits).
   const pool = a.pool;
-  if (pool && W === 0 && !a.policy.sparse && !kv.tiered && c.nKvHeads > 1 && 2 * nPos * D * c.nHeads >= SPLIT_MIN_MACS) {
-    for (let h0 = 0; h0 < c.nKvHeads; h0 += pool.maxParts) {
-      pool.runParts(Array.from({ length: Math.min(pool.maxParts, c.nKvHeads - h0) }, (_, i) => {
-        const h = h0 + i, at = h * group * D * 4;
-        return (t: Kernels) => t.attend_head(a.headState[h], q + at, group, D, P, kv.descriptors(layer, h), pages, scale, a.headScratch[h], 0, cap, out + at);
-      }));
-    }
-    n.queries += c.nKvHeads;
-    n.positions += nPos * c.nKvHeads;
-    n.tokensRead += nPos * c.nKvHeads;
+  const reads = W > 0 ? Math.min(nPos, W) : a.policy.sparse ? Math.min(nPos, a.policy.topKPages * P + a.policy.windowTokens) : nPos;
+  if (pool && c.nKvHeads > 1 && !kv.tiered && !a.policy.measureRecall && 2 * reads * D * c.nHeads >= SPLIT_MIN_MACS) {
+    attendHeadsInParts(k, c, kv, a, pool, layer, out, q, nPos);
     return;
   }
   for (let h = 0; h < c.nKvHeads; h++) {
@@ -199,26 +194,81 @@ export function attend(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionStat
 }
 
 /**
- * One KV head of a sliding-window layer: positions nPos − W..nPos − 1 (all of them while nPos ≤ W). Their pages are
+ * The pages of a sliding-window layer's head for positions nPos − W..nPos − 1 (all of them while nPos ≤ W). They are
  * consecutive and at most pagesKept + 1, the size of the head's descriptor ring, so they sit in it as one run or two
- * (wrapping), passed to the kernel in page order; the tokens of the first page before the window are masked in the
- * kernel. Returns the tokens read.
+ * (wrapping): `run` pages from ring entry `at`, then the rest from entry 0, in page order. The tokens of the first page
+ * before the window (`skip`) are masked in the kernel.
  */
+function windowPages(kv: KVCache, layer: number, nPos: number, W: number) {
+  const P = kv.P;
+  const first = Math.max(0, nPos - W);
+  const firstPage = Math.floor(first / P);
+  const count = Math.ceil(nPos / P) - firstPage;
+  const at = firstPage % (kv.pagesKept(layer) + 1);
+  return { count, at, run: Math.min(count, kv.pagesKept(layer) + 1 - at), skip: first - firstPage * P, tokens: nPos - first };
+}
+
+/** One KV head of a sliding-window layer (windowPages) through attend_pages. Returns the tokens read. */
 function attendWindow(
   k: Kernels, kv: KVCache, a: AttentionState, layer: number, h: number, q: number, group: number, nPos: number,
   W: number, scale: number, cap: number,
 ): number {
   const { P, headDim: D } = kv;
-  const first = Math.max(0, nPos - W);
-  const firstPage = Math.floor(first / P);
-  const count = Math.ceil(nPos / P) - firstPage;
-  const entries = kv.pagesKept(layer) + 1;
-  const at = firstPage % entries;
-  const run = Math.min(count, entries - at);
+  const { count, at, run, skip, tokens } = windowPages(kv, layer, nPos, W);
   const table = kv.descriptors(layer, h);
-  k.attend_pages(a.state, q, group, D, P, table + at * DESC_INTS * 4, run, scale, a.scratch, first - firstPage * P, cap);
+  k.attend_pages(a.state, q, group, D, P, table + at * DESC_INTS * 4, run, scale, a.scratch, skip, cap);
   if (run < count) k.attend_pages(a.state, q, group, D, P, table, count - run, scale, a.scratch, 0, cap);
-  return nPos - first;
+  return tokens;
+}
+
+/**
+ * With threads: a layer's KV heads as the parts of one job, each attending with its own state, scratch and page list
+ * (attend_head: begin, pages and end in one call, the operations of the one-thread path in the same order, so the same
+ * bits). The lists are made first, on this thread: a window's one or two runs of its ring, a sparse selection (its
+ * scores are computed here, head by head), or, with every page read, the head's table as it is. A tiered cache stages
+ * warm pages into shared slots, so it stays on one thread (attend's caller checks).
+ */
+function attendHeadsInParts(k: Kernels, c: LlamaConfig, kv: KVCache, a: AttentionState, pool: KernelPool, layer: number, out: number, q: number, nPos: number): void {
+  const D = c.headDim, group = c.nHeads / c.nKvHeads, P = kv.P, W = kv.window(layer), n = a.counters;
+  const pages = Math.ceil(nPos / P);
+  const ints = a.i32;
+  const copy = (to: number, table: number, entries: ArrayLike<number> | null, from: number, count: number, offset: number) => {
+    let tokens = 0;
+    for (let i = 0; i < count; i++) {
+      const src = table / 4 + (entries ? entries[i] : from + i) * DESC_INTS, dst = to / 4 + (offset + i) * DESC_INTS;
+      for (let j = 0; j < DESC_INTS; j++) ints[dst + j] = ints[src + j];
+      tokens += ints[src + 2];
+    }
+    return tokens;
+  };
+  const lists: Array<[list: number, count: number, skip: number]> = [];
+  for (let h = 0; h < c.nKvHeads; h++) {
+    const table = kv.descriptors(layer, h), list = a.headList[h];
+    n.queries++;
+    n.positions += nPos;
+    if (W > 0) {
+      const { count, at, run, skip, tokens } = windowPages(kv, layer, nPos, W);
+      copy(list, table, null, at, run, 0);
+      copy(list, table, null, 0, count - run, run);
+      lists.push([list, count, skip]);
+      n.tokensRead += tokens;
+      continue;
+    }
+    const count = a.policy.sparse ? selectPages(k, kv, a, layer, h, q + h * group * D * 4, group, nPos) : pages;
+    if (count === pages) {
+      lists.push([table, pages, 0]);
+      n.tokensRead += nPos;
+    } else {
+      n.tokensRead += copy(list, table, a.selected, 0, count, 0);
+      lists.push([list, count, 0]);
+    }
+  }
+  for (let h0 = 0; h0 < c.nKvHeads; h0 += pool.maxParts) {
+    pool.runParts(Array.from({ length: Math.min(pool.maxParts, c.nKvHeads - h0) }, (_, i) => {
+      const h = h0 + i, at = h * group * D * 4, [list, count, skip] = lists[h];
+      return (t: Kernels) => t.attend_head(a.headState[h], q + at, group, D, P, list, count, c.attnScale, a.headScratch[h], skip, c.attnSoftcap, out + at);
+    }));
+  }
 }
 
 /**

@@ -88,6 +88,16 @@ interface NodeProcessLike {
   getBuiltinModule?: (id: string) => unknown;
 }
 
+/**
+ * A worker that could not start (a Content-Security-Policy without worker-src blob:, a runtime that refuses the
+ * worker): the model then runs on one thread and says why, as it does without SharedArrayBuffer.
+ */
+export class WorkerStartError extends EdgeLLMError {
+  constructor(reason: string) {
+    super('WASM', `kernel pool ${reason}`);
+  }
+}
+
 /** What the pool needs of a Node or Web worker. */
 interface PoolWorker {
   terminate(): Promise<unknown> | void;
@@ -127,7 +137,7 @@ async function nodeWorkerClass(): Promise<NodeWorkerClass> {
 function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeWorkerClass | undefined, onLost: (why: string) => void): Promise<PoolWorker> {
   return new Promise((resolve, reject) => {
     let ready = false;
-    const fail = (why: string) => (ready ? onLost(`kernel pool worker ${init.index} ${why}`) : reject(new EdgeLLMError('WASM', `kernel pool worker ${init.index} did not start: ${why}`)));
+    const fail = (why: string) => (ready ? onLost(`kernel pool worker ${init.index} ${why}`) : reject(new WorkerStartError(`worker ${init.index} did not start: ${why}`)));
     const onMessage = (worker: PoolWorker, m: ReadyMessage) => {
       if (!('ready' in m)) return fail(m.error);
       ready = true;
@@ -149,7 +159,8 @@ function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeW
       worker.onerror = (e: ErrorEvent) => {
         URL.revokeObjectURL(url);
         e.preventDefault?.();
-        fail(`failed: ${e.message}`);
+        // A refused script (a Content-Security-Policy without worker-src blob:) gives an event with no message.
+        fail(e.message ? `failed: ${e.message}` : 'its script was refused or did not load (a Content-Security-Policy needs worker-src blob: for the kernel pool)');
       };
       worker.postMessage(init);
     }

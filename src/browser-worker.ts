@@ -1,0 +1,10 @@
+/**
+ * The worker that loadModelInWorker (browser.ts) starts, bundled to dist/browser-worker.js beside dist/browser.js: it
+ * loads one model with the browser platform and serves the page's calls (runtime/worker-model.ts). Its kernels are fetched
+ * from beside it, and with `threads` it starts the kernel pool's workers itself and is their thread 0.
+ */
+import { loadModel } from './browser.js';
+import { fetchRelativePath } from './gguf/source.js';
+import { serveModel } from './runtime/worker-model.js';
+
+serveModel(loadModel, fetchRelativePath);
