@@ -243,7 +243,10 @@ function planThreads(option: number | 'auto', ownWasm: boolean): { threads: numb
   if (ownWasm) return { threads: 1, threading: `1: the wasm option gives one unshared kernel module (threads ${label} asked)` };
   const support = threadSupport();
   if ('reason' in support) return { threads: 1, threading: `1: ${support.reason} (threads ${label} asked)` };
-  return { threads: asked, threading: `${asked}: threads ${label}` };
+  // More threads than cores run (the same bits), but a thread waiting for a part spins on a core another needs.
+  const cores = availableCores();
+  const over = asked > cores ? ` (more than the ${cores} cores: slower than ${cores})` : '';
+  return { threads: asked, threading: `${asked}: threads ${label}${over}` };
 }
 
 /** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */

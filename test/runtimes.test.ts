@@ -149,7 +149,8 @@ console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model
         for (const [i, c] of CASES.entries()) {
           const got = out.results[i], what = `${rt.name} threads ${threads} ${c.file}`;
           expect(got.threads, `${what}: ${got.threading}`).toBe(threads);
-          expect(got.threading).toBe(`${threads}: threads ${threads}`);
+          // (with a note where the machine has fewer cores than that)
+          expect(got.threading).toMatch(new RegExp(`^${threads}: threads ${threads}( \\(more than the \\d+ cores: slower than \\d+\\))?$`));
           expect(got.ids, what).toEqual(reference.get(c.file)!.ids);
           expect(got.text, what).toBe(reference.get(c.file)!.text);
         }

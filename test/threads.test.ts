@@ -220,6 +220,11 @@ describe('threads: what runs, and stopping', () => {
     const one = await loadModel(bytes);
     expect([one.info.threads, one.info.threading]).toEqual([1, '1: threads 1']);
     one.dispose();
+    // more threads than cores run, and say it costs
+    const cores = os.availableParallelism();
+    const many = await loadModel(bytes, { threads: cores + 1 });
+    expect([many.info.threads, many.info.threading]).toEqual([cores + 1, `${cores + 1}: threads ${cores + 1} (more than the ${cores} cores: slower than ${cores})`]);
+    many.dispose();
   });
 
   it('an abort in the middle of a threaded decode stops within one token, and the model runs on', async () => {

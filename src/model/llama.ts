@@ -7,7 +7,7 @@ import type { LlamaConfig } from './config.js';
 import type { LayerWeights, LlamaWeights } from './weights.js';
 import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
 import { rowSlice, tokenSlice, type Activations, type InputFormat, type Matrix } from './weight-types.js';
-import type { KernelPool } from '../runtime/pool.js';
+import { recordJob, type Job, type KernelPool } from '../runtime/pool.js';
 import { splitPerTokenOps } from './split-ops.js';
 
 /** Multiply-adds below which a matmul runs on one thread: a dispatch costs a few µs, ~100K MACs' worth. */
@@ -84,6 +84,11 @@ export class Llama {
   private readonly act: Activations;
   /** the kernels, with the per-token ops split over the pool's threads when there is one (split-ops.ts) */
   private readonly ops: Kernels;
+  /**
+   * Each matrix's last split job and what it was for: a decode step issues the same products with the same buffers
+   * every token, and recording the parts again would cost more than dispatching them.
+   */
+  private readonly jobs = new WeakMap<Matrix, { ntok: number; buffers: number[]; job: Job }>();
 
   constructor(
     readonly config: LlamaConfig,
@@ -168,7 +173,7 @@ export class Llama {
         attend(k, c, this.kv, this.attention, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, pos0 + t + 1);
       }
       this.prepareInput(s.xb2, this.qDim, B, L.wo);
-      this.matmul(L.wo, s.xb2, s.xb, B);
+      this.matmul([L.wo, s.xb2, s.xb], B);
       if (L.postAttnNorm) k.rmsnorm(s.xb, s.xb, L.postAttnNorm, dim, B, eps);
       k.add(s.x, s.xb, B * dim);
 
@@ -178,7 +183,7 @@ export class Llama {
       if (a.ffnActivation === 'gelu') k.gelu_mul(s.hb, s.hb2, B * ffn, s.gelu);
       else k.silu_mul(s.hb, s.hb2, B * ffn);
       this.prepareInput(s.hb, ffn, B, L.w2);
-      this.matmul(L.w2, s.hb, s.xb, B);
+      this.matmul([L.w2, s.hb, s.xb], B);
       if (L.postFfnNorm) k.rmsnorm(s.xb, s.xb, L.postFfnNorm, dim, B, eps);
       k.add(s.x, s.xb, B * dim);
     }
@@ -189,7 +194,7 @@ export class Llama {
     const xFirst = s.x + first * dim * 4;
     k.rmsnorm(xFirst, xFirst, w.outputNorm, dim, n, eps);
     this.prepareInput(xFirst, dim, n, w.output);
-    this.matmul(w.output, xFirst, s.logits, n);
+    this.matmul([w.output, xFirst, s.logits], n);
     if (c.finalSoftcap) k.softcap(s.logits, c.finalSoftcap, n * c.vocab);
     return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
   }
@@ -199,13 +204,11 @@ export class Llama {
     const s = this.s, k = this.ops, dim = this.config.dim;
     if (L.wqkv) {
       this.prepareInput(s.xb, dim, B, L.wqkv);
-      this.matmul(L.wqkv, s.xb, s.fused, B);
+      this.matmul([L.wqkv, s.xb, s.fused], B);
       this.split(B, this.qDim + 2 * this.kvDim, [s.q, this.qDim], [s.k, this.kvDim], [s.v, this.kvDim]);
     } else {
       this.prepareInput(s.xb, dim, B, L.wq!, L.wk!, L.wv!);
-      this.matmul(L.wq!, s.xb, s.q, B);
-      this.matmul(L.wk!, s.xb, s.k, B);
-      this.matmul(L.wv!, s.xb, s.v, B);
+      this.matmul([L.wq!, s.xb, s.q], [L.wk!, s.xb, s.k], [L.wv!, s.xb, s.v], B);
     }
     if (L.bq) k.add_bias(s.q, L.bq, this.qDim, B);
     if (L.bk) k.add_bias(s.k, L.bk, this.kvDim, B);
@@ -217,11 +220,10 @@ export class Llama {
     const s = this.s, { dim, ffn } = this.config;
     if (L.w1) {
       this.prepareInput(s.xb, dim, B, L.w1, L.w3);
-      this.matmul(L.w1, s.xb, s.hb, B);
-      this.matmul(L.w3, s.xb, s.hb2, B);
+      this.matmul([L.w1, s.xb, s.hb], [L.w3, s.xb, s.hb2], B);
     } else {
       this.prepareInput(s.xb, dim, B, L.w3);
-      this.matmul(L.w3, s.xb, s.fused, B);
+      this.matmul([L.w3, s.xb, s.fused], B);
       this.split(B, 2 * ffn, [s.hb, ffn], [s.hb2, ffn]);
     }
   }
@@ -247,34 +249,52 @@ export class Llama {
   }
 
   /**
-   * y = W·x for ntok tokens; quantized types read the input prepared by prepareInput. With threads, a product big
-   * enough to pay for the dispatch is split: one token by row groups, a batch by 4-token tiles. Each part is the same
-   * kernel on a slice, computing the same bytes as the whole call (test/matmul-split.test.ts), so the logits do not
-   * depend on the thread count.
+   * y = W·x for ntok tokens, for each [W, x, y] given; quantized types read the input prepared by prepareInput. With
+   * threads, products big enough to pay for the dispatch are split: one token by row groups, a batch by 4-token tiles,
+   * into about PARTS_PER_THREAD parts per thread; products of one weight type and input (q, k and v; gate and up) are
+   * one job, so a decode step waits for its threads fewer times. Each part is the same kernel on a slice, computing the same
+   * bytes as the whole call (test/matmul-split.test.ts), so the logits do not depend on the thread count.
    */
-  private matmul(m: Matrix, x: number, y: number, ntok: number): void {
+  private matmul(...args: [...products: Array<[m: Matrix, x: number, y: number]>, ntok: number]): void {
+    const ntok = args.pop() as number, products = args as Array<[Matrix, number, number]>;
     const a = this.act, pool = this.pool;
-    a.x = x;
-    if (!pool || m.rows * m.cols * ntok < SPLIT_MIN_MACS) {
-      m.kernel.matmul(this.kernels, m, a, y, ntok);
+    const macs = products.reduce((sum, [m]) => sum + m.rows * m.cols * ntok, 0);
+    if (!pool || macs < SPLIT_MIN_MACS) {
+      for (const [m, x, y] of products) {
+        a.x = x;
+        m.kernel.matmul(this.kernels, m, a, y, ntok);
+      }
       return;
     }
-    // parts of near-equal runs of `units` units (row groups or token tiles of 4), several per thread, taken by
-    // whichever thread is free
-    const units = ntok === 1 ? Math.ceil(m.rows / 4) : Math.ceil(ntok / 4);
-    const n = Math.min(units, PARTS_PER_THREAD * pool.threads, pool.maxParts);
-    const share = (i: number) => 4 * Math.floor((units * i) / n);
-    if (ntok === 1) {
-      pool.runParts(Array.from({ length: n }, (_, i) => {
-        const r0 = share(i), r1 = Math.min(share(i + 1), m.rows);
-        return (k: Kernels) => m.kernel.matmul(k, rowSlice(m, r0, r1), a, y + r0 * 4, 1);
-      }));
-    } else {
-      pool.runParts(Array.from({ length: n }, (_, i) => {
-        const t0 = share(i), t1 = Math.min(share(i + 1), ntok);
-        return (k: Kernels) => m.kernel.matmul(k, m, tokenSlice(a, m.cols, t0), y + t0 * m.rows * 4, t1 - t0);
-      }));
+    // one job runs one kernel, and the products share the one prepared input
+    if (products.some(([m, x]) => m.kernel !== products[0][0].kernel || x !== products[0][1])) {
+      for (const [m, x, y] of products) this.matmul([m, x, y], ntok);
+      return;
     }
+    const key = products[0][0];
+    const last = this.jobs.get(key);
+    if (last && last.ntok === ntok && last.buffers.length === products.length * 2 && products.every(([, x, y], i) => last.buffers[2 * i] === x && last.buffers[2 * i + 1] === y)) {
+      pool.run(last.job.name, last.job.parts);
+      return;
+    }
+    // each product's share of the parts by its units (row groups or token tiles of 4), at least one
+    const units = products.map(([m]) => (ntok === 1 ? Math.ceil(m.rows / 4) : Math.ceil(ntok / 4)));
+    const total = units.reduce((x, y) => x + y, 0);
+    const want = Math.min(total, PARTS_PER_THREAD * pool.threads, pool.maxParts - products.length);
+    const parts: Array<(k: Kernels) => void> = [];
+    products.forEach(([m, x, y], p) => {
+      const n = Math.max(1, Math.min(units[p], Math.round((want * units[p]) / total)));
+      const at = (i: number) => 4 * Math.floor((units[p] * i) / n);
+      for (let i = 0; i < n; i++) {
+        const u0 = at(i), u1 = at(i + 1);
+        parts.push(ntok === 1
+          ? (k) => m.kernel.matmul(k, rowSlice(m, u0, Math.min(u1, m.rows)), { ...a, x }, y + u0 * 4, 1)
+          : (k) => m.kernel.matmul(k, m, tokenSlice({ ...a, x }, m.cols, u0), y + u0 * m.rows * 4, Math.min(u1, ntok) - u0));
+      }
+    });
+    const job = recordJob(parts)!;
+    this.jobs.set(key, { ntok, buffers: products.flatMap(([, x, y]) => [x, y]), job });
+    pool.run(job.name, job.parts);
   }
 
   private dequantRow(m: Matrix, row: number, out: number): void {

@@ -351,18 +351,8 @@ export class KernelPool {
    * null parts are skipped.
    */
   runParts(parts: readonly (((k: Kernels) => void) | null | undefined)[]): void {
-    let name: string | undefined;
-    const args = parts.map((part, i) => {
-      if (!part) return null;
-      const calls = recordCalls(part);
-      if (calls.length !== 1) throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} made ${calls.length} kernel calls, not one`);
-      if (name !== undefined && calls[0].name !== name) {
-        throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} calls ${calls[0].name}, another part ${name}: a job runs one kernel`);
-      }
-      name = calls[0].name;
-      return calls[0].args;
-    });
-    if (name !== undefined) this.run(name as keyof Kernels & string, args);
+    const job = recordJob(parts);
+    if (job) this.run(job.name, job.parts);
   }
 
   /** Stops every worker (they leave their loop on the exit command; terminate is the backstop). Idempotent. */
@@ -374,6 +364,32 @@ export class KernelPool {
     Atomics.notify(this.words, CONTROL.GEN);
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+/** A job as run() takes it: one kernel, and each part's arguments. */
+export interface Job {
+  name: keyof Kernels & string;
+  parts: number[][];
+}
+
+/**
+ * The job that runParts(parts) runs, recorded and not run: for a caller that issues the same job again and again (a
+ * decode step's matmuls) and keeps it, to skip recording it every time.
+ */
+export function recordJob(parts: readonly (((k: Kernels) => void) | null | undefined)[]): Job | undefined {
+  let name: string | undefined;
+  const args: number[][] = [];
+  parts.forEach((part, i) => {
+    if (!part) return;
+    const calls = recordCalls(part);
+    if (calls.length !== 1) throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} made ${calls.length} kernel calls, not one`);
+    if (name !== undefined && calls[0].name !== name) {
+      throw new EdgeLLMError('BAD_ARGUMENT', `part ${i} calls ${calls[0].name}, another part ${name}: a job runs one kernel`);
+    }
+    name = calls[0].name;
+    args.push(calls[0].args);
+  });
+  return name === undefined ? undefined : { name: name as Job['name'], parts: args };
 }
 
 /**
