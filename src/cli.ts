@@ -126,7 +126,7 @@ const SAMPLING_HELP = `  -n, --max-tokens N       most tokens to generate (defau
   --stop STR               stop before STR; repeatable`;
 
 /** The help lines of ENGINE_FLAGS, shared by run, chat and perplexity. */
-const ENGINE_HELP = `  --threads N|auto         threads for the matmuls (default 1; auto: the cores, at most 8)
+const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores, at most 8; 1 runs without workers)
   --kv f32|f16|int8|int4   KV page type (default f32; f16 as llama.cpp; int8/int4 quantized per page)
   --page-tokens N          tokens per KV page (default 32)
   --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
@@ -281,7 +281,8 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
   const threads = p.flags.get('threads') as string | undefined;
   if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
   return {
-    threads: threads === undefined || threads === 'auto' ? (threads as 'auto' | undefined) : Number(threads),
+    // The command line uses the cores by default, as llama.cpp's tools do (the library defaults to 1: an app opts in).
+    threads: threads === undefined || threads === 'auto' ? 'auto' : Number(threads),
     kv: defined({
       type: p.flags.get('kv') as KVType | undefined,
       pageTokens: num(p, 'page-tokens'),
