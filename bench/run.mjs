@@ -47,6 +47,7 @@ Options:
                       q4_1, q5_0, q5_1, iq4_nl, bf16, q2_k, q6_k, iq4_xs: pure; rows that do not fit a 256-block
                       fall back as in llama.cpp, e.g. to q5_0 and q8_0 at smollm's 576)
   --threads N         threads for edgellm's matmuls and the anchors (default 1; 'auto' for edgellm's choice)
+  --memory-budget S   edgellm's memoryBudget, e.g. 512MB (the plan must fit it; it streams weights if it must)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
   --repeat N          timed runs; medians are reported (default 3; 1 with --contexts)
@@ -72,7 +73,7 @@ Decode speed by context (one table: a row per KV type × attention × hot budget
                       matmul and JS/other (staging warm pages and choosing pages are JS)`;
 
 const FLAGS = {
-  synthetic: 'string', type: 'string', threads: 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
+  synthetic: 'string', type: 'string', threads: 'string', 'memory-budget': 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
   simd: 'string', anchors: 'bool', anchor: 'string', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
   'kv-warm': 'string', breakdown: 'bool',
 };
@@ -150,7 +151,7 @@ function parseArgs(argv) {
     usage('lists of --kv, --attention or --kv-hot go with --contexts; without it, give one value each');
   }
   return {
-    model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, promptTokens: o['prompt-tokens'], gen: o.gen,
+    model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, memoryBudget: o['memory-budget'], promptTokens: o['prompt-tokens'], gen: o.gen,
     // Long contexts prefill for minutes under full attention, so the sweep defaults to one timed run per row.
     repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors, json: o.json, contexts,
     breakdown: o.breakdown, ...cache,
@@ -261,7 +262,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   }
   const { loadModel } = await import(pathToFileURL(DIST).href);
   // The KV cache is planned for exactly what a run uses, so the memory reported is what this workload needs.
-  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
+  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
   const t0 = performance.now();
   let model = await loadModel(modelPath, options);
   const loadMs = performance.now() - t0;
@@ -309,6 +310,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
     build: info.build,
     threads: info.threads,
     threading: info.threading,
+    memory_budget: cfg.memoryBudget ?? null,
     prefill_tps: round1(median(timed.map((r) => r.prefill_tps))),
     decode_tps: round1(median(timed.map((r) => r.decode_tps))),
     rss_mb: round1(rssMb),
@@ -366,7 +368,7 @@ async function benchContexts(cfg, modelPath, text) {
   const started = performance.now();
   for (const [i, c] of configs.entries()) {
     const label = `[${i + 1}/${configs.length}] KV ${c.kv}, ${c.attention}, hot ${c.hot}, context ${c.context}`;
-    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
+    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
     let model;
     try {
       model = await loadModel(modelPath, options);

@@ -134,13 +134,14 @@ const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores
   --attention full|sparse  which pages each query reads (default full)
   --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
   --window N               sparse: recent tokens always read (default 64)
-  --sinks N                sparse: first tokens always read (default 4)`;
+  --sinks N                sparse: first tokens always read (default 4)
+  --memory-budget SIZE     the most memory the model may take (wasm, host tiers), e.g. 512MB; fails before
+                           allocating if no plan fits, and says what would`;
 
 /** The help lines of MODEL_FLAGS, shared by run and chat. */
 const MODEL_HELP = `  --ctx N                  context length to plan (default: the model's, at most 4096)
   --batch N                prompt tokens per forward batch (default 32)
-${ENGINE_HELP}
-  --memory-budget SIZE     fail before allocating if the plan needs more, e.g. 512MB`;
+${ENGINE_HELP}`;
 
 const HELP: Record<string, string> = {
   run: `Usage: edgellm run MODEL -p PROMPT [options]
@@ -273,10 +274,11 @@ const ENGINE_FLAGS: FlagSpec[] = [
   { name: 'top-k-pages', kind: 'int' },
   { name: 'window', kind: 'int' },
   { name: 'sinks', kind: 'int' },
+  { name: 'memory-budget', kind: 'string' },
 ];
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
-function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention'> {
+function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget'> {
   const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
   const threads = p.flags.get('threads') as string | undefined;
   if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
@@ -295,6 +297,7 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
       windowTokens: num(p, 'window'),
       sinkTokens: num(p, 'sinks'),
     }),
+    memoryBudget: p.flags.get('memory-budget') as string | undefined,
   };
 }
 
@@ -329,7 +332,6 @@ const MODEL_FLAGS: FlagSpec[] = [
   { name: 'ctx', kind: 'int' },
   { name: 'batch', kind: 'int' },
   ...ENGINE_FLAGS,
-  { name: 'memory-budget', kind: 'string' },
 ];
 
 const RUN_FLAGS: FlagSpec[] = [
@@ -354,7 +356,6 @@ function loadFor(p: Parsed, source: string, signal: AbortSignal): Promise<Model>
     contextLength: num(p, 'ctx'),
     batchSize: num(p, 'batch'),
     ...engineOptions(p),
-    memoryBudget: p.flags.get('memory-budget') as string | undefined,
     signal,
   });
 }

@@ -106,6 +106,20 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
     expect(r.stderr).toMatch(/prefill [\d.]+ tok\/s, decode [\d.]+ tok\/s \(20 tokens\)/);
   });
 
+  it('--memory-budget on run and perplexity: bad budgets are BAD_ARGUMENT, one too small is BUDGET saying what would fit', () => {
+    const model = modelPath('tiny-260k-q8_0.gguf'), text = path.join(SHARED, 'eval/dev.txt');
+    for (const bad of ['0', '-1GB', 'lots']) {
+      const r = cli('run', model, '-p', 'hi', '-n', '2', '--memory-budget', bad);
+      expect(r.code).toBe(1);
+      expectOneLineError(r.stderr, 'BAD_ARGUMENT');
+      expect(r.stderr).toContain(JSON.stringify(bad));
+    }
+    const small = cli('perplexity', model, text, '--ctx', '64', '--windows', '1', '--memory-budget', '1KB');
+    expect(small.code).toBe(1);
+    expectOneLineError(small.stderr, 'BUDGET');
+    expect(cli('perplexity', model, text, '--ctx', '64', '--windows', '1', '--memory-budget', '64MB').code).toBe(0);
+  });
+
   it('perplexity --json on sotu-15m-q8_0: last line is the JSON, identical to the API', async () => {
     const text = path.join(SHARED, 'eval/dev.txt');
     const r = cli('perplexity', modelPath('sotu-15m-q8_0.gguf'), text, '--ctx', '256', '--windows', '2', '--json');

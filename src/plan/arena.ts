@@ -67,8 +67,9 @@ export function parseBytes(v: string | number, what: string): number {
     const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(v);
     if (m) {
       const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-      return Math.floor(parseFloat(m[1]) * mult);
+      const n = Math.floor(parseFloat(m[1]) * mult);
+      if (n > 0) return n;
     }
   }
-  throw new EdgeLLMError('BAD_ARGUMENT', `${what} must be a byte count like 512MB or 2GiB, got ${JSON.stringify(v)}`);
+  throw new EdgeLLMError('BAD_ARGUMENT', `${what} must be a positive byte count like 512MB or 2GiB, got ${JSON.stringify(v)}`);
 }
