@@ -38,7 +38,7 @@ const USAGE = `Usage: npm run bench -- MODEL.gguf [options]
        npm run bench -- --chat [MODEL.gguf] [--turns 6] [--reply 32] [--ctx 2048]                   (bench/chat.mjs)
 
 Options:
-  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b,
+  --synthetic NAME    a deterministic model of a real shape: smollm-135m, tinyllama-1.1b, llama-3.2-1b, llama-3.1-8b,
                       qwen2.5-0.5b, qwen3-0.6b, gemma-3-1b (each in its architecture), or long-15m (sotu-15m's
                       shape with a 16K context_length); generated once into the bench cache,
                       ~/.cache/edgellm-bench/models

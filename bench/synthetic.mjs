@@ -38,6 +38,8 @@ export const SHAPES = {
   'tinyllama-1.1b': { name: 'tinyllama-1.1b', dim: 2048, nLayers: 22, nHeads: 32, nKvHeads: 4, ffn: 5632, vocab: 32000, ctx: 2048, ropeBase: 10000, eps: 1e-5, tied: false },
   // version 2: with rope_freqs.weight, which every Llama 3.1/3.2 file carries (version 1 had none)
   'llama-3.2-1b': { name: 'llama-3.2-1b', dim: 2048, nLayers: 16, nHeads: 32, nKvHeads: 8, ffn: 8192, vocab: 128256, ctx: 131072, ropeBase: 500000, eps: 1e-5, tied: true, ropeFreqs: true, version: 2 },
+  // Llama-3.1-8B: past wasm32's 4 GiB in every type (Q4_0 4.4 GiB), the shape of the memory issue's largest tests
+  'llama-3.1-8b': { name: 'llama-3.1-8b', dim: 4096, nLayers: 32, nHeads: 32, nKvHeads: 8, ffn: 14336, vocab: 128256, ctx: 131072, ropeBase: 500000, eps: 1e-5, tied: false, ropeFreqs: true, version: 2 },
   // Qwen2.5-0.5B: 896 = 3.5 × 256, so its K-quant mixes fall back to 32-blocks on most matrices, as in the real files
   'qwen2.5-0.5b': { name: 'qwen2.5-0.5b', arch: 'qwen2', dim: 896, nLayers: 24, nHeads: 14, nKvHeads: 2, ffn: 4864, vocab: 151936, ctx: 32768, ropeBase: 1000000, eps: 1e-6, tied: true },
   'qwen3-0.6b': { name: 'qwen3-0.6b', arch: 'qwen3', dim: 1024, nLayers: 28, nHeads: 16, nKvHeads: 8, headDim: 128, ffn: 3072, vocab: 151936, ctx: 40960, ropeBase: 1000000, eps: 1e-6, tied: true },

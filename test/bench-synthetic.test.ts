@@ -105,6 +105,7 @@ describe('synthetic bench models', () => {
     // file bytes / parameters: Q4_0 18/32, Q8_0 34/32, F16 2 bytes per weight, plus header and F32 norms
     const expected: Record<string, number> = {
       'smollm-135m': 134.5e6, 'tinyllama-1.1b': 1.1e9, 'llama-3.2-1b': 1.236e9, 'qwen2.5-0.5b': 494.0e6, 'qwen3-0.6b': 596.0e6, 'gemma-3-1b': 999.9e6,
+      'llama-3.1-8b': 8.03e9,
     };
     const perWeight: Record<string, number> = { q4_0: 18 / 32, q8_0: 34 / 32, f16: 2 };
     for (const [name, shape] of Object.entries(SHAPES)) {
