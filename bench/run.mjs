@@ -270,9 +270,10 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
 
   const run = async (m, maxTokens) => {
     let stats;
+    const ids = [];
     // Greedy decoding may hit EOS before --gen tokens; the stats then say how many were decoded and why it stopped.
-    for await (const _ of m.generate(prompt.ids, { maxTokens, temperature: 0, onStats: (s) => (stats = s) }));
-    return stats;
+    for await (const _ of m.generate(prompt.ids, { maxTokens, temperature: 0, onStats: (s) => (stats = s), onToken: (id) => ids.length < 8 && ids.push(id) }));
+    return { ...stats, firstIds: ids };
   };
   const runs = [];
   for (let r = 0; r <= cfg.repeat; r++) {
@@ -280,6 +281,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
     runs.push({
       warmup: r === 0, prompt_tokens: s.promptTokens, generated_tokens: s.generatedTokens, stop_reason: s.stopReason,
       prefill_ms: s.prefillMs, decode_ms: s.decodeMs, prefill_tps: s.prefillTokensPerSecond, decode_tps: s.decodeTokensPerSecond,
+      first_ids: s.firstIds,
     });
   }
   const rssMb = mb(process.resourceUsage().maxRSS * 1024);
@@ -547,6 +549,14 @@ function printAnchors(e, anchors) {
     const ratio = r === e || r.error ? '' : `${(e.prefill_tps / r.prefill_tps).toFixed(2)}×, ${(e.decode_tps / r.decode_tps).toFixed(2)}×`;
     if (r.error) lines.push(`  ${name.padEnd(26)}${r.skipped ? '' : 'failed: '}${r.error}`);
     else lines.push(`  ${name.padEnd(26)}${cell(r.prefill_tps)}${cell(r.decode_tps)}${cell(r.rss_mb)}   ${ratio}`);
+  }
+  // Greedy on the same ids: the first generated tokens agree (a near-tie in the logits may part them later).
+  const mine = e.runs?.[0]?.first_ids;
+  for (const a of anchors) {
+    const theirs = a.runs?.[0]?.first_ids;
+    if (!mine || !theirs) continue;
+    const at = mine.findIndex((id, i) => id !== theirs[i]);
+    lines.push(`  first ${mine.length} greedy ids vs ${a.engine}: ${at < 0 ? 'the same' : `differ from index ${at}`} (edgellm [${mine}], ${a.engine} [${theirs}])`);
   }
   console.log(lines.join('\n'));
 }
