@@ -114,10 +114,11 @@ export async function runLlamaCpp({ model, promptText, promptIds, gen, repeat, t
 /** Text and ids for a quick standalone check, tokenized by edgellm (the frozen snapshot unless EDGELLM_DIST is set). */
 async function standalonePrompt(model, n) {
   const dist = process.env.EDGELLM_DIST ?? '/work/snapshot/dist/index.js';
-  const { loadModel } = await import(pathToFileURL(dist).href);
+  const { loadTokenizer } = await import(pathToFileURL(dist).href);
   const { SYNTHETIC_TEXT } = await import('../synthetic.mjs');
-  const m = await loadModel(model, { contextLength: 64 });
-  try {
+  // the header alone: a model of any size
+  const m = await loadTokenizer(model);
+  {
     // Synthetic models: every word is one token. Others: the longest whole-word prefix of the text with at most n ids
     // (cutting ids mid-word would give a text that re-tokenizes differently).
     const sample = path.basename(model).includes('.synthetic-')
@@ -132,8 +133,6 @@ async function standalonePrompt(model, n) {
     }
     const promptText = words.slice(0, lo).join(' ');
     return { promptText, promptIds: m.tokenize(promptText) };
-  } finally {
-    m.dispose();
   }
 }
 
