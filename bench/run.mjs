@@ -48,6 +48,8 @@ Options:
                       fall back as in llama.cpp, e.g. to q5_0 and q8_0 at smollm's 576)
   --threads N         threads for edgellm's matmuls and the anchors (default 1; 'auto' for edgellm's choice)
   --memory-budget S   edgellm's memoryBudget, e.g. 512MB (the plan must fit it; it streams weights if it must)
+  --weights W         where the layers' weights live: auto (default), resident, warm (host memory) or cold (a
+                      spill file on disk), staged into wasm layer by layer (docs/memory.md)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
   --repeat N          timed runs; medians are reported (default 3; 1 with --contexts)
@@ -73,7 +75,7 @@ Decode speed by context (one table: a row per KV type × attention × hot budget
                       matmul and JS/other (staging warm pages and choosing pages are JS)`;
 
 const FLAGS = {
-  synthetic: 'string', type: 'string', threads: 'string', 'memory-budget': 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
+  synthetic: 'string', type: 'string', threads: 'string', 'memory-budget': 'string', weights: 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
   simd: 'string', anchors: 'bool', anchor: 'string', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
   'kv-warm': 'string', breakdown: 'bool',
 };
@@ -151,7 +153,7 @@ function parseArgs(argv) {
     usage('lists of --kv, --attention or --kv-hot go with --contexts; without it, give one value each');
   }
   return {
-    model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, memoryBudget: o['memory-budget'], promptTokens: o['prompt-tokens'], gen: o.gen,
+    model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, memoryBudget: o['memory-budget'], weights: o.weights, promptTokens: o['prompt-tokens'], gen: o.gen,
     // Long contexts prefill for minutes under full attention, so the sweep defaults to one timed run per row.
     repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors, json: o.json, contexts,
     breakdown: o.breakdown, ...cache,
@@ -255,6 +257,14 @@ function idPrompt(model, n) {
 
 // ───────────────────────────── edgellm ─────────────────────────────
 
+/** Where the layers' weights lived and how fast staging moved them (every run, warmup and prefill included). */
+function weightsPlan(w) {
+  if (!w || w.slotBytes === 0) return null;
+  const count = (t) => w.layers.filter((x) => x === t).length;
+  const layers = ['resident', 'warm', 'cold'].filter((t) => count(t)).map((t) => `${count(t)} ${t}`).join(', ');
+  return { layers, slot_mb: round1(mb(w.slotBytes)), staged_gb: round1(w.stagedBytes / 1e9), stage_gb_per_s: round1(w.stagedBytes / 1e6 / w.stageMs) };
+}
+
 async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   if (!existsSync(DIST)) {
     console.error(`bench: ${path.relative(process.cwd(), DIST)} is missing: run \`npm run build\` first`);
@@ -262,7 +272,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   }
   const { loadModel } = await import(pathToFileURL(DIST).href);
   // The KV cache is planned for exactly what a run uses, so the memory reported is what this workload needs.
-  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
+  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
   const t0 = performance.now();
   let model = await loadModel(modelPath, options);
   const loadMs = performance.now() - t0;
@@ -313,6 +323,8 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
     threads: info.threads,
     threading: info.threading,
     memory_budget: cfg.memoryBudget ?? null,
+    weights: cfg.weights ?? null,
+    weights_plan: weightsPlan(memory.weights),
     prefill_tps: round1(median(timed.map((r) => r.prefill_tps))),
     decode_tps: round1(median(timed.map((r) => r.decode_tps))),
     rss_mb: round1(rssMb),
@@ -370,7 +382,7 @@ async function benchContexts(cfg, modelPath, text) {
   const started = performance.now();
   for (const [i, c] of configs.entries()) {
     const label = `[${i + 1}/${configs.length}] KV ${c.kv}, ${c.attention}, hot ${c.hot}, context ${c.context}`;
-    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
+    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
     let model;
     try {
       model = await loadModel(modelPath, options);
@@ -494,6 +506,7 @@ function printEdgellm(cfg, modelPath, e) {
   });
   lines.push(`  median  prefill ${f(e.prefill_tps)} tok/s   decode ${f(e.decode_tps)} tok/s`);
   lines.push(`peak RSS ${e.rss_mb} MB`);
+  if (e.weights_plan) lines.push(`weights: ${e.weights_plan.layers}; slot ${e.weights_plan.slot_mb} MB; staged ${e.weights_plan.staged_gb} GB in all at ${e.weights_plan.stage_gb_per_s} GB/s`);
   if (e.min_generated_tokens < cfg.gen) lines.push('note: greedy decoding reached EOS; decode speed is over the tokens actually generated');
   const cols = Object.keys(e.breakdown.prefill);
   lines.push('', 'time per token by op, ms (a separate run with every kernel call timed):');

@@ -12,9 +12,11 @@ import { KernelProfile } from './runtime/profile.js';
 import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput, type WasmLoader } from './runtime/kernels.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport, WorkerStartError } from './runtime/pool.js';
-import { planWeights, loadWeights } from './model/weights.js';
+import { planWeights, loadWeights, type LayerStager, type StagingUsage, type WeightsPlan } from './model/weights.js';
+import { checkWeightsOption, chooseResidency, describeResidency, type Residency, type WeightsOption } from './plan/weights-plan.js';
+import { spillSupport } from './plan/spill.js';
 import { Llama, planRunState } from './model/llama.js';
-import { KVCache, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
+import { KVCache, planKV, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
 import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
 import { ModelTokenizer, splitChatOptions, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
 import { ChatSession, type ChatOptions, type SessionOptions } from './chat/session.js';
@@ -46,7 +48,8 @@ export interface LoadOptions {
   /**
    * The paged KV cache: `type` 'f32' (default, the reference), 'f16' (llama.cpp's default), 'int8' or 'int4' (keys
    * quantized per channel within a page, values per token); `pageTokens` per page (default 32); the tiers: `hotBytes`
-   * of wasm memory for the whole cache (default: every page hot) and `warmBytes` of host memory for the pages beyond.
+   * of wasm memory for the whole cache (default: every page hot), `warmBytes` of host memory for the pages beyond,
+   * and `coldBytes` of disk for the pages beyond those (a file in a directory of the model's own, under `coldDir`).
    */
   kv?: KVOptions;
   /**
@@ -64,9 +67,17 @@ export interface LoadOptions {
   threads?: number | 'auto';
   /**
    * Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it.
-   * With kv.warmBytes (and no kv.hotBytes), the KV pages that do not fit under it go to the warm tier instead.
+   * With kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV pages that do not fit under it go to those tiers instead.
    */
   memoryBudget?: string | number;
+  /**
+   * Where the blocks' weight matrices live (token embeddings, output and every norm stay in wasm): 'resident' in wasm
+   * memory; 'warm', every layer in host ArrayBuffers; 'cold', every layer in a spill file on disk (Node, Deno, Bun;
+   * OPFS in a dedicated worker); a streamed layer is copied into one planned wasm slot as the forward pass reaches it,
+   * with the same logits. 'auto' (default) keeps them resident unless memoryBudget or wasm32's 4 GiB forbid it, then
+   * streams the fewest layers that fit: warm where the budget leaves room for them in host memory, else cold.
+   */
+  weights?: WeightsOption;
   /** Download and weight-loading progress. */
   onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
   signal?: AbortSignal;
@@ -103,6 +114,23 @@ export interface ModelInfo extends LlamaConfig {
   threading: string;
   /** the vocabulary: its kind, special ids, end-of-generation ids, and whether the file has a chat template */
   tokenizer: TokenizerInfo;
+}
+
+/** Where the weights live (Model.memory().weights): the plan per tier, and what streaming has done since load. */
+export interface WeightsUsage extends StagingUsage {
+  /** per layer: 'resident', 'warm' (host memory) or 'cold' (the spill file) */
+  layers: Residency[];
+  /** per layer, the bytes of its matrices in kernel layout: what staging it copies */
+  layerBytes: number[];
+  /** wasm bytes of the weights outside the slot: token embeddings, output, norms and the resident layers */
+  residentBytes: number;
+  /** bytes of the warm layers' images in host memory, and of the cold ones on disk */
+  warmBytes: number;
+  coldBytes: number;
+  /** the wasm slot a streamed layer is copied into before it runs (0 when every layer is resident) */
+  slotBytes: number;
+  /** the largest read the loader held in JS at once (counted against memoryBudget with wasm and the warm images) */
+  readBytes: number;
 }
 
 export interface ScoreResult {
@@ -153,22 +181,21 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
     let threading = planThreads(options.threads ?? 1, options.wasm !== undefined);
 
-    // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated.
-    let kvOptions = options.kv ?? {};
+    // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated,
+    // with each layer's weights resident or streamed (plan/weights-plan.ts) so that it fits.
+    const kvOptions = options.kv ?? {};
     const policy = attentionPolicy(options.attention);
-    let plan = planMemory(gguf, config, context, batchSize, kvOptions, policy, threading.threads);
-    if (options.memoryBudget !== undefined) {
-      const budget = parseBytes(options.memoryBudget, 'memoryBudget');
-      if (plan.arena.totalBytes > budget && kvOptions.warmBytes !== undefined && kvOptions.hotBytes === undefined) {
-        // The KV cache takes what the rest of the plan leaves of the budget (less a wasm page of rounding).
-        const hotBytes = budget - (plan.arena.totalBytes - plan.kv.plan.hotBytes) - 65536;
-        if (hotBytes > 0) {
-          kvOptions = { ...kvOptions, hotBytes };
-          plan = planMemory(gguf, config, context, batchSize, kvOptions, policy, threading.threads);
-        }
-      }
-      if (plan.arena.totalBytes > budget) throw budgetError(gguf, config, context, batchSize, kvOptions, policy, threading.threads, plan.arena.totalBytes, budget);
-    }
+    planKV(config, context, kvOptions, sinkTokens(policy)); // KV options the context cannot meet fail here, as themselves
+    const fit: PlanFit = {
+      gguf, config, batchSize, policy, threads: threading.threads,
+      budget: options.memoryBudget === undefined ? undefined : parseBudget(options.memoryBudget),
+      weights: checkWeightsOption(options.weights ?? 'auto'),
+      spill: spillSupport(),
+    };
+    if (fit.weights === 'cold' && !fit.spill.ok) throw new EdgeLLMError('BAD_ARGUMENT', `weights: 'cold' needs a disk to spill to: ${fit.spill.reason}`);
+    const chosen = fitWeights(fit, context, kvOptions);
+    if (!chosen) throw budgetError(fit, context, kvOptions);
+    const plan = chosen.plan;
     const { arena, weights, pending, kv, attention, state, control } = plan;
 
     let threads = threading.threads;
@@ -176,7 +203,9 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     checkAborted(signal);
     const memory = arena.createMemory(threads > 1);
     let pool: KernelPool | undefined;
+    let stager: LayerStager | undefined;
     try {
+      await kv.openColdTier();
       // With threads, thread 0's instance in the pool is the one the forward pass calls directly.
       if (threads > 1) {
         try {
@@ -189,13 +218,15 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       }
       const kernels = pool ? pool.kernels : await instantiateKernels(module, memory);
       if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
-      await loadWeights(source, memory, pending, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+      stager = await loadWeights(source, memory, pending, plan.weightsPlan, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
       checkAborted(signal);
       const profile = options.profile ? new KernelProfile() : undefined;
-      const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize, pool);
-      return new Model(llama, text, gguf, arena.regions, arena.totalBytes, threading, profile);
+      const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize, pool, stager);
+      return new Model(llama, text, gguf, arena.regions, arena.totalBytes, threading, profile, { budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan });
     } catch (e) {
       void pool?.dispose();
+      await stager?.dispose();
+      await kv.release();
       throw e;
     }
   } finally {
@@ -218,15 +249,78 @@ export async function loadTokenizerOn(platform: Platform, src: ModelSource, opti
 }
 
 /** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
-function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads = 1) {
+function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads = 1, residency?: Residency[]) {
   const arena = new Arena(STATIC_RESERVE);
-  const { weights, pending } = planWeights(gguf, config, arena);
+  const { weights, pending, plan: weightsPlan } = planWeights(gguf, config, arena, residency);
   const kv = new KVCache(arena, config, context, kvOptions, sinkTokens(policy));
   const attention = planAttention(arena, config, kv, policy, threads);
   const state = planRunState(arena, config, batchSize, context);
   const control = threads > 1 ? arena.reserve('threads.control', controlBytes(threads)) : 0;
   arena.reserve('prefetch slack', PREFETCH_SLACK);
-  return { arena, weights, pending, kv, attention, state, control };
+  return { arena, weights, pending, weightsPlan, kv, attention, state, control };
+}
+
+type MemoryPlan = ReturnType<typeof planMemory>;
+
+/**
+ * Bytes a plan holds against memoryBudget: wasm memory, the warm layers' images in host memory, and the largest read
+ * the weight loader holds in JS at once.
+ */
+/** What memoryBudget bounds: wasm memory and what lives in host memory (warm weights and KV pages, the read buffer). */
+function plannedBytes(plan: MemoryPlan): number {
+  return plan.arena.totalBytes + plan.weightsPlan.warmBytes + plan.kv.plan.warmBytes + plan.weightsPlan.readBytes;
+}
+
+/** What fitting a plan to the budget depends on besides the context and the KV options. */
+interface PlanFit {
+  gguf: GGUFFile;
+  config: LlamaConfig;
+  batchSize: number;
+  policy: AttentionPolicy;
+  threads: number;
+  budget: number | undefined;
+  weights: WeightsOption;
+  spill: ReturnType<typeof spillSupport>;
+}
+
+function parseBudget(v: string | number): number {
+  const budget = parseBytes(v, 'memoryBudget');
+  if (budget < 1) throw new EdgeLLMError('BAD_ARGUMENT', `memoryBudget must be a positive byte count like 512MB or 2GiB, got ${JSON.stringify(v)}`);
+  return budget;
+}
+
+/**
+ * The plan with the given layers streamed, if it fits the budget (and wasm32: the arena refuses more with BUDGET).
+ * With kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV cache first takes what the rest of the plan leaves
+ * of the budget, so KV pages leave wasm before weights do.
+ */
+function fitPlan(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[]): MemoryPlan | undefined {
+  const plan = (kv: KVOptions) => planMemory(f.gguf, f.config, context, f.batchSize, kv, f.policy, f.threads, residency);
+  try {
+    let p = plan(kvOptions);
+    const { budget } = f;
+    if (budget === undefined) return p;
+    if (plannedBytes(p) > budget && (kvOptions.warmBytes !== undefined || kvOptions.coldBytes !== undefined) && kvOptions.hotBytes === undefined) {
+      // The KV cache takes what the rest of the plan leaves of the budget (less a wasm page of rounding).
+      const hotBytes = budget - (plannedBytes(p) - p.kv.plan.hotBytes) - 65536;
+      if (hotBytes > 0) p = plan({ ...kvOptions, hotBytes });
+      // Warm pages count against the budget too: they take what is left of it, and the cold tier the rest.
+      if (hotBytes > 0 && plannedBytes(p) > budget && p.kv.plan.warmBytes > 0 && kvOptions.coldBytes !== undefined) {
+        p = plan({ ...kvOptions, hotBytes, warmBytes: Math.max(0, budget - (plannedBytes(p) - p.kv.plan.warmBytes)) });
+      }
+    }
+    return plannedBytes(p) <= budget ? p : undefined;
+  } catch (err) {
+    if (err instanceof EdgeLLMError && err.code === 'BUDGET') return undefined;
+    throw err;
+  }
+}
+
+/** Each layer's weights resident, warm or cold, as the weights option and the budget allow (chooseResidency). */
+function fitWeights(f: PlanFit, context: number, kvOptions: KVOptions, option = f.weights) {
+  // measured with every layer streamed, so that weights past wasm32's 4 GiB can be measured at all
+  const { layerBytes } = planWeights(f.gguf, f.config, new Arena(STATIC_RESERVE), new Array<Residency>(f.config.nLayers).fill('cold')).plan;
+  return chooseResidency(option, layerBytes, (r) => fitPlan(f, context, kvOptions, r), f.spill.ok);
 }
 
 /** Most threads 'auto' takes: past the physical cores, extra threads slow decoding down (as llama.cpp's do). */
@@ -249,34 +343,49 @@ function planThreads(option: number | 'auto', ownWasm: boolean): { threads: numb
   return { threads: asked, threading: `${asked}: threads ${label}${over}` };
 }
 
-/** Says what would fit: the longest context under the budget (found by re-planning), or that the weights alone do not. */
-function budgetError(
-  gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads: number, needed: number, budget: number,
-): EdgeLLMError {
-  const fits = (ctx: number) => {
+/**
+ * Says what would fit: the longest context under the budget (found by re-planning, weights streamed as the weights
+ * option allows), streamed weights where the option kept them resident, or that the weights alone do not fit.
+ */
+function budgetError(f: PlanFit, context: number, kvOptions: KVOptions): EdgeLLMError {
+  const n = f.config.nLayers;
+  const needs = (ctx: number, kv: KVOptions, r: Residency) => {
     try {
-      return planMemory(gguf, config, ctx, batchSize, kvOptions, policy, threads).arena.totalBytes <= budget;
+      return formatBytes(plannedBytes(planMemory(f.gguf, f.config, ctx, f.batchSize, kv, f.policy, f.threads, new Array<Residency>(n).fill(r))));
     } catch (err) {
-      if (err instanceof EdgeLLMError && err.code === 'BUDGET') return false;
+      if (err instanceof EdgeLLMError && err.code === 'BUDGET') return "more than wasm32's 4 GiB";
       throw err;
     }
   };
+  const streamed = f.spill.ok ? 'cold' : 'warm';
+  const need = needs(context, kvOptions, f.weights === 'auto' ? 'resident' : f.weights);
+  const limit = f.budget === undefined ? "wasm32 addresses 4 GiB" : `memoryBudget is ${formatBytes(f.budget)}`;
+  const allStreamed = f.weights === 'auto' ? ` (with every layer's weights ${streamed}, ${needs(context, kvOptions, streamed)})` : '';
+  const noDisk = f.spill.ok ? '' : `; weights cannot be streamed from disk here: ${f.spill.reason}`;
+  const best = (ctx: number, option = f.weights) => fitWeights(f, ctx, kvOptions, option);
+  const layers = (r: Residency[]) => (r.every((x) => x === 'resident') ? '' : ` (weights: ${describeResidency(r)} layers)`);
+  const auto = f.weights === 'auto' ? undefined : best(context, 'auto');
+  const stream = auto ? `all of it with weights: 'auto' (${describeResidency(auto.residency)} layers)` : '';
   let hint: string;
-  if (!fits(1)) {
-    const weightBytes = planMemory(gguf, config, 1, 1, { ...kvOptions, hotBytes: undefined }, policy, threads).arena.totalBytes;
-    hint = `the weights alone do not fit (with a 1-token context the plan needs ${formatBytes(weightBytes)}); use a smaller or more quantized model`;
+  if (!best(1)) {
+    const smallest = f.weights === 'auto' ? streamed : f.weights;
+    const floor = needs(1, { ...kvOptions, hotBytes: undefined }, smallest);
+    const parts = smallest === 'resident' ? '' : `: the token embeddings, output, norms and a slot for the largest layer, with every layer ${smallest}`;
+    const instead = stream ? `; ${stream} would fit` : `; use a smaller or more quantized model${noDisk}`;
+    hint = `the weights alone do not fit (with a 1-token context the plan needs ${floor}${parts})${instead}`;
   } else {
-    let lo = 1, hi = context; // fits(lo) && !fits(hi)
+    let lo = 1, hi = context; // best(lo) && !best(hi)
     while (hi - lo > 1) {
       const mid = Math.floor((lo + hi) / 2);
-      if (fits(mid)) lo = mid;
+      if (best(mid)) lo = mid;
       else hi = mid;
     }
     const smaller = kvOptions.type === 'int4' ? '' : `, or more with kv: { type: '${kvOptions.type === 'int8' ? 'int4' : 'int8'}' }`;
-    const warm = kvOptions.warmBytes === undefined ? ", or all of it with KV pages in host memory (kv: { warmBytes })" : '';
-    hint = `a context of ${lo} tokens would fit${smaller}${warm}`;
+    // host memory counts against the budget as wasm does: only disk takes KV pages out of it
+    const cold = kvOptions.coldBytes === undefined && f.spill.ok ? ', or all of it with KV pages on disk (kv: { coldBytes })' : '';
+    hint = `a context of ${lo} tokens would fit${layers(best(lo)!.residency)}${smaller}${cold}${stream && `, or ${stream}`}${noDisk}`;
   }
-  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${formatBytes(needed)} but memoryBudget is ${formatBytes(budget)}; ${hint}`);
+  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${need} but ${limit}${allStreamed}; ${hint}`);
 }
 
 export class Model {
@@ -296,6 +405,8 @@ export class Model {
     memoryBytes: number,
     threading: { threads: number; threading: string },
     private readonly kernelProfile?: KernelProfile,
+    /** the budget, the bytes the plan holds against it, and where the weights live */
+    private readonly planned?: { budget: number | undefined; plannedBytes: number; weights: WeightsPlan },
   ) {
     const tensorTypes: Record<string, number> = {};
     for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
@@ -436,10 +547,22 @@ export class Model {
     return { ppl: Math.exp(nllSum / scored), nll: nllSum / scored, tokensScored: scored, textTokens: ids.length, window, windows };
   }
 
-  /** The memory plan (every region of wasm memory and its size) and the KV cache's use of its tiers now. */
-  memory(): { totalBytes: number; regions: Region[]; kvBytesPerToken: number; kv: KVUsage } {
+  /**
+   * The memory plan (every region of wasm memory and its size), the bytes it holds against memoryBudget, where the
+   * weights live and what streaming them has done, and the KV cache's use of its tiers now.
+   */
+  memory(): { totalBytes: number; regions: Region[]; budgetBytes?: number; plannedBytes: number; weights: WeightsUsage; kvBytesPerToken: number; kv: KVUsage } {
     this.live();
-    return { totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), kvBytesPerToken: this.llama.kv.bytesPerToken, kv: this.llama.kv.usage() };
+    const w = this.planned!.weights;
+    const weights: WeightsUsage = {
+      layers: w.residency.slice(), layerBytes: w.layerBytes.slice(), residentBytes: w.residentBytes, warmBytes: w.warmBytes, coldBytes: w.coldBytes, slotBytes: w.slotBytes,
+      readBytes: w.readBytes,
+      ...(this.llama.stager?.usage() ?? { stages: 0, stagedBytes: 0, stageMs: 0 }),
+    };
+    return {
+      totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), budgetBytes: this.planned!.budget, plannedBytes: this.planned!.plannedBytes,
+      weights, kvBytesPerToken: this.llama.kv.bytesPerToken, kv: this.llama.kv.usage(),
+    };
   }
 
   /** Attention counters since the last call: calls, tokens read per call, pages scored, and (measureRecall) mass recall per layer. */
@@ -458,11 +581,18 @@ export class Model {
     return this.kernelProfile.take();
   }
 
-  /** Releases the wasm memory (by dropping every reference to it); the model cannot be used afterwards. */
-  dispose(): void {
-    if (!this.disposed) void this.llama.pool?.dispose();
+  /**
+   * Releases the wasm memory (by dropping every reference to it) and removes the model's spill files; the model
+   * cannot be used afterwards. In Node, Deno and Bun the files are gone when it returns; the promise says when they
+   * are gone everywhere (OPFS removes asynchronously).
+   */
+  dispose(): Promise<void> {
+    if (this.disposed) return Promise.resolve();
     this.disposed = true;
+    void this.llama.pool?.dispose();
+    const released = Promise.all([this.llama.kv.release(), this.llama.stager?.dispose()]).then(() => undefined);
     this.llama = undefined as unknown as Llama;
+    return released;
   }
 
   private promptIds(prompt: string | number[]): number[] {

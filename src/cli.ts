@@ -131,12 +131,17 @@ const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores
   --page-tokens N          tokens per KV page (default 32)
   --kv-hot SIZE            wasm memory for the KV cache, e.g. 8MB (default: every page hot)
   --kv-warm SIZE           host memory for the KV pages beyond --kv-hot (the warm tier)
+  --kv-cold SIZE           disk for the KV pages beyond both (the cold tier: a file in a temp directory of its own)
   --attention full|sparse  which pages each query reads (default full)
   --top-k-pages N          sparse: pages picked by Quest score per KV head (default 4)
   --window N               sparse: recent tokens always read (default 64)
   --sinks N                sparse: first tokens always read (default 4)
   --memory-budget SIZE     the most memory the model may take (wasm, host tiers), e.g. 512MB; fails before
-                           allocating if no plan fits, and says what would`;
+                           allocating if no plan fits, and says what would
+  --weights auto|resident|warm|cold
+                           where the layers' weights live (default auto: resident unless the budget or wasm32's
+                           4 GiB says otherwise; warm: host memory; cold: a spill file), the same tokens
+  -v, --verbose            print the memory plan: where weights and KV pages live, against the budget`;
 
 /** The help lines of MODEL_FLAGS, shared by run and chat. */
 const MODEL_HELP = `  --ctx N                  context length to plan (default: the model's, at most 4096)
@@ -244,7 +249,7 @@ function progressReporter(): LoadOptions['onProgress'] {
   };
 }
 
-async function load(source: string, opts: LoadOptions): Promise<Model> {
+async function load(source: string, opts: LoadOptions, verbose = false): Promise<Model> {
   const t0 = performance.now();
   const model = await loadModel(source, { ...opts, onProgress: progressReporter() });
   const ms = performance.now() - t0;
@@ -254,7 +259,29 @@ async function load(source: string, opts: LoadOptions): Promise<Model> {
     `loaded ${i.name || i.architecture} in ${ms.toFixed(0)} ms: ${i.nLayers} layers, dim ${i.dim}, vocab ${i.vocab}, tensors ${types}; ` +
       `context ${i.context}, wasm memory ${formatBytes(i.memoryBytes)}, threads ${i.threading}`,
   );
+  if (verbose) stderr(planTable(model));
   return model;
+}
+
+/** The memory plan as a short table (-v): where each kind of bytes lives, and the total against the budget. */
+function planTable(model: Model): string {
+  const m = model.memory(), w = m.weights, kv = m.kv;
+  const count = (tier: string) => w.layers.filter((r) => r === tier).length;
+  const layers = ['resident', 'warm', 'cold'].map((t) => `${count(t)} ${t}`).filter((t) => !t.startsWith('0 ')).join(', ');
+  const rows: Array<[string, string, number]> = [
+    ['wasm', `weights (${layers} layers; embeddings, output, norms)`, w.residentBytes],
+    ['wasm', 'weight slot (a streamed layer is copied in before it runs)', w.slotBytes],
+    ['wasm', `KV cache, hot (${kv.hotPageSlots} page slots, ${kv.stagingSlots} staging)`, kv.hotBytes],
+    ['wasm', 'activations, scratch, kernels', m.totalBytes - w.residentBytes - w.slotBytes - kv.hotBytes],
+    ['host', 'weights, warm (layer images)', w.warmBytes],
+    ['host', 'KV pages, warm', kv.warmBytes],
+    ['host', 'largest read held while loading', w.readBytes],
+    ['disk', 'weights, cold (the spill file)', w.coldBytes],
+    ['disk', 'KV pages, cold', kv.coldBytes],
+  ];
+  const lines = rows.filter(([, , bytes]) => bytes > 0).map(([where, what, bytes]) => `  ${where.padEnd(5)} ${what.padEnd(62)} ${formatBytes(bytes).padStart(11)}`);
+  const budget = m.budgetBytes ? ` of the budget ${formatBytes(m.budgetBytes)}` : ' (no budget given)';
+  return ['memory plan:', ...lines, `  in memory (wasm + host): ${formatBytes(m.plannedBytes)}${budget}`].join('\n');
 }
 
 /** Options given as undefined must be absent, not present-and-undefined, for the library's defaults to apply. */
@@ -270,15 +297,18 @@ const ENGINE_FLAGS: FlagSpec[] = [
   { name: 'page-tokens', kind: 'int' },
   { name: 'kv-hot', kind: 'string' },
   { name: 'kv-warm', kind: 'string' },
+  { name: 'kv-cold', kind: 'string' },
   { name: 'attention', kind: 'string' },
   { name: 'top-k-pages', kind: 'int' },
   { name: 'window', kind: 'int' },
   { name: 'sinks', kind: 'int' },
   { name: 'memory-budget', kind: 'string' },
+  { name: 'weights', kind: 'string' },
+  { name: 'verbose', short: 'v', kind: 'bool' },
 ];
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
-function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget'> {
+function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget' | 'weights'> {
   const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
   const threads = p.flags.get('threads') as string | undefined;
   if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
@@ -290,6 +320,7 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
       pageTokens: num(p, 'page-tokens'),
       hotBytes: p.flags.get('kv-hot') as string | undefined,
       warmBytes: p.flags.get('kv-warm') as string | undefined,
+      coldBytes: p.flags.get('kv-cold') as string | undefined,
     }),
     attention: defined({
       mode: p.flags.get('attention') as 'full' | 'sparse' | undefined,
@@ -298,6 +329,7 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
       sinkTokens: num(p, 'sinks'),
     }),
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
+    weights: p.flags.get('weights') as LoadOptions['weights'],
   };
 }
 
@@ -306,9 +338,11 @@ function cacheReport(model: Model) {
   const kv = model.memory().kv;
   const a = model.attentionStats();
   const attention = { mode: model.info.attention, mean_tokens_read: a.meanTokensRead, mean_positions: a.meanPositions, pages_scored: a.pagesScored };
-  const warm = kv.warmBytes ? `, warm ${formatBytes(kv.warmBytes)} (${kv.warmPagesInUse} pages in use, ${kv.pagesStaged} staged)` : '';
+  const warm = kv.warmBytes ? `, warm ${formatBytes(kv.warmBytes)} (${kv.warmPagesInUse} pages in use)` : '';
+  const cold = kv.coldBytes ? `, cold ${formatBytes(kv.coldBytes)} (${kv.coldPagesInUse} pages in use)` : '';
+  const staged = kv.warmBytes || kv.coldBytes ? `, ${kv.pagesStaged} pages staged` : '';
   const line =
-    `kv ${kv.type}: ${kv.bytesPerToken.toFixed(0)} B/token, hot ${formatBytes(kv.hotBytes)} (${kv.hotPagesInUse}/${kv.hotPageSlots} page slots in use)${warm}; ` +
+    `kv ${kv.type}: ${kv.bytesPerToken.toFixed(0)} B/token, hot ${formatBytes(kv.hotBytes)} (${kv.hotPagesInUse}/${kv.hotPageSlots} page slots in use)${warm}${cold}${staged}; ` +
     `attention ${attention.mode}: ${a.meanTokensRead.toFixed(1)} of ${a.meanPositions.toFixed(1)} positions read per query`;
   return { line, kv, attention };
 }
@@ -357,7 +391,7 @@ function loadFor(p: Parsed, source: string, signal: AbortSignal): Promise<Model>
     batchSize: num(p, 'batch'),
     ...engineOptions(p),
     signal,
-  });
+  }, p.flags.get('verbose') === true);
 }
 
 function samplingOptions(p: Parsed, defaultMaxTokens: number): GenerateOptions {
@@ -543,7 +577,7 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   if (windowsAsked !== undefined && windowsAsked < 1) throw new UsageError(`--windows must be at least 1, got ${windowsAsked}`, 'perplexity');
   const text = await readTextFile(textFile, 'text file');
   // The KV cache only has to hold one window.
-  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...engineOptions(p), signal: controller.signal });
+  const model = await load(source, { contextLength: window, batchSize: num(p, 'batch'), ...engineOptions(p), signal: controller.signal }, p.flags.get('verbose') === true);
   if (window > model.info.contextLength) {
     stderr(`warning: window ${window} is longer than the model's training context of ${model.info.contextLength}`);
   }

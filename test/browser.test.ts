@@ -689,3 +689,74 @@ describe.skipIf(!HAVE)('threads in headless Chromium with COOP/COEP (cross-origi
     await page.close();
   });
 });
+
+// Cross-origin isolated, so the worker runs 2 threads and cold pages are read into a SharedArrayBuffer's memory.
+describe.skipIf(!HAVE)('the cold KV tier in OPFS (headless Chromium, loadModelInWorker, 2 threads)', () => {
+  let server: RunningServer;
+  let browser: Browser;
+  let desktop: BrowserContext;
+  const context = 256;
+  const maxTokens = 64;
+
+  beforeAll(async () => {
+    checkDist();
+    server = await startServer({ port: 0, mounts: { '/models/': MODELS } });
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    desktop = await browser.newContext(DESKTOP);
+  });
+
+  afterAll(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  it("gives Node's tokens with pages written to OPFS and read back, sweeps a dead page's directory, leaves none after dispose, and is refused on the page's thread", async () => {
+    // Node, all hot: the reference tokens, and the plan's sizes for a cold run: wasm room for 24 pages (8 of them
+    // staging slots), 16 pages warm, the rest of the 8 pages per KV head cold.
+    const hot = await loadModel(modelPath(SOTU.file), { contextLength: context, kv: { pageTokens: 8 } });
+    const ids: number[] = [];
+    await hot.complete(API.prompt, { maxTokens, onToken: (id) => ids.push(id) });
+    const u = hot.memory().kv;
+    void hot.dispose();
+    const kv = { pageTokens: 8, hotBytes: u.hotBytes - (u.hotPageSlots - 24) * u.pageBytes, warmBytes: 16 * u.pageBytes, coldBytes: '16MB' };
+
+    const p = await ExamplePage.open(desktop, server.url, true);
+    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    const r = await p.page.evaluate(async ({ url, context, kv, prompt, maxTokens }) => {
+      const lib = (window as unknown as ApiHooks).edgellmLib!;
+      const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
+      const dirs = async () => {
+        const out: string[] = [];
+        for await (const name of root.keys()) if (name.startsWith('edgellm-')) out.push(name);
+        return out.sort();
+      };
+      // As a page that died with its model's directory would leave it: no Web Lock holds it.
+      await (await root.getDirectoryHandle('edgellm-deadbeef', { create: true })).getFileHandle('kv-pages', { create: true });
+      const before = await dirs();
+      const onPage = await lib.loadModel(url, { contextLength: context, kv }).then(() => null, (e) => ({ code: e.code, message: e.message }));
+      const model = await lib.loadModelInWorker(url, { contextLength: context, kv, threads: 2 });
+      const during = await dirs();
+      const ids: number[] = [];
+      await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
+      const usage = (await model.memory()).kv;
+      await model.dispose();
+      return { before, onPage, during, ids, usage, threads: model.info.threads, after: await dirs() };
+    }, { url: `/models/${SOTU.file}`, context, kv, prompt: API.prompt, maxTokens });
+
+    expect(r.before).toEqual(['edgellm-deadbeef']);
+    expect(r.onPage?.code).toBe('BAD_ARGUMENT');
+    expect(r.onPage?.message).toMatch(/only in dedicated workers: load the model with loadModelInWorker/);
+    expect(r.during, "the model's own directory; the dead one swept").toHaveLength(1);
+    expect(r.during[0]).not.toBe('edgellm-deadbeef');
+    expect(r.threads).toBe(2);
+    expect(r.ids).toEqual(ids);
+    expect(r.usage.coldPagesInUse, 'pages went cold').toBeGreaterThan(0);
+    expect(r.usage.coldPagesStaged, 'cold pages were read back').toBeGreaterThan(0);
+    expect(r.usage.coldBytesAllocated).toBeGreaterThanOrEqual(r.usage.coldPagesInUse * r.usage.pageBytes);
+    expect(r.after, 'dispose removed the directory').toEqual([]);
+    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
+    p.check();
+    await p.page.close();
+  });
+});

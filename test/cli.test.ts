@@ -120,6 +120,19 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
     expect(cli('perplexity', model, text, '--ctx', '64', '--windows', '1', '--memory-budget', '64MB').code).toBe(0);
   });
 
+  it('run -v --memory-budget: the plan as a table, weights streamed from disk under the budget, the same text', () => {
+    const args = ['run', modelPath('sotu-15m-q8_0.gguf'), '-p', 'The state of the Union is', '-n', '8', '--ctx', '128'];
+    const free = cli(...args);
+    const tight = cli(...args, '-v', '--memory-budget', '22MB');
+    expect([free.code, tight.code]).toEqual([0, 0]);
+    expect(tight.stdout).toBe(free.stdout);
+    expect(tight.stderr).toMatch(/memory plan:\n/);
+    expect(tight.stderr).toMatch(/wasm +weights \(\d+ resident, \d+ cold layers/);
+    expect(tight.stderr).toMatch(/disk +weights, cold/);
+    expect(tight.stderr).toMatch(/in memory \(wasm \+ host\): [\d.]+ MiB of the budget 22\.0 MiB/);
+    expect(free.stderr).not.toMatch(/memory plan/);
+  });
+
   it('perplexity --json on sotu-15m-q8_0: last line is the JSON, identical to the API', async () => {
     const text = path.join(SHARED, 'eval/dev.txt');
     const r = cli('perplexity', modelPath('sotu-15m-q8_0.gguf'), text, '--ctx', '256', '--windows', '2', '--json');

@@ -177,21 +177,22 @@ describe('KV tiers on a synthetic model', () => {
     await expect(loadModel(model.bytes, { contextLength: fitsWarm, kv: { hotBytes: '100KB', warmBytes: '64KB' } })).resolves.toBeTruthy();
   });
 
-  it('memoryBudget with kv.warmBytes puts the KV pages that do not fit into the warm tier; without it, BUDGET says so', async () => {
+  // Host memory counts against memoryBudget as wasm does (docs/memory.md): pages that do not fit it go to disk.
+  it('memoryBudget with kv.coldBytes puts the KV pages that do not fit on disk, warm taking what is left; without it, BUDGET says so', async () => {
     const all = await loadModel(model.bytes, { contextLength: 1024 });
-    const budget = all.info.memoryBytes - 512 * 1024;
-    const err = await loadModel(model.bytes, { contextLength: 1024, memoryBudget: budget }).catch((e) => e);
+    const budget = all.memory().plannedBytes - 512 * 1024;
+    const err = await loadModel(model.bytes, { contextLength: 1024, memoryBudget: budget, weights: 'resident' }).catch((e) => e);
     expect(err.code).toBe('BUDGET');
-    expect(err.message).toMatch(/KV pages in host memory \(kv: \{ warmBytes \}\)/);
-    const m = await loadModel(model.bytes, { contextLength: 1024, memoryBudget: budget, kv: { warmBytes: '2MB' } });
-    expect(m.info.memoryBytes).toBeLessThanOrEqual(budget);
+    expect(err.message).toMatch(/KV pages on disk \(kv: \{ coldBytes \}\)/);
+    const m = await loadModel(model.bytes, { contextLength: 1024, memoryBudget: budget, weights: 'resident', kv: { warmBytes: '256KB', coldBytes: '2MB' } });
+    expect(m.memory().plannedBytes).toBeLessThanOrEqual(budget);
     const ids: number[] = [];
     const ref: number[] = [];
     await m.complete([1, 40, 41, 42, 43], { maxTokens: 700, onToken: (id) => ids.push(id) });
     await all.complete([1, 40, 41, 42, 43], { maxTokens: 700, onToken: (id) => ref.push(id) });
     expect(ids.length).toBe(700);
     expect(ids).toEqual(ref);
-    expect(m.memory().kv.warmPagesInUse).toBeGreaterThan(0);
+    expect(m.memory().kv.coldPagesInUse).toBeGreaterThan(0);
   });
 
   it('bad attention options are BAD_ARGUMENT', async () => {

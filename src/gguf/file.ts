@@ -31,10 +31,10 @@ export async function openFile(location: string | URL, opts: OpenOptions = {}): 
   return {
     name: path,
     size,
-    async read(offset, length) {
+    async read(offset, length, into) {
       if (closed) throw new EdgeLLMError('DISPOSED', `read from ${path}: the source is closed`);
       checkRange(path, size, offset, length);
-      const out = new Uint8Array(length);
+      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
       let done = 0;
       // Positional reads may return fewer bytes than asked, so loop; 0 bytes means the file shrank under us.
       while (done < length) {

@@ -8,7 +8,11 @@ export interface ByteSource {
   readonly name: string;
   readonly size: number;
   /** Exactly `length` bytes at `offset`. Views of memory sources are zero-copy: do not write to them. */
-  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * The bytes [offset, offset + length). With `into` (at least `length` long), a source may read into it and return a
+   * view of it, so a loader reusing one buffer holds no new one per read; a memory-backed source returns its own view.
+   */
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
 }
 

@@ -1,6 +1,7 @@
 import { EdgeLLMError } from '../errors.js';
 import { formatBytes, parseBytes } from '../plan/arena.js';
-import { HostPageStore, type PageStore } from './tiers.js';
+import { FilePageStore, HostPageStore, type PageStore } from './tiers.js';
+import { openSpillDir, spillSupport, type SpillDir } from '../plan/spill.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { LlamaConfig } from '../model/config.js';
@@ -26,6 +27,13 @@ export interface KVOptions {
   hotBytes?: string | number;
   /** The warm tier: host bytes (ArrayBuffers outside wasm memory) for pages beyond the hot tier (default 0). */
   warmBytes?: string | number;
+  /**
+   * The cold tier: disk bytes for pages beyond the hot and warm tiers (default 0), in a file of the model's own
+   * temporary directory (Node, Deno, Bun; OPFS in a browser's dedicated worker: loadModelInWorker).
+   */
+  coldBytes?: string | number;
+  /** Where the cold tier's directory goes (Node, Deno, Bun; default os.tmpdir()). */
+  coldDir?: string;
 }
 
 const DEFAULT_PAGE_TOKENS = 32;
@@ -65,9 +73,11 @@ export interface KVPlan {
   hotSlots: number;
   stagingSlots: number;
   warmSlots: number;
+  coldSlots: number;
   /** wasm bytes of the KV regions (≤ hotBytes when it is given) */
   hotBytes: number;
   warmBytes: number;
+  coldBytes: number;
 }
 
 /**
@@ -86,7 +96,7 @@ export function windowPagesKept(W: number, P: number): number {
  * hot tier. Sliding-window layers keep only the ring their window reaches, always hot: their pages are bounded by the
  * window, so they take neither tiers nor sparse selection (attention/attend.ts); the tiers hold the global layers'
  * pages. Throws
- * BUDGET, saying what would fit, when the pages do not fit hot + warm.
+ * BUDGET, saying what would fit, when the pages do not fit hot + warm + cold.
  */
 export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinnedTokens = 0): KVPlan {
   const plan = splitTiers(c, ctx, opts, pinnedTokens);
@@ -103,6 +113,9 @@ export function planKV(c: LlamaConfig, ctx: number, opts: KVOptions = {}, pinned
 
 function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: number): KVPlan | { fail: string } {
   const type = opts.type ?? 'f32';
+  if (opts.coldDir !== undefined && (typeof opts.coldDir !== 'string' || opts.coldDir === '')) {
+    throw new EdgeLLMError('BAD_ARGUMENT', `kv.coldDir must be a directory path, got ${JSON.stringify(opts.coldDir)}`);
+  }
   if (!KV_TYPES.includes(type)) throw new EdgeLLMError('BAD_ARGUMENT', `kv.type must be one of ${KV_TYPES.join(', ')}, got ${JSON.stringify(type)}`);
   const P = opts.pageTokens ?? DEFAULT_PAGE_TOKENS;
   if (!Number.isSafeInteger(P) || P < 4 || P > MAX_PAGE_TOKENS || P % 4 !== 0) {
@@ -124,11 +137,13 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: 
   const fixed = windowPages * bytes + kept * 8 * D + heads * 8 * P * D + (kept + heads) * DESC_INTS * 4;
   const plan = {
     type, P, pagesPerHead, pageBytes: bytes, window, layerPages, windowPages, pages,
-    hotSlots: pages, stagingSlots: 0, warmSlots: 0, hotBytes: fixed + pages * bytes, warmBytes: 0,
+    hotSlots: pages, stagingSlots: 0, warmSlots: 0, coldSlots: 0, hotBytes: fixed + pages * bytes, warmBytes: 0, coldBytes: 0,
   };
+  // Checked even where every page is hot, so a bad size is an error whatever the budget leaves.
+  const warmBytes = opts.warmBytes === undefined || opts.warmBytes === 0 ? 0 : parseBytes(opts.warmBytes, 'kv.warmBytes');
+  const coldBytes = opts.coldBytes === undefined || opts.coldBytes === 0 ? 0 : parseBytes(opts.coldBytes, 'kv.coldBytes');
   if (opts.hotBytes === undefined) return plan;
   const hotBytes = parseBytes(opts.hotBytes, 'kv.hotBytes');
-  const warmBytes = opts.warmBytes === undefined || opts.warmBytes === 0 ? 0 : parseBytes(opts.warmBytes, 'kv.warmBytes');
   const avail = hotBytes - fixed - ALIGN_SLACK;
   if (avail >= pages * bytes) return plan;
   const stagingSlots = Math.min(STAGING_SLOTS, pagesPerHead, pages);
@@ -142,15 +157,31 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: 
         `${stagingSlots} staging slots and at least ${minHot} page slots of ${formatBytes(bytes)}`,
     };
   }
-  const warmSlots = pages - hotSlots;
-  if (warmSlots * bytes > warmBytes) {
+  const below = pages - hotSlots;
+  if (coldBytes === 0 && below * bytes > warmBytes) {
     return {
       fail:
         `a context of ${ctx} tokens needs ${pages} KV pages of ${formatBytes(bytes)}: ${hotSlots} fit kv.hotBytes ${formatBytes(hotBytes)}, and the other ` +
-        `${warmSlots} need ${formatBytes(warmSlots * bytes)} of kv.warmBytes, which is ${formatBytes(warmBytes)}`,
+        `${below} need ${formatBytes(below * bytes)} of kv.warmBytes, which is ${formatBytes(warmBytes)}`,
     };
   }
-  return { ...plan, hotSlots, stagingSlots, warmSlots, hotBytes: fixed + (hotSlots + stagingSlots) * bytes, warmBytes: warmSlots * bytes };
+  const warmSlots = Math.min(below, Math.floor(warmBytes / bytes));
+  const coldSlots = below - warmSlots;
+  if (coldSlots > 0 && coldSlots * bytes <= coldBytes) {
+    const support = spillSupport();
+    if (!support.ok) throw new EdgeLLMError('BAD_ARGUMENT', `kv.coldBytes: this plan puts ${coldSlots} KV pages on disk, but this runtime cannot spill to disk: ${support.reason}`);
+  }
+  if (coldSlots * bytes > coldBytes) {
+    return {
+      fail:
+        `a context of ${ctx} tokens needs ${pages} KV pages of ${formatBytes(bytes)}: ${hotSlots} fit kv.hotBytes ${formatBytes(hotBytes)}, ${warmSlots} fit ` +
+        `kv.warmBytes ${formatBytes(warmBytes)}, and the other ${coldSlots} need ${formatBytes(coldSlots * bytes)} of kv.coldBytes, which is ${formatBytes(coldBytes)}`,
+    };
+  }
+  return {
+    ...plan, hotSlots, stagingSlots, warmSlots, coldSlots,
+    hotBytes: fixed + (hotSlots + stagingSlots) * bytes, warmBytes: warmSlots * bytes, coldBytes: coldSlots * bytes,
+  };
 }
 
 /** Pages of P tokens holding the first `tokens` positions, at most the pages of a head. */
@@ -181,8 +212,14 @@ export interface KVUsage {
   warmBytes: number;
   warmBytesAllocated: number;
   warmPagesInUse: number;
-  /** warm pages copied into staging slots since load */
+  /** disk bytes planned for the cold tier, and written so far (the file's size) */
+  coldBytes: number;
+  coldBytesAllocated: number;
+  coldPagesInUse: number;
+  /** warm and cold pages copied into staging slots since load */
   pagesStaged: number;
+  /** of pagesStaged, the cold ones (read from disk) */
+  coldPagesStaged: number;
 }
 
 /** A page descriptor for the attention kernel: data, summary, tokens used, type code (4 × i32). */
@@ -204,9 +241,12 @@ export const DESC_INTS = 4;
  *
  * Tiers (global layers only): with every page hot (the default), page p of global head g lives at slot
  * g·pagesPerHead + p. With a hot budget, pages take hot slots as they are sealed, and when none is free the oldest
- * unpinned page moves to the warm tier (first in, first out: the recent window stays hot, the pinned sink pages never
- * move). Summaries, tails, tables and the windowed layers' rings always stay hot; attention stages a warm page into a
- * staging slot to read it (see attention/attend.ts).
+ * unpinned page moves down a tier (first in, first out: the recent window stays hot, the pinned sink pages never
+ * move). Pages age hot → warm → cold: when the warm tier is full too, its oldest page moves to the cold tier (a file)
+ * to make room. So each tier holds pages younger than the tier below; recent pages, which attention tends to favour
+ * (and sparse selection's window always reads), sit in the faster tier, at the cost of one more page copy per sealed
+ * page once warm is full. Summaries, tails, tables and the windowed layers' rings always stay hot; attention stages a
+ * warm or cold page into a staging slot to read it (see attention/attend.ts).
  */
 export class KVCache {
   readonly type: KVType;
@@ -239,17 +279,26 @@ export class KVCache {
   private heap!: Float32Array;
   private ints!: Int32Array;
   private bytes!: Uint8Array;
-  // Tiered state: where each global page is (hot slot ≥ 0, or −1 − warm slot), the free slots, and the FIFO of
-  // evictable pages, by key g·pagesPerHead + page (g: the global head).
+  // Tiered state: where each global page is (hot slot ≥ 0; −1 − warm slot; −1 − warmSlots − cold slot), the free
+  // slots, and the FIFOs of pages that may move down (hot: unpinned ones; warm: all), by key g·pagesPerHead + page
+  // (g: the global head).
   private readonly where: Int32Array;
   private readonly freeHot: Int32Array;
   private nFreeHot = 0;
   private readonly freeWarm: Int32Array;
   private nFreeWarm = 0;
-  private readonly fifo: Int32Array;
-  private fifoHead = 0;
-  private fifoLength = 0;
+  private readonly freeCold: Int32Array;
+  private nFreeCold = 0;
+  private readonly fifo: Fifo;
+  private readonly warmFifo: Fifo;
   private readonly warm: PageStore | undefined;
+  private cold: PageStore | undefined;
+  /** the cold tier's directory, opened by openColdTier() */
+  private spill: SpillDir | undefined;
+  private readonly coldDir: string | undefined;
+  /** a page on its way from warm to cold */
+  private readonly moving: Uint8Array;
+  private coldPagesStaged = 0;
   /** pages per head that stay hot: those holding the first pinnedTokens */
   private readonly pinned: number;
   private pagesStaged = 0;
@@ -265,7 +314,7 @@ export class KVCache {
     this.heads = c.nLayers * c.nKvHeads;
     this.pagesPerHead = plan.pagesPerHead;
     this.pageBytes = plan.pageBytes;
-    this.tiered = plan.warmSlots > 0;
+    this.tiered = plan.warmSlots + plan.coldSlots > 0;
     let kept = 0, windowSlots = 0, globalLayers = 0;
     for (let l = 0; l < c.nLayers; l++) {
       const r = plan.layerPages[l];
@@ -289,9 +338,36 @@ export class KVCache {
     this.where = new Int32Array(plan.pages * tiered);
     this.freeHot = new Int32Array(plan.hotSlots * tiered);
     this.freeWarm = new Int32Array(plan.warmSlots);
-    this.fifo = new Int32Array(plan.hotSlots * tiered);
-    this.warm = this.tiered ? new HostPageStore(this.pageBytes, plan.warmSlots) : undefined;
+    this.freeCold = new Int32Array(plan.coldSlots);
+    this.fifo = new Fifo(plan.hotSlots * tiered);
+    this.warmFifo = new Fifo(plan.coldSlots > 0 ? plan.warmSlots : 0);
+    this.warm = plan.warmSlots > 0 ? new HostPageStore(this.pageBytes, plan.warmSlots) : undefined;
+    this.moving = new Uint8Array(plan.coldSlots > 0 && plan.warmSlots > 0 ? this.pageBytes : 0);
+    this.coldDir = opts.coldDir;
     this.reset();
+  }
+
+  /**
+   * Opens the cold tier's file in a spill directory of this cache's own (plan/spill.ts), where the plan has a cold
+   * tier. Asynchronous (OPFS opens so), so the loader calls it once after planning, before anything is appended.
+   */
+  async openColdTier(): Promise<void> {
+    if (this.plan.coldSlots === 0 || this.spill) return;
+    const spill = await openSpillDir({ dir: this.coldDir });
+    try {
+      this.cold = new FilePageStore(await spill.create('kv-pages'), this.pageBytes, this.plan.coldSlots);
+      this.spill = spill;
+    } catch (err) {
+      await spill.dispose();
+      throw err;
+    }
+  }
+
+  /** Closes the cold tier's file and removes its directory (at once in Node, Deno and Bun; OPFS resolves later). */
+  async release(): Promise<void> {
+    const spill = this.spill;
+    this.spill = this.cold = undefined;
+    await spill?.dispose();
   }
 
   /** Views of the memory, once it exists. */
@@ -308,7 +384,10 @@ export class KVCache {
     this.nFreeHot = this.freeHot.length;
     for (let i = 0; i < this.freeWarm.length; i++) this.freeWarm[i] = this.freeWarm.length - 1 - i;
     this.nFreeWarm = this.freeWarm.length;
-    this.fifoHead = this.fifoLength = 0;
+    for (let i = 0; i < this.freeCold.length; i++) this.freeCold[i] = this.freeCold.length - 1 - i;
+    this.nFreeCold = this.freeCold.length;
+    this.fifo.clear();
+    this.warmFifo.clear();
     this.length = 0;
   }
 
@@ -359,20 +438,19 @@ export class KVCache {
     return keep;
   }
 
-  /** Frees the slots of the global layers' sealed pages [from, to), hot or warm, and drops them from the eviction FIFO. */
+  /** Frees the slots of the global layers' sealed pages [from, to), in whichever tier, and drops them from the FIFOs. */
   private releasePages(from: number, to: number): void {
     if (!this.tiered) return;
-    let kept = 0;
-    for (let i = 0; i < this.fifoLength; i++) {
-      const key = this.fifo[(this.fifoHead + i) % this.fifo.length];
-      if (key % this.pagesPerHead < from) this.fifo[(this.fifoHead + kept++) % this.fifo.length] = key;
-    }
-    this.fifoLength = kept;
+    const before = (key: number) => key % this.pagesPerHead < from;
+    this.fifo.keep(before);
+    this.warmFifo.keep(before);
+    const warmSlots = this.plan.warmSlots;
     for (let g = 0; g < this.globalHeads; g++) {
       for (let page = from; page < to; page++) {
         const at = this.where[g * this.pagesPerHead + page];
         if (at >= 0) this.freeHot[this.nFreeHot++] = at;
-        else this.freeWarm[this.nFreeWarm++] = -1 - at;
+        else if (-1 - at < warmSlots) this.freeWarm[this.nFreeWarm++] = -1 - at;
+        else this.freeCold[this.nFreeCold++] = -1 - at - warmSlots;
       }
     }
   }
@@ -402,7 +480,7 @@ export class KVCache {
     return this.table + (this.tableBase[layer] + h * (this.plan.layerPages[layer] + 1)) * DESC_INTS * 4;
   }
 
-  /** The hot address of a sealed page, or −1 if it is warm (stage it to read it). */
+  /** The hot address of a sealed page, or −1 if it is warm or cold (stage it to read it). */
   hotAddress(layer: number, h: number, page: number): number {
     if (this.plan.window[layer] > 0) {
       const r = this.plan.layerPages[layer];
@@ -414,12 +492,19 @@ export class KVCache {
     return at >= 0 ? this.data + at * this.pageBytes : -1;
   }
 
-  /** Copies a warm page into staging slot `slot` (0..stagingSlots−1) and returns its address. */
+  /** Copies a warm or cold page into staging slot `slot` (0..stagingSlots−1) and returns its address. */
   stage(layer: number, h: number, page: number, slot: number): number {
-    const at = this.plan.window[layer] > 0 ? 0 : this.where[this.key(layer, h, page)];
-    if (!this.warm || at >= 0 || slot < 0 || slot >= this.plan.stagingSlots) throw new EdgeLLMError('BAD_ARGUMENT', `cannot stage page ${page} of layer ${layer} head ${h} into slot ${slot}`);
+    const at = this.plan.window[layer] > 0 || !this.tiered ? 0 : this.where[this.key(layer, h, page)];
+    if (at >= 0 || slot < 0 || slot >= this.plan.stagingSlots) throw new EdgeLLMError('BAD_ARGUMENT', `cannot stage page ${page} of layer ${layer} head ${h} into slot ${slot}`);
     const addr = this.staging + slot * this.pageBytes;
-    this.warm.read(-1 - at, this.bytes.subarray(addr, addr + this.pageBytes));
+    const into = this.bytes.subarray(addr, addr + this.pageBytes);
+    const lower = -1 - at;
+    if (lower < this.plan.warmSlots) {
+      this.warm!.read(lower, into);
+    } else {
+      this.coldStore().read(lower - this.plan.warmSlots, into);
+      this.coldPagesStaged++;
+    }
     this.pagesStaged++;
     return addr;
   }
@@ -466,22 +551,44 @@ export class KVCache {
     if (this.nFreeHot > 0) {
       slot = this.freeHot[--this.nFreeHot];
     } else {
-      // The plan keeps more hot slots than pinned pages, so the FIFO is not empty, and enough warm slots for the rest.
-      const victim = this.fifo[this.fifoHead];
-      this.fifoHead = (this.fifoHead + 1) % this.fifo.length;
-      this.fifoLength--;
+      // The plan keeps more hot slots than pinned pages, so the FIFO is not empty, and enough slots below for the rest.
+      const victim = this.fifo.shift();
       slot = this.where[victim];
-      const warmSlot = this.freeWarm[--this.nFreeWarm];
       const addr = this.data + slot * this.pageBytes;
-      this.warm!.write(warmSlot, this.bytes.subarray(addr, addr + this.pageBytes));
-      this.where[victim] = -1 - warmSlot;
+      const pageData = this.bytes.subarray(addr, addr + this.pageBytes);
+      if (this.plan.warmSlots === 0) {
+        this.where[victim] = this.toCold(pageData);
+      } else {
+        let warmSlot: number;
+        if (this.nFreeWarm > 0) {
+          warmSlot = this.freeWarm[--this.nFreeWarm];
+        } else {
+          // Warm is full (so the plan has cold slots): its oldest page goes down to make room.
+          const old = this.warmFifo.shift();
+          warmSlot = -1 - this.where[old];
+          this.warm!.read(warmSlot, this.moving);
+          this.where[old] = this.toCold(this.moving);
+        }
+        this.warm!.write(warmSlot, pageData);
+        this.where[victim] = -1 - warmSlot;
+        if (this.warmFifo.capacity > 0) this.warmFifo.push(victim);
+      }
     }
     this.where[key] = slot;
-    if (page >= this.pinned) {
-      this.fifo[(this.fifoHead + this.fifoLength) % this.fifo.length] = key;
-      this.fifoLength++;
-    }
+    if (page >= this.pinned) this.fifo.push(key);
     return this.data + slot * this.pageBytes;
+  }
+
+  /** Writes a page into a free cold slot and returns its `where` code. */
+  private toCold(page: Uint8Array): number {
+    const coldSlot = this.freeCold[--this.nFreeCold];
+    this.coldStore().write(coldSlot, page);
+    return -1 - this.plan.warmSlots - coldSlot;
+  }
+
+  private coldStore(): PageStore {
+    if (!this.cold) throw new EdgeLLMError('BAD_ARGUMENT', 'the KV plan has a cold tier but no cold store was attached');
+    return this.cold;
   }
 
   usage(): KVUsage {
@@ -503,7 +610,11 @@ export class KVCache {
       warmBytes: p.warmBytes,
       warmBytesAllocated: this.warm?.bytesAllocated() ?? 0,
       warmPagesInUse: p.warmSlots - this.nFreeWarm,
+      coldBytes: p.coldBytes,
+      coldBytesAllocated: this.cold?.bytesAllocated() ?? 0,
+      coldPagesInUse: p.coldSlots - this.nFreeCold,
       pagesStaged: this.pagesStaged,
+      coldPagesStaged: this.coldPagesStaged,
     };
   }
 
@@ -512,5 +623,41 @@ export class KVCache {
     this.ints[at + 1] = summary;
     this.ints[at + 2] = ntok;
     this.ints[at + 3] = type;
+  }
+}
+
+/** A fixed-capacity ring of page keys, oldest first. */
+class Fifo {
+  private readonly keys: Int32Array;
+  private head = 0;
+  private length = 0;
+
+  constructor(readonly capacity: number) {
+    this.keys = new Int32Array(capacity);
+  }
+
+  clear(): void {
+    this.head = this.length = 0;
+  }
+
+  push(key: number): void {
+    this.keys[(this.head + this.length++) % this.capacity] = key;
+  }
+
+  shift(): number {
+    const key = this.keys[this.head];
+    this.head = (this.head + 1) % this.capacity;
+    this.length--;
+    return key;
+  }
+
+  /** Keeps, in order, the keys `keep` accepts. */
+  keep(keep: (key: number) => boolean): void {
+    let kept = 0;
+    for (let i = 0; i < this.length; i++) {
+      const key = this.keys[(this.head + i) % this.capacity];
+      if (keep(key)) this.keys[(this.head + kept++) % this.capacity] = key;
+    }
+    this.length = kept;
   }
 }

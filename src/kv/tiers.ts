@@ -1,10 +1,11 @@
 import { EdgeLLMError } from '../errors.js';
 import { formatBytes } from '../plan/arena.js';
+import type { SpillFile } from '../plan/spill.js';
 
 /**
- * A tier below wasm memory that holds whole KV pages by slot: the warm tier (host ArrayBuffers) now; a cold tier
- * (Node fs, an OPFS sync access handle) and streamed weights fit the same shape, because both of those can read and
- * write synchronously at an offset. The KV cache owns slot allocation; a store only moves bytes and reports what it
+ * A tier below wasm memory that holds whole KV pages by slot: the warm tier (host ArrayBuffers) and the cold tier (a
+ * file: Node fs, an OPFS sync access handle), which fit one shape because both read and write synchronously at an
+ * offset. The KV cache owns slot allocation; a store only moves bytes and reports what it
  * holds. A store never grows past the capacity it was planned with.
  */
 export interface PageStore {
@@ -59,5 +60,33 @@ export class HostPageStore implements PageStore {
       }
     }
     return c;
+  }
+}
+
+/**
+ * The cold tier: pages in a file of the model's spill directory (plan/spill.ts), slot s at s·pageBytes. The file grows
+ * as slots are first written, up to the planned capacity; reads and writes are synchronous, so a page is staged in
+ * the middle of attention like a warm one.
+ */
+export class FilePageStore implements PageStore {
+  readonly name = 'cold';
+
+  constructor(private readonly file: SpillFile, readonly pageBytes: number, readonly capacityPages: number) {}
+
+  write(slot: number, page: Uint8Array): void {
+    this.file.write(this.offset(slot), page.subarray(0, this.pageBytes));
+  }
+
+  read(slot: number, into: Uint8Array): void {
+    this.file.read(this.offset(slot), into.subarray(0, this.pageBytes));
+  }
+
+  bytesAllocated(): number {
+    return this.file.size();
+  }
+
+  private offset(slot: number): number {
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.capacityPages) throw new EdgeLLMError('BAD_ARGUMENT', `cold page slot ${slot} is outside 0..${this.capacityPages - 1}`);
+    return slot * this.pageBytes;
   }
 }

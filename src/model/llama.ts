@@ -4,7 +4,7 @@ import type { Kernels } from '../runtime/kernels.js';
 import type { KVCache } from '../kv/cache.js';
 import { attend, bindAttention, type AttentionState } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
-import type { LayerWeights, LlamaWeights } from './weights.js';
+import type { LayerStager, LayerWeights, LlamaWeights } from './weights.js';
 import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
 import { rowSlice, tokenSlice, type Activations, type InputFormat, type Matrix } from './weight-types.js';
 import { recordJob, type Job, type KernelPool } from '../runtime/pool.js';
@@ -101,6 +101,8 @@ export class Llama {
     readonly maxBatch: number,
     /** threads for the matmuls (the pool's thread 0 is `kernels`), or none */
     readonly pool?: KernelPool,
+    /** brings streamed layers' weights into their slot, when some layers are not resident */
+    readonly stager?: LayerStager,
   ) {
     this.heap = new Float32Array(memory.buffer);
     kv.bind(memory);
@@ -156,6 +158,7 @@ export class Llama {
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l];
+      this.stageLayer(l);
 
       // attention: rmsnorm → q, k, v (+ bias) → per-head q/k norm → rope → cache → attend → output projection
       // (→ post-norm) → residual
@@ -197,6 +200,11 @@ export class Llama {
     this.matmul([w.output, xFirst, s.logits], n);
     if (c.finalSoftcap) k.softcap(s.logits, c.finalSoftcap, n * c.vocab);
     return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
+  }
+
+  /** A streamed layer's matrices point into the slot: its image is copied there before the layer runs. */
+  private stageLayer(l: number): void {
+    this.stager?.stage(l);
   }
 
   /** q, k, v of the normed input xb: three matrices, or one fused matrix split by rows (Phi-3); then the biases. */

@@ -47,6 +47,9 @@ type Forwarded = {
 /** Where every method (and loadModel) takes its options. */
 const OPTIONS = 1;
 
+/** How long dispose() lets the worker remove its spill files before it is ended regardless. */
+const DISPOSE_GRACE_MS = 5000;
+
 type CallRequest = { op: 'call'; id: number; method: string; args: unknown[]; callbacks: string[] };
 type Request = CallRequest | { op: 'abort'; id: number };
 interface SerializedError {
@@ -105,8 +108,33 @@ class Connection {
   /** Terminates the worker (and with it the kernel pool's workers, which it started); every call under way fails with `why`. */
   close(why: EdgeLLMError): void {
     if (this.failure) return;
-    this.failure = why;
+    this.fail(why);
     this.worker.terminate();
+  }
+
+  /**
+   * As close(), but the worker first disposes its model, which removes the model's spill files (OPFS: files of a
+   * terminated worker would stay until the next load's sweep). A worker that does not answer in time is ended anyway.
+   */
+  async dispose(why: EdgeLLMError): Promise<void> {
+    if (this.failure) return;
+    this.fail(why);
+    const id = this.nextId++;
+    const inbox = new Inbox();
+    this.inboxes.set(id, inbox);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      this.worker.postMessage({ op: 'call', id, method: 'dispose', args: [], callbacks: [] } satisfies Request);
+      await Promise.race([inbox.take(), new Promise((resolve) => (timer = setTimeout(resolve, DISPOSE_GRACE_MS)))]);
+    } finally {
+      clearTimeout(timer);
+      this.inboxes.delete(id);
+      this.worker.terminate();
+    }
+  }
+
+  private fail(why: EdgeLLMError): void {
+    this.failure = why;
     const error = { code: why.code, name: why.name, message: why.message };
     for (const [id, inbox] of this.inboxes) inbox.push({ id, error });
   }
@@ -295,9 +323,12 @@ export class WorkerModel {
     return new ChatSession({ text: this.text, contextLength: this.info.context, generate: (ids, o) => this.generate(ids, o) }, opts);
   }
 
-  /** Terminates the worker, and with it the kernel pool's workers; calls under way and later ones fail with DISPOSED. */
-  dispose(): void {
-    this.connection.close(new EdgeLLMError('DISPOSED', 'the model was disposed'));
+  /**
+   * Ends the worker, and with it the kernel pool's workers; calls under way and later ones fail with DISPOSED at
+   * once. The worker first disposes its model, removing its spill files: the promise resolves when they are gone.
+   */
+  dispose(): Promise<void> {
+    return this.connection.dispose(new EdgeLLMError('DISPOSED', 'the model was disposed'));
   }
 }
 
@@ -343,6 +374,14 @@ export function serveModel(load: (src: ModelSource, options: LoadOptions) => Pro
     const call = args.slice();
     call[OPTIONS] = options;
     try {
+      if (method === 'dispose') {
+        for (const other of calls.values()) if (other !== controller) other.abort();
+        const disposing = model?.dispose();
+        model = undefined;
+        await disposing;
+        scope.postMessage({ id, result: undefined });
+        return;
+      }
       if (method === 'load') {
         scope.postMessage({ id, result: await loadHere(call[0] as ModelSource, options) });
         return;
