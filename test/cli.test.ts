@@ -1,7 +1,7 @@
 // The built CLI (dist/cli.js), spawned as a user would run it: stdout, stderr and exit codes.
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { brotliDecompressSync } from 'node:zlib';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -53,14 +53,19 @@ describe('edgellm CLI: usage and errors', () => {
   });
 
   it('garbage file: exit 1, BAD_MAGIC (run and info)', () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'edgellm-cli-')), 'garbage.gguf');
-    const bytes = new Uint8Array(4096).map(() => Math.floor(Math.random() * 256));
-    bytes[0] = 0; // never "GGUF" by chance
-    writeFileSync(file, bytes);
-    for (const args of [['run', file, '-p', 'hi'], ['info', file]]) {
-      const r = cli(...args);
-      expect(r.code).toBe(1);
-      expectOneLineError(r.stderr, 'BAD_MAGIC');
+    const dir = mkdtempSync(path.join(tmpdir(), 'edgellm-cli-'));
+    try {
+      const file = path.join(dir, 'garbage.gguf');
+      const bytes = new Uint8Array(4096).map(() => Math.floor(Math.random() * 256));
+      bytes[0] = 0; // never "GGUF" by chance
+      writeFileSync(file, bytes);
+      for (const args of [['run', file, '-p', 'hi'], ['info', file]]) {
+        const r = cli(...args);
+        expect(r.code).toBe(1);
+        expectOneLineError(r.stderr, 'BAD_MAGIC');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
@@ -174,6 +179,7 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
 
 describe.skipIf(!have)('edgellm tokenize, chat and run --chat', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'edgellm-cli-chat-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
   const QWEN2 = path.join(dir, 'qwen2-vocab.gguf');
   const TEMPLATE = path.join(dir, 'transcript.jinja');
   const SOTU = modelPath('sotu-15m-q8_0.gguf');
