@@ -132,42 +132,10 @@ function openNodeDir(node: NodeModules, dirOption: string | undefined): SpillDir
       }
       fds.push(fd);
       names.add(name);
-      let size = 0;
-      const live = () => {
-        if (disposed) throw new EdgeLLMError('DISPOSED', `spill file ${file} was disposed`);
-      };
-      return {
-        name,
-        read(offset, into) {
-          live();
-          checkRange(file, offset, into.length, size);
-          let done = 0;
-          while (done < into.length) {
-            let n: number;
-            try {
-              n = fs.readSync(fd, into, done, into.length - done, offset + done);
-            } catch (err) {
-              throw ioError(`cannot read spill file ${file}`, err);
-            }
-            if (n <= 0) throw new EdgeLLMError('TRUNCATED', `spill file ${file} ended at ${offset + done} of ${offset + into.length} bytes`);
-            done += n;
-          }
-        },
-        write(offset, data) {
-          live();
-          checkRange(file, offset, data.length, Infinity);
-          let done = 0;
-          while (done < data.length) {
-            try {
-              done += fs.writeSync(fd, data, done, data.length - done, offset + done);
-            } catch (err) {
-              throw ioError(`cannot write spill file ${file}`, err);
-            }
-          }
-          size = Math.max(size, offset + data.length);
-        },
-        size: () => size,
-      };
+      return positionalFile(name, file, () => disposed, {
+        read: (into, at) => fs.readSync(fd, into, 0, into.length, at),
+        write: (data, at) => fs.writeSync(fd, data, 0, data.length, at),
+      });
     },
     async dispose() {
       if (disposed) return;
@@ -295,45 +263,10 @@ async function openOpfsDir(): Promise<SpillDir> {
       }
       handles.push(h);
       names.add(fileName);
-      let size = 0;
-      const live = () => {
-        if (disposed) throw new EdgeLLMError('DISPOSED', `spill file ${where} was disposed`);
-      };
-      return {
-        name: fileName,
-        read(offset, into) {
-          live();
-          checkRange(where, offset, into.length, size);
-          let done = 0;
-          while (done < into.length) {
-            let n: number;
-            try {
-              n = h.read(into.subarray(done), { at: offset + done });
-            } catch (err) {
-              throw ioError(`cannot read spill file ${where}`, err);
-            }
-            if (n <= 0) throw new EdgeLLMError('TRUNCATED', `spill file ${where} ended at ${offset + done} of ${offset + into.length} bytes`);
-            done += n;
-          }
-        },
-        write(offset, data) {
-          live();
-          checkRange(where, offset, data.length, Infinity);
-          let done = 0;
-          while (done < data.length) {
-            let n: number;
-            try {
-              n = h.write(data.subarray(done), { at: offset + done });
-            } catch (err) {
-              throw ioError(`cannot write spill file ${where}`, err);
-            }
-            if (n <= 0) throw ioError(`cannot write spill file ${where}`, new Error('the write made no progress'));
-            done += n;
-          }
-          size = Math.max(size, offset + data.length);
-        },
-        size: () => size,
-      };
+      return positionalFile(fileName, where, () => disposed, {
+        read: (into, at) => h.read(into, { at }),
+        write: (data, at) => h.write(data, { at }),
+      });
     },
     async dispose() {
       if (disposed) return;
@@ -404,4 +337,49 @@ function ioError(what: string, err: unknown): EdgeLLMError {
   const code = (err as { code?: string; name?: string })?.code ?? (err as { name?: string })?.name;
   const full = code === 'ENOSPC' || code === 'EDQUOT' || code === 'QuotaExceededError';
   return new EdgeLLMError(full ? 'BUDGET' : 'BAD_SOURCE', `${what}: ${(err as Error)?.message ?? err}${full ? ' (the disk is full)' : ''}`, { cause: err });
+}
+
+/**
+ * A SpillFile over a platform's positional reads and writes (Node fs, an OPFS sync access handle), which may move
+ * fewer bytes than asked: both loop until done, and a read or write that moves nothing is an error, not a hang.
+ */
+function positionalFile(
+  name: string, where: string, disposed: () => boolean,
+  io: { read(into: Uint8Array, at: number): number; write(data: Uint8Array, at: number): number },
+): SpillFile {
+  let size = 0;
+  const live = () => {
+    if (disposed()) throw new EdgeLLMError('DISPOSED', `spill file ${where} was disposed`);
+  };
+  const loop = (what: 'read' | 'write', offset: number, bytes: Uint8Array) => {
+    let done = 0;
+    while (done < bytes.length) {
+      let n: number;
+      try {
+        n = io[what](bytes.subarray(done), offset + done);
+      } catch (err) {
+        throw ioError(`cannot ${what} spill file ${where}`, err);
+      }
+      if (n <= 0) {
+        if (what === 'read') throw new EdgeLLMError('TRUNCATED', `spill file ${where} ended at ${offset + done} of ${offset + bytes.length} bytes`);
+        throw ioError(`cannot write spill file ${where}`, new Error('the write made no progress'));
+      }
+      done += n;
+    }
+  };
+  return {
+    name,
+    read(offset, into) {
+      live();
+      checkRange(where, offset, into.length, size);
+      loop('read', offset, into);
+    },
+    write(offset, data) {
+      live();
+      checkRange(where, offset, data.length, Infinity);
+      loop('write', offset, data);
+      size = Math.max(size, offset + data.length);
+    },
+    size: () => size,
+  };
 }
