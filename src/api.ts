@@ -198,7 +198,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     const plan = chosen.plan;
     const { arena, weights, pending, kv, attention, state, control } = plan;
 
-    let threads = threading.threads;
+    const threads = threading.threads;
     const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd), threads > 1) : await compileKernels(options.wasm, platform);
     checkAborted(signal);
     const memory = arena.createMemory(threads > 1);
@@ -213,7 +213,6 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
         } catch (e) {
           if (!(e instanceof WorkerStartError)) throw e;
           threading = { threads: 1, threading: `1: ${e.message} (threads ${threads} asked)` };
-          threads = 1;
         }
       }
       const kernels = pool ? pool.kernels : await instantiateKernels(module, memory);
@@ -331,14 +330,14 @@ function planThreads(option: number | 'auto', ownWasm: boolean): { threads: numb
   if (option !== 'auto' && (!Number.isSafeInteger(option) || option < 1 || option > MAX_THREADS)) {
     throw new EdgeLLMError('BAD_ARGUMENT', `threads must be 'auto' or an integer in 1..${MAX_THREADS}, got ${JSON.stringify(option)}`);
   }
-  const asked = option === 'auto' ? Math.min(AUTO_MAX_THREADS, availableCores()) : option;
+  const cores = availableCores();
+  const asked = option === 'auto' ? Math.min(AUTO_MAX_THREADS, cores) : option;
   const label = option === 'auto' ? `'auto' (${asked} cores)` : String(option);
   if (asked === 1) return { threads: 1, threading: `1: threads ${label}` };
   if (ownWasm) return { threads: 1, threading: `1: the wasm option gives one unshared kernel module (threads ${label} asked)` };
   const support = threadSupport();
   if ('reason' in support) return { threads: 1, threading: `1: ${support.reason} (threads ${label} asked)` };
   // More threads than cores run (the same bits), but a thread waiting for a part spins on a core another needs.
-  const cores = availableCores();
   const over = asked > cores ? ` (more than the ${cores} cores: slower than ${cores})` : '';
   return { threads: asked, threading: `${asked}: threads ${label}${over}` };
 }
