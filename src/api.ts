@@ -588,8 +588,7 @@ export class Model {
   dispose(): Promise<void> {
     if (this.disposed) return Promise.resolve();
     this.disposed = true;
-    void this.llama.pool?.dispose();
-    const released = Promise.all([this.llama.kv.release(), this.llama.stager?.dispose()]).then(() => undefined);
+    const released = Promise.all([this.llama.pool?.dispose(), this.llama.kv.release(), this.llama.stager?.dispose()]).then(() => undefined);
     this.llama = undefined as unknown as Llama;
     return released;
   }

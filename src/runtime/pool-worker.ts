@@ -109,6 +109,6 @@ export function workerSource(platform: 'node' | 'web'): string {
   const constants = `const C = ${JSON.stringify(CONTROL)};\n`;
   const start = platform === 'node'
     ? NODE_START
-    : `self.onmessage = (e) => { self.onmessage = null; poolWorker(e.data, (m) => self.postMessage(m)); self.close(); };\n`;
+    : `self.onmessage = (e) => { self.onmessage = null; poolWorker(e.data, (m) => self.postMessage(m)); self.postMessage({ exited: true }); self.close(); };\n`;
   return constants + MAIN + start;
 }

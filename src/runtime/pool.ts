@@ -121,6 +121,15 @@ interface WorkerInit {
 
 type ReadyMessage = { ready: true } | { error: string };
 
+/**
+ * A Web worker's word that it left its loop (it then closes itself). dispose() waits for it before terminating: a
+ * worker terminated from inside another worker that is itself terminated next was, now and then, never reported closed
+ * by Chromium (Playwright kept counting it), where one that closed itself is.
+ */
+const webExits = new WeakMap<object, { done: Promise<void>; resolve: () => void }>();
+/** How long dispose() waits for a Web worker to leave its loop before terminating it anyway. */
+const EXIT_GRACE_MS = 1000;
+
 async function nodeWorkerClass(): Promise<NodeWorkerClass> {
   const p = (globalThis as { process?: NodeProcessLike }).process;
   // Reached at run time only, so no bundle (browser, Workers) sees a Node built-in: getBuiltinModule where this Node has
@@ -152,10 +161,13 @@ function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeW
       const url = URL.createObjectURL(new Blob([workerSource('web')], { type: 'text/javascript' }));
       const worker = new Worker(url, { type: 'module' });
       // Revoked once the worker has run (Bun reads the URL after the constructor returns).
-      worker.onmessage = (e: MessageEvent<ReadyMessage>) => {
+      worker.onmessage = (e: MessageEvent<ReadyMessage | { exited: true }>) => {
         URL.revokeObjectURL(url);
-        onMessage(worker, e.data);
+        if ('exited' in e.data) webExits.get(worker)?.resolve();
+        else onMessage(worker, e.data);
       };
+      let resolveExit!: () => void;
+      webExits.set(worker, { done: new Promise<void>((r) => (resolveExit = r)), resolve: () => resolveExit() });
       worker.onerror = (e: ErrorEvent) => {
         URL.revokeObjectURL(url);
         e.preventDefault?.();
@@ -362,7 +374,15 @@ export class KernelPool {
     Atomics.store(this.words, CONTROL.CMD, CONTROL.CMD_EXIT);
     Atomics.add(this.words, CONTROL.GEN, 1);
     Atomics.notify(this.words, CONTROL.GEN);
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    await Promise.all(this.workers.map(async (w) => {
+      const exit = webExits.get(w);
+      if (exit) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([exit.done, new Promise((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)))]);
+        clearTimeout(timer);
+      }
+      await w.terminate();
+    }));
   }
 }
 
