@@ -1,5 +1,11 @@
 import { spawnSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
+
+// URL models go through the download cache by default: tests keep theirs out of the user's (removed after the run by
+// test/util/global-setup.ts).
+const CACHE = path.join(os.tmpdir(), `edgellm-test-cache-${process.pid}`);
 
 // Both kernel builds are tested in Node. Node 20 (V8 11.3) has relaxed SIMD only behind this V8 flag; newer Node ships
 // it and may drop the flag, so it is passed only where this Node accepts it.
@@ -9,6 +15,8 @@ const execArgv = spawnSync(process.execPath, [RELAXED_FLAG, '-e', '']).status ==
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    env: { EDGELLM_CACHE: CACHE },
+    globalSetup: ['test/util/global-setup.ts'],
     testTimeout: 300_000,
     hookTimeout: 300_000,
     pool: 'forks',

@@ -50,6 +50,9 @@ Options:
   --memory-budget S   edgellm's memoryBudget, e.g. 512MB (the plan must fit it; it streams weights if it must)
   --weights W         where the layers' weights live: auto (default), resident, warm (host memory) or cold (a
                       spill file on disk), staged into wasm layer by layer (docs/memory.md)
+  --stage-ahead on|off   streamed layers: a worker copies the next one in while one runs (default: the
+                      library's, on where the threads leave a core free)
+  --memory-per-instance S  the largest wasm memory of one kernel instance (default 4 GiB less a page)
   --prompt-tokens N   prompt length in tokens, BOS included (default 128)
   --gen N             tokens to decode greedily per run (default 64)
   --repeat N          timed runs; medians are reported (default 3; 1 with --contexts)
@@ -75,7 +78,7 @@ Decode speed by context (one table: a row per KV type × attention × hot budget
                       matmul and JS/other (staging warm pages and choosing pages are JS)`;
 
 const FLAGS = {
-  synthetic: 'string', type: 'string', threads: 'string', 'memory-budget': 'string', weights: 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
+  synthetic: 'string', type: 'string', threads: 'string', 'memory-budget': 'string', weights: 'string', 'stage-ahead': 'string', 'memory-per-instance': 'string', 'prompt-tokens': 'int', gen: 'int', repeat: 'int', batch: 'int',
   simd: 'string', anchors: 'bool', anchor: 'string', json: 'bool', contexts: 'string', kv: 'string', attention: 'string', 'kv-hot': 'string',
   'kv-warm': 'string', breakdown: 'bool',
 };
@@ -152,7 +155,9 @@ function parseArgs(argv) {
   if (!sweep && (cache.kv.length > 1 || cache.attention.length > 1 || cache.kvHot.length > 1)) {
     usage('lists of --kv, --attention or --kv-hot go with --contexts; without it, give one value each');
   }
+  if (o['stage-ahead'] !== undefined && !['on', 'off'].includes(o['stage-ahead'])) usage(`--stage-ahead is on or off, got ${o['stage-ahead']}`);
   return {
+    stageAhead: o['stage-ahead'] === undefined ? undefined : o['stage-ahead'] === 'on', memoryPerInstance: o['memory-per-instance'],
     model: positional[0], synthetic: o.synthetic, type: o.type, threads: o.threads, memoryBudget: o['memory-budget'], weights: o.weights, promptTokens: o['prompt-tokens'], gen: o.gen,
     // Long contexts prefill for minutes under full attention, so the sweep defaults to one timed run per row.
     repeat: o.repeat ?? (sweep ? 1 : 3), batch: o.batch, simd: o.simd, anchors, json: o.json, contexts,
@@ -262,7 +267,11 @@ function weightsPlan(w) {
   if (!w || w.slotBytes === 0) return null;
   const count = (t) => w.layers.filter((x) => x === t).length;
   const layers = ['resident', 'warm', 'cold'].filter((t) => count(t)).map((t) => `${count(t)} ${t}`).join(', ');
-  return { layers, slot_mb: round1(mb(w.slotBytes)), staged_gb: round1(w.stagedBytes / 1e9), stage_gb_per_s: round1(w.stagedBytes / 1e6 / w.stageMs) };
+  // stage_ms: what the forward pass waited for staging (copies, reads, or a copy ahead still running)
+  return {
+    layers, slot_mb: round1(mb(w.slotBytes)), staged_gb: round1(w.stagedBytes / 1e9), staged_ahead: w.stagedAhead, stage_ms: Math.round(w.stageMs),
+    stage_gb_per_s: round1(w.stagedBytes / 1e6 / w.stageMs),
+  };
 }
 
 async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
@@ -272,7 +281,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
   }
   const { loadModel } = await import(pathToFileURL(DIST).href);
   // The KV cache is planned for exactly what a run uses, so the memory reported is what this workload needs.
-  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
+  const options = { contextLength: cfg.promptTokens + cfg.gen, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, stageAhead: cfg.stageAhead, memoryPerInstance: cfg.memoryPerInstance, ...cacheOptions(cfg, cfg.kv[0], cfg.attention[0], cfg.kvHot[0]) };
   const t0 = performance.now();
   let model = await loadModel(modelPath, options);
   const loadMs = performance.now() - t0;
@@ -329,6 +338,7 @@ async function benchEdgellm(cfg, modelPath, syntheticPrompt) {
     decode_tps: round1(median(timed.map((r) => r.decode_tps))),
     rss_mb: round1(rssMb),
     wasm_memory_mb: round1(mb(memory.totalBytes)),
+    instances: memory.instances.length,
     load_ms: Math.round(loadMs),
     min_generated_tokens: Math.min(...timed.map((r) => r.generated_tokens)),
     context: info.context,
@@ -382,7 +392,7 @@ async function benchContexts(cfg, modelPath, text) {
   const started = performance.now();
   for (const [i, c] of configs.entries()) {
     const label = `[${i + 1}/${configs.length}] KV ${c.kv}, ${c.attention}, hot ${c.hot}, context ${c.context}`;
-    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
+    const options = { contextLength: c.context, batchSize: cfg.batch, simd: cfg.simd, threads: cfg.threads, memoryBudget: cfg.memoryBudget, weights: cfg.weights, stageAhead: cfg.stageAhead, memoryPerInstance: cfg.memoryPerInstance, ...cacheOptions(cfg, c.kv, c.attention, c.hot) };
     let model;
     try {
       model = await loadModel(modelPath, options);
@@ -423,6 +433,7 @@ async function benchContexts(cfg, modelPath, text) {
       warm_bytes_allocated: kv.warmBytesAllocated,
       warm_pages_in_use: kv.warmPagesInUse,
       wasm_memory_mb: round1(mb(memory.totalBytes)),
+    instances: memory.instances.length,
     };
     if (cfg.breakdown) {
       // Its own load: profiling adds about 1 µs per kernel call, which the timed runs must not pay.
@@ -506,7 +517,11 @@ function printEdgellm(cfg, modelPath, e) {
   });
   lines.push(`  median  prefill ${f(e.prefill_tps)} tok/s   decode ${f(e.decode_tps)} tok/s`);
   lines.push(`peak RSS ${e.rss_mb} MB`);
-  if (e.weights_plan) lines.push(`weights: ${e.weights_plan.layers}; slot ${e.weights_plan.slot_mb} MB; staged ${e.weights_plan.staged_gb} GB in all at ${e.weights_plan.stage_gb_per_s} GB/s`);
+  if (e.weights_plan) {
+    const w = e.weights_plan;
+    const ahead = w.staged_ahead ? `, ${w.staged_ahead} layers copied ahead by the staging worker; the forward pass waited ${w.stage_ms} ms` : ` at ${w.stage_gb_per_s} GB/s`;
+    lines.push(`weights: ${w.layers}; slots ${w.slot_mb} MB; staged ${w.staged_gb} GB in all${ahead}`);
+  }
   if (e.min_generated_tokens < cfg.gen) lines.push('note: greedy decoding reached EOS; decode speed is over the tokens actually generated');
   const cols = Object.keys(e.breakdown.prefill);
   lines.push('', 'time per token by op, ms (a separate run with every kernel call timed):');

@@ -4,10 +4,14 @@
  * browser.ts, workers.ts) supplies a Platform saying how files and wasm are reached there.
  */
 import { EdgeLLMError } from './errors.js';
-import { openSource, type ModelSource, type PathOpener } from './gguf/source.js';
+import { openSource, type ModelSource, type PathOpener, type UrlCache } from './gguf/source.js';
+import { openGGUF } from './gguf/split.js';
+import type { HubOptions } from './gguf/hub.js';
+import { lazyCache, type ModelCache } from './gguf/cache.js';
 import { readGGUF, type GGUFFile } from './gguf/reader.js';
 import { typeName } from './gguf/types.js';
-import { Arena, formatBytes, parseBytes, type Region } from './plan/arena.js';
+import { Arena, formatBytes, MemoryFull, parseBytes, WASM32_BYTES, type Region } from './plan/arena.js';
+import { instanceConfig, splitLayers } from './plan/instances.js';
 import { KernelProfile } from './runtime/profile.js';
 import { chooseBuild, compileKernels, instantiateKernels, PREFETCH_SLACK, STATIC_RESERVE, type KernelBuild, type SimdOption, type WasmInput, type WasmLoader } from './runtime/kernels.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
@@ -15,7 +19,8 @@ import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport, W
 import { planWeights, loadWeights, type LayerStager, type StagingUsage, type WeightsPlan } from './model/weights.js';
 import { checkWeightsOption, chooseResidency, describeResidency, type Residency, type WeightsOption } from './plan/weights-plan.js';
 import { spillSupport } from './plan/spill.js';
-import { Llama, planRunState } from './model/llama.js';
+import { stageAheadSupport } from './runtime/stage-worker.js';
+import { Llama, planRunState, type KernelInstance } from './model/llama.js';
 import { KVCache, planKV, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
 import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
 import { ModelTokenizer, splitChatOptions, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
@@ -26,6 +31,8 @@ import { yieldToEventLoop } from './generate/yield.js';
 
 export { EdgeLLMError, type ErrorCode } from './errors.js';
 export type { ModelSource } from './gguf/source.js';
+export type { ModelCache, CacheEntry } from './gguf/cache.js';
+export type { HubOptions } from './gguf/hub.js';
 export type { GenerateOptions, GenerationStats } from './generate/generate.js';
 export { applyChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat/template.js';
 export { ModelTokenizer, type ChatFormatOptions, type TokenizeOptions, type DetokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
@@ -40,6 +47,8 @@ export { supportedBuilds } from './runtime/kernels.js';
 /** What differs between environments: how model paths open and how wasm is fetched or imported. */
 export interface Platform extends WasmLoader {
   openPath: PathOpener;
+  /** The download cache http(s) models go through unless `cache: false` (none where there is no storage: Workers). */
+  defaultCache?: () => Promise<ModelCache | undefined>;
 }
 
 export interface LoadOptions {
@@ -71,6 +80,20 @@ export interface LoadOptions {
    */
   memoryBudget?: string | number;
   /**
+   * The largest wasm memory of one kernel instance (default: wasm32's 4 GiB less a page). A model whose plan is larger
+   * is split over several instances, each a memory of its own holding whole layers (the residual stream moves between
+   * them once per instance per forward pass), with the same logits. Lower it where the engine refuses large memories
+   * (32-bit devices, some mobile browsers).
+   */
+  memoryPerInstance?: string | number;
+  /**
+   * Whether a worker copies the next streamed layer into a second slot while the current one runs (default: where
+   * workers and shared memory are available and the threads leave a core free; true insists, false turns it off).
+   * Only matters when some layers are streamed; the second slot counts against memoryBudget (one is used if two do
+   * not fit), and the logits are the same.
+   */
+  stageAhead?: boolean;
+  /**
    * Where the blocks' weight matrices live (token embeddings, output and every norm stay in wasm): 'resident' in wasm
    * memory; 'warm', every layer in host ArrayBuffers; 'cold', every layer in a spill file on disk (Node, Deno, Bun;
    * OPFS in a dedicated worker); a streamed layer is copied into one planned wasm slot as the forward pass reaches it,
@@ -81,6 +104,14 @@ export interface LoadOptions {
   /** Download and weight-loading progress. */
   onProgress?: (p: { phase: 'download' | 'weights'; loaded: number; total: number | undefined }) => void;
   signal?: AbortSignal;
+  /** For hf: names (hf:OWNER/REPO/FILE.gguf, hf:OWNER/REPO:QUANT): the hub token and endpoint; default HF_TOKEN, HF_ENDPOINT. */
+  hf?: HubOptions;
+  /**
+   * Where an http(s) or hf: model is kept between runs (default: the platform's, openModelCache(): a directory in
+   * Node, Deno and Bun, OPFS or the Cache API in browsers; none in Workers). A cached model loads with no request;
+   * `false` reads the URL with range requests and keeps nothing.
+   */
+  cache?: ModelCache | false;
   /**
    * Which packaged kernel build to run: 'auto' (default) takes the relaxed-SIMD build where the engine validates it,
    * else the SIMD128 one; 'baseline' forces SIMD128; 'relaxed' fails with WASM where the engine lacks relaxed SIMD.
@@ -133,6 +164,21 @@ export interface WeightsUsage extends StagingUsage {
   readBytes: number;
 }
 
+/** Model.memory(): the plan and what each tier holds now. */
+export interface MemoryUsage {
+  /** wasm memory in all, and its regions (each with its kernel instance when there are several) */
+  totalBytes: number;
+  regions: Array<Region & { instance?: number }>;
+  /** per kernel instance (a wasm memory of its own; several only past one memory's limit): its layers [first, end) and bytes */
+  instances: Array<{ layers: [number, number]; bytes: number }>;
+  /** memoryBudget, and what the plan holds against it */
+  budgetBytes?: number;
+  plannedBytes: number;
+  weights: WeightsUsage;
+  kvBytesPerToken: number;
+  kv: KVUsage;
+}
+
 export interface ScoreResult {
   /** logprobs[i] = log p(ids[i+1] | ids[0..i]), full log-softmax in f64 */
   logprobs: Float64Array;
@@ -150,6 +196,18 @@ export interface PerplexityWindow {
   tokensScored: number;
 }
 
+export interface PerplexityOptions {
+  /** tokens per window, BOS included (default: the planned context, at most 2048) */
+  window?: number;
+  /** how many windows to score (default: as many as the text fills) */
+  windows?: number;
+  signal?: AbortSignal;
+  /** after each window: its result, of `windows` */
+  onWindow?: (w: PerplexityWindow, windows: number) => void;
+  /** tokens evaluated so far, of every window's (as each batch is scored) */
+  onProgress?: (p: { phase: 'perplexity'; loaded: number; total: number }) => void;
+}
+
 export interface PerplexityResult {
   ppl: number;
   nll: number;
@@ -161,15 +219,27 @@ export interface PerplexityResult {
 
 const DEFAULT_MAX_CONTEXT = 4096;
 
+/**
+ * The cache a URL goes through: the one given, none for `false`, else the platform's default, found only when a URL
+ * is opened (a path or bytes touch no storage). `headerOnly`: use a cached copy, but download nothing into the cache.
+ */
+function cacheFor(platform: Platform, option: ModelCache | false | undefined, headerOnly = false): UrlCache | undefined {
+  if (option === false) return undefined;
+  const get = option ? async () => option : platform.defaultCache;
+  return get && lazyCache(get, headerOnly);
+}
+
 /** loadModel on a given platform; each entry point exports it bound to its own. */
 export async function loadModelOn(platform: Platform, src: ModelSource, options: LoadOptions = {}): Promise<Model> {
   const { onProgress, signal } = options;
-  const source = await openSource(src, {
+  // A split GGUF (its first part) opens as one source over all its parts, with one merged tensor table.
+  const { source, gguf } = await openGGUF(src, {
     signal,
+    hf: options.hf,
+    cache: cacheFor(platform, options.cache),
     onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })),
   }, platform.openPath);
   try {
-    const gguf = await readGGUF(source);
     const config = readLlamaConfig(gguf);
     const text = ModelTokenizer.fromGGUF(gguf);
     if (text.info.vocabSize !== config.vocab) {
@@ -191,41 +261,60 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       budget: options.memoryBudget === undefined ? undefined : parseBudget(options.memoryBudget),
       weights: checkWeightsOption(options.weights ?? 'auto'),
       spill: spillSupport(),
+      instanceLimit: options.memoryPerInstance === undefined ? WASM32_BYTES : parseInstanceLimit(options.memoryPerInstance),
+      stageAhead: planStageAhead(options.stageAhead, threading.threads, options.wasm !== undefined),
+      ...measureWeights(gguf, config),
     };
     if (fit.weights === 'cold' && !fit.spill.ok) throw new EdgeLLMError('BAD_ARGUMENT', `weights: 'cold' needs a disk to spill to: ${fit.spill.reason}`);
     const chosen = fitWeights(fit, context, kvOptions);
     if (!chosen) throw budgetError(fit, context, kvOptions);
     const plan = chosen.plan;
-    const { arena, weights, pending, kv, attention, state, control } = plan;
+    const { weights, pending } = plan;
 
     const threads = threading.threads;
-    const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd), threads > 1) : await compileKernels(options.wasm, platform);
+    // threads and the staging worker share the memories
+    const shared = threads > 1 || plan.weightsPlan.slotsPerInstance === 2;
+    const module = options.wasm === undefined ? await platform.packagedKernels(chooseBuild(options.simd), shared) : await compileKernels(options.wasm, platform);
     checkAborted(signal);
-    const memory = arena.createMemory(threads > 1);
-    let pool: KernelPool | undefined;
+    // One memory per kernel instance (one unless the model is larger than a wasm memory holds), each with its own pool.
+    const memories = plan.instances.map((i) => i.arena.createMemory(shared));
+    const pools: Array<KernelPool | undefined> = [];
     let stager: LayerStager | undefined;
     try {
-      await kv.openColdTier();
-      // With threads, thread 0's instance in the pool is the one the forward pass calls directly.
-      if (threads > 1) {
-        try {
-          pool = await KernelPool.start({ module, memory, control, threads });
-        } catch (e) {
-          if (!(e instanceof WorkerStartError)) throw e;
-          threading = { threads: 1, threading: `1: ${e.message} (threads ${threads} asked)` };
-        }
-      }
-      const kernels = pool ? pool.kernels : await instantiateKernels(module, memory);
-      if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
-      stager = await loadWeights(source, memory, pending, plan.weightsPlan, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
-      checkAborted(signal);
+      for (const i of plan.instances) await i.kv.openColdTier();
       const profile = options.profile ? new KernelProfile() : undefined;
-      const llama = new Llama(config, weights, kv, attention, state, profile ? profile.wrap(kernels) : kernels, memory, batchSize, pool, stager);
-      return new Model(llama, text, gguf, arena.regions, arena.totalBytes, threading, profile, { budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan });
+      const instances: KernelInstance[] = [];
+      for (const [n, i] of plan.instances.entries()) {
+        // With threads, thread 0's instance in the pool is the one the forward pass calls directly.
+        let pool: KernelPool | undefined;
+        if (threading.threads > 1) {
+          try {
+            pool = await KernelPool.start({ module, memory: memories[n], control: i.control, threads });
+          } catch (e) {
+            if (!(e instanceof WorkerStartError)) throw e;
+            if (n > 0) throw new EdgeLLMError('WASM', `kernel instance ${n}'s threads: ${e.message}`, { cause: e });
+            threading = { threads: 1, threading: `1: ${e.message} (threads ${threads} asked)` };
+          }
+        }
+        pools.push(pool);
+        const kernels = pool ? pool.kernels : await instantiateKernels(module, memories[n]);
+        if (kernels.heap_base() > STATIC_RESERVE) throw new EdgeLLMError('WASM', `kernel static data ends at ${kernels.heap_base()}, above the ${STATIC_RESERVE} bytes reserved for it`);
+        const { first, end, config: layers, kv, attention, state } = i;
+        instances.push({ first, end, config: layers, kv, attention, state, kernels: profile ? profile.wrap(kernels) : kernels, memory: memories[n], pool });
+      }
+      stager = await loadWeights(source, memories, pending, plan.weightsPlan, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+      await stager?.startAhead();
+      checkAborted(signal);
+      const llama = new Llama(config, weights, instances, batchSize, stager);
+      const regions = plan.instances.flatMap((i, n) => i.arena.regions.map((r) => (plan.instances.length > 1 ? { ...r, instance: n } : r)));
+      return new Model(llama, text, gguf, regions, plan.wasmBytes, threading, profile, {
+        budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan,
+        instances: plan.instances.map((i) => ({ layers: [i.first, i.end] as [number, number], bytes: i.arena.totalBytes })),
+      });
     } catch (e) {
-      void pool?.dispose();
+      for (const pool of pools) void pool?.dispose();
       await stager?.dispose();
-      await kv.release();
+      for (const i of plan.instances) await i.kv.release();
       throw e;
     }
   } finally {
@@ -235,39 +324,79 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
 
 /**
  * The tokenizer and chat template of a GGUF, from its header alone: no weights are read and no wasm is started, so a
- * vocab-only file works. (A URL is still downloaded whole for now.)
+ * vocab-only file works. A URL transfers about the header (range requests); a split GGUF's first part has it all.
  */
-export async function loadTokenizerOn(platform: Platform, src: ModelSource, options: Pick<LoadOptions, 'signal' | 'onProgress'> = {}): Promise<ModelTokenizer> {
+export async function loadTokenizerOn(platform: Platform, src: ModelSource, options: HeaderOptions = {}): Promise<ModelTokenizer> {
+  return ModelTokenizer.fromGGUF(await readHeaderOn(platform, src, options));
+}
+
+export type HeaderOptions = Pick<LoadOptions, 'signal' | 'onProgress' | 'hf' | 'cache'>;
+
+/** A GGUF's header (no tensor data is read): a cached copy's, or about the header's bytes of a URL. */
+export async function readHeaderOn(platform: Platform, src: ModelSource, options: HeaderOptions = {}): Promise<GGUFFile> {
   const { onProgress, signal } = options;
-  const source = await openSource(src, { signal, onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })) }, platform.openPath);
+  // A header is no reason to download a model: a cached one is read from the cache, any other by ranges.
+  const source = await openSource(src, { signal, hf: options.hf, cache: cacheFor(platform, options.cache, true), onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })) }, platform.openPath);
   try {
-    return ModelTokenizer.fromGGUF(await readGGUF(source));
+    return await readGGUF(source);
   } finally {
     await source.close();
   }
 }
 
-/** Weights, KV cache and run state, laid out in one arena. Cheap: it only adds up sizes. */
-function planMemory(gguf: GGUFFile, config: LlamaConfig, context: number, batchSize: number, kvOptions: KVOptions, policy: AttentionPolicy, threads = 1, residency?: Residency[]) {
-  const arena = new Arena(STATIC_RESERVE);
-  const { weights, pending, plan: weightsPlan } = planWeights(gguf, config, arena, residency);
-  const kv = new KVCache(arena, config, context, kvOptions, sinkTokens(policy));
-  const attention = planAttention(arena, config, kv, policy, threads);
-  const state = planRunState(arena, config, batchSize, context);
-  const control = threads > 1 ? arena.reserve('threads.control', controlBytes(threads)) : 0;
-  arena.reserve('prefetch slack', PREFETCH_SLACK);
-  return { arena, weights, pending, weightsPlan, kv, attention, state, control };
+/**
+ * Weights, KV cache and run state, laid out in the arenas of `count` kernel instances, each holding a run of whole
+ * layers (splitLayers) with their KV cache and run state, instance 0 the embeddings and output too. Cheap: it only adds
+ * up sizes. The KV tiers' byte options are shared out by layers.
+ */
+function planMemory(f: PlanFit, context: number, kvOptions: KVOptions, residency?: Residency[], count = 1, slots: 1 | 2 = 1) {
+  const { gguf, config, policy, threads } = f;
+  const arenas = Array.from({ length: count }, () => new Arena(STATIC_RESERVE, f.instanceLimit));
+  const instanceOf = splitLayers(f.layerBytes, f.headBytes, count);
+  const { weights, pending, plan: weightsPlan } = planWeights(gguf, config, arenas, residency, instanceOf, slots);
+  const instances = arenas.map((arena, i) => {
+    const first = instanceOf.indexOf(i), end = instanceOf.lastIndexOf(i) + 1;
+    const layers = instanceConfig(config, first, end);
+    const share = (bytes: string | number | undefined) => (bytes === undefined || count === 1 ? bytes : Math.floor((parseBytes(bytes, 'kv') * (end - first)) / config.nLayers));
+    const kv = new KVCache(arena, layers, context, { ...kvOptions, hotBytes: share(kvOptions.hotBytes), warmBytes: share(kvOptions.warmBytes), coldBytes: share(kvOptions.coldBytes) }, sinkTokens(policy));
+    const attention = planAttention(arena, layers, kv, policy, threads);
+    const state = planRunState(arena, config, f.batchSize, context);
+    const control = threads > 1 ? arena.reserve('threads.control', controlBytes(threads)) : 0;
+    arena.reserve('prefetch slack', PREFETCH_SLACK);
+    return { arena, first, end, config: layers, kv, attention, state, control };
+  });
+  const sum = (bytes: (i: (typeof instances)[number]) => number) => instances.reduce((total, i) => total + bytes(i), 0);
+  return {
+    instances, weights, pending, weightsPlan,
+    wasmBytes: sum((i) => i.arena.totalBytes),
+    kvHotBytes: sum((i) => i.kv.plan.hotBytes),
+    kvWarmBytes: sum((i) => i.kv.plan.warmBytes),
+  };
 }
 
 type MemoryPlan = ReturnType<typeof planMemory>;
 
-/**
- * Bytes a plan holds against memoryBudget: wasm memory, the warm layers' images in host memory, and the largest read
- * the weight loader holds in JS at once.
- */
 /** What memoryBudget bounds: wasm memory and what lives in host memory (warm weights and KV pages, the read buffer). */
 function plannedBytes(plan: MemoryPlan): number {
-  return plan.arena.totalBytes + plan.weightsPlan.warmBytes + plan.kv.plan.warmBytes + plan.weightsPlan.readBytes;
+  return plan.wasmBytes + plan.weightsPlan.warmBytes + plan.kvWarmBytes + plan.weightsPlan.readBytes;
+}
+
+/** Most kernel instances a model is split over (each a wasm memory of up to 4 GiB). */
+const MAX_INSTANCES = 64;
+
+/**
+ * The plan in as few kernel instances as hold it: one, unless one memory's limit (wasm32's 4 GiB, or
+ * memoryPerInstance) is what refuses it; then two, three, … Splitting never helps a budget (it adds a run state per
+ * instance), so only MemoryFull asks for more.
+ */
+function planInstances(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[], slots: 1 | 2 = 1): MemoryPlan {
+  for (let count = 1; ; count++) {
+    try {
+      return planMemory(f, context, kvOptions, residency, count, slots);
+    } catch (err) {
+      if (!(err instanceof MemoryFull) || count >= Math.min(MAX_INSTANCES, f.config.nLayers)) throw err;
+    }
+  }
 }
 
 /** What fitting a plan to the budget depends on besides the context and the KV options. */
@@ -280,6 +409,21 @@ interface PlanFit {
   budget: number | undefined;
   weights: WeightsOption;
   spill: ReturnType<typeof spillSupport>;
+  /** the largest memory of one kernel instance */
+  instanceLimit: number;
+  /** whether streamed layers get two slots per instance, the next one copied in by a worker while one runs */
+  stageAhead: boolean;
+  /** per layer, the bytes of its weight matrices; and the weights outside the layers (embeddings, output, norms) */
+  layerBytes: number[];
+  headBytes: number;
+}
+
+function parseInstanceLimit(v: string | number): number {
+  const bytes = parseBytes(v, 'memoryPerInstance');
+  if (bytes < 1 << 20 || bytes > WASM32_BYTES) {
+    throw new EdgeLLMError('BAD_ARGUMENT', `memoryPerInstance must be a byte count from 1MB to 4GiB less a 64 KiB page, got ${JSON.stringify(v)}`);
+  }
+  return bytes;
 }
 
 function parseBudget(v: string | number): number {
@@ -294,18 +438,31 @@ function parseBudget(v: string | number): number {
  * of the budget, so KV pages leave wasm before weights do.
  */
 function fitPlan(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[]): MemoryPlan | undefined {
-  const plan = (kv: KVOptions) => planMemory(f.gguf, f.config, context, f.batchSize, kv, f.policy, f.threads, residency);
+  // Staging ahead takes a second slot per instance: worth it where it fits, else streamed layers share one.
+  const ahead = f.stageAhead && residency.some((r) => r !== 'resident') ? fitSlots(f, context, kvOptions, residency, 2) : undefined;
+  return ahead ?? fitSlots(f, context, kvOptions, residency, 1);
+}
+
+function fitSlots(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[], slots: 1 | 2): MemoryPlan | undefined {
+  let count = 0;
+  // the first plan finds how many instances hold it; the KV tiers' re-plans below keep that many
+  const plan = (kv: KVOptions) => {
+    if (count > 0) return planMemory(f, context, kv, residency, count, slots);
+    const p = planInstances(f, context, kv, residency, slots);
+    count = p.instances.length;
+    return p;
+  };
   try {
     let p = plan(kvOptions);
     const { budget } = f;
     if (budget === undefined) return p;
     if (plannedBytes(p) > budget && (kvOptions.warmBytes !== undefined || kvOptions.coldBytes !== undefined) && kvOptions.hotBytes === undefined) {
       // The KV cache takes what the rest of the plan leaves of the budget (less a wasm page of rounding).
-      const hotBytes = budget - (plannedBytes(p) - p.kv.plan.hotBytes) - 65536;
+      const hotBytes = budget - (plannedBytes(p) - p.kvHotBytes) - 65536 * p.instances.length;
       if (hotBytes > 0) p = plan({ ...kvOptions, hotBytes });
       // Warm pages count against the budget too: they take what is left of it, and the cold tier the rest.
-      if (hotBytes > 0 && plannedBytes(p) > budget && p.kv.plan.warmBytes > 0 && kvOptions.coldBytes !== undefined) {
-        p = plan({ ...kvOptions, hotBytes, warmBytes: Math.max(0, budget - (plannedBytes(p) - p.kv.plan.warmBytes)) });
+      if (hotBytes > 0 && plannedBytes(p) > budget && p.kvWarmBytes > 0 && kvOptions.coldBytes !== undefined) {
+        p = plan({ ...kvOptions, hotBytes, warmBytes: Math.max(0, budget - (plannedBytes(p) - p.kvWarmBytes)) });
       }
     }
     return plannedBytes(p) <= budget ? p : undefined;
@@ -317,9 +474,27 @@ function fitPlan(f: PlanFit, context: number, kvOptions: KVOptions, residency: R
 
 /** Each layer's weights resident, warm or cold, as the weights option and the budget allow (chooseResidency). */
 function fitWeights(f: PlanFit, context: number, kvOptions: KVOptions, option = f.weights) {
-  // measured with every layer streamed, so that weights past wasm32's 4 GiB can be measured at all
-  const { layerBytes } = planWeights(f.gguf, f.config, new Arena(STATIC_RESERVE), new Array<Residency>(f.config.nLayers).fill('cold')).plan;
-  return chooseResidency(option, layerBytes, (r) => fitPlan(f, context, kvOptions, r), f.spill.ok);
+  return chooseResidency(option, f.layerBytes, (r) => fitPlan(f, context, kvOptions, r), f.spill.ok);
+}
+
+/** Each layer's weight bytes, and those outside the layers: measured with every layer streamed, so any size measures. */
+function measureWeights(gguf: GGUFFile, config: LlamaConfig): { layerBytes: number[]; headBytes: number } {
+  const arena = new Arena(STATIC_RESERVE, Number.MAX_SAFE_INTEGER);
+  const { plan } = planWeights(gguf, config, [arena], new Array<Residency>(config.nLayers).fill('cold'));
+  return { layerBytes: plan.layerBytes, headBytes: plan.residentBytes };
+}
+
+/**
+ * Whether streamed layers are staged ahead by a worker: asked (true: an error where it cannot run), refused (false),
+ * or by default where it can run and a core is left over by the threads, since the copy competes with them otherwise.
+ */
+function planStageAhead(option: boolean | undefined, threads: number, ownWasm: boolean): boolean {
+  if (option !== undefined && typeof option !== 'boolean') throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead must be true or false, got ${JSON.stringify(option)}`);
+  if (option === false) return false;
+  const support = stageAheadSupport();
+  const why = ownWasm ? 'the wasm option gives one unshared kernel module' : 'reason' in support ? support.reason : undefined;
+  if (option === true && why) throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead: true cannot run here: ${why}`);
+  return option === true || (why === undefined && availableCores() > threads);
 }
 
 /** Most threads 'auto' takes: past the physical cores, extra threads slow decoding down (as llama.cpp's do). */
@@ -350,15 +525,15 @@ function budgetError(f: PlanFit, context: number, kvOptions: KVOptions): EdgeLLM
   const n = f.config.nLayers;
   const needs = (ctx: number, kv: KVOptions, r: Residency) => {
     try {
-      return formatBytes(plannedBytes(planMemory(f.gguf, f.config, ctx, f.batchSize, kv, f.policy, f.threads, new Array<Residency>(n).fill(r))));
+      return formatBytes(plannedBytes(planInstances(f, ctx, kv, new Array<Residency>(n).fill(r))));
     } catch (err) {
-      if (err instanceof EdgeLLMError && err.code === 'BUDGET') return "more than wasm32's 4 GiB";
+      if (err instanceof EdgeLLMError && err.code === 'BUDGET') return `more than a wasm memory (${formatBytes(f.instanceLimit)}) holds in one part`;
       throw err;
     }
   };
   const streamed = f.spill.ok ? 'cold' : 'warm';
   const need = needs(context, kvOptions, f.weights === 'auto' ? 'resident' : f.weights);
-  const limit = f.budget === undefined ? "wasm32 addresses 4 GiB" : `memoryBudget is ${formatBytes(f.budget)}`;
+  const limit = f.budget === undefined ? `a wasm memory holds ${formatBytes(f.instanceLimit)}` : `memoryBudget is ${formatBytes(f.budget)}`;
   const allStreamed = f.weights === 'auto' ? ` (with every layer's weights ${streamed}, ${needs(context, kvOptions, streamed)})` : '';
   const noDisk = f.spill.ok ? '' : `; weights cannot be streamed from disk here: ${f.spill.reason}`;
   const best = (ctx: number, option = f.weights) => fitWeights(f, ctx, kvOptions, option);
@@ -384,7 +559,8 @@ function budgetError(f: PlanFit, context: number, kvOptions: KVOptions): EdgeLLM
     const cold = kvOptions.coldBytes === undefined && f.spill.ok ? ', or all of it with KV pages on disk (kv: { coldBytes })' : '';
     hint = `a context of ${lo} tokens would fit${layers(best(lo)!.residency)}${smaller}${cold}${stream && `, or ${stream}`}${noDisk}`;
   }
-  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${need} but ${limit}${allStreamed}; ${hint}`);
+  const against = need.startsWith('more than') ? '' : ` but ${limit}`;
+  return new EdgeLLMError('BUDGET', `the plan for a context of ${context} tokens needs ${need}${against}${allStreamed}; ${hint}`);
 }
 
 export class Model {
@@ -404,8 +580,8 @@ export class Model {
     memoryBytes: number,
     threading: { threads: number; threading: string },
     private readonly kernelProfile?: KernelProfile,
-    /** the budget, the bytes the plan holds against it, and where the weights live */
-    private readonly planned?: { budget: number | undefined; plannedBytes: number; weights: WeightsPlan },
+    /** the budget, the bytes the plan holds against it, where the weights live, and each kernel instance's layers */
+    private readonly planned?: { budget: number | undefined; plannedBytes: number; weights: WeightsPlan; instances: MemoryUsage['instances'] },
   ) {
     const tensorTypes: Record<string, number> = {};
     for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
@@ -413,7 +589,7 @@ export class Model {
       ...llama.config,
       context: llama.kv.ctx,
       kvType: llama.kv.type,
-      attention: llama.attention.policy.sparse ? 'sparse' : 'full',
+      attention: llama.attentionPolicy.sparse ? 'sparse' : 'full',
       batchSize: llama.maxBatch,
       tiedOutput: llama.weights.tied,
       fileSize: gguf.fileSize,
@@ -501,7 +677,7 @@ export class Model {
   }
 
   /** Teacher-forced log-probabilities of each next token of ids (e.g. for perplexity), without keeping all logits. */
-  async score(ids: ArrayLike<number>, opts: { signal?: AbortSignal } = {}): Promise<ScoreResult> {
+  async score(ids: ArrayLike<number>, opts: { signal?: AbortSignal; onProgress?: (rows: number, total: number) => void } = {}): Promise<ScoreResult> {
     const logprobs = new Float64Array(Math.max(0, ids.length - 1));
     const argmax = new Int32Array(ids.length);
     await this.forEachLogits(ids, opts.signal, (row, logits) => {
@@ -509,6 +685,7 @@ export class Model {
       for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
       argmax[row] = best;
       if (row + 1 < ids.length) logprobs[row] = logSoftmaxAt(logits, ids[row + 1]);
+      opts.onProgress?.(row + 1, ids.length);
     });
     let sum = 0;
     for (const lp of logprobs) sum -= lp;
@@ -519,7 +696,7 @@ export class Model {
    * Perplexity as llama.cpp's reference measures it: the text is tokenized without BOS; each window is BOS + the next
    * window−1 tokens, consecutive and non-overlapping; every next-token position is scored by full log-softmax.
    */
-  async perplexity(text: string, opts: { window?: number; windows?: number; signal?: AbortSignal; onWindow?: (w: PerplexityWindow, windows: number) => void } = {}): Promise<PerplexityResult> {
+  async perplexity(text: string, opts: PerplexityOptions = {}): Promise<PerplexityResult> {
     this.live();
     const window = opts.window ?? Math.min(2048, this.llama.kv.ctx);
     if (!Number.isSafeInteger(window) || window < 2 || window > this.llama.kv.ctx) {
@@ -536,7 +713,8 @@ export class Model {
     for (let w = 0; w < count; w++) {
       const first = w * (window - 1);
       const seq = [this.text.info.bos, ...ids.slice(first, first + window - 1)];
-      const r = await this.score(seq, opts);
+      const onProgress = opts.onProgress && ((rows: number) => opts.onProgress!({ phase: 'perplexity', loaded: w * window + rows, total: count * window }));
+      const r = await this.score(seq, { signal: opts.signal, onProgress });
       const win = { firstToken: first, nll: r.nll, ppl: Math.exp(r.nll), tokensScored: r.tokensScored };
       windows.push(win);
       opts.onWindow?.(win, count);
@@ -550,16 +728,17 @@ export class Model {
    * The memory plan (every region of wasm memory and its size), the bytes it holds against memoryBudget, where the
    * weights live and what streaming them has done, and the KV cache's use of its tiers now.
    */
-  memory(): { totalBytes: number; regions: Region[]; budgetBytes?: number; plannedBytes: number; weights: WeightsUsage; kvBytesPerToken: number; kv: KVUsage } {
+  memory(): MemoryUsage {
     this.live();
     const w = this.planned!.weights;
     const weights: WeightsUsage = {
       layers: w.residency.slice(), layerBytes: w.layerBytes.slice(), residentBytes: w.residentBytes, warmBytes: w.warmBytes, coldBytes: w.coldBytes, slotBytes: w.slotBytes,
       readBytes: w.readBytes,
-      ...(this.llama.stager?.usage() ?? { stages: 0, stagedBytes: 0, stageMs: 0 }),
+      ...(this.llama.stager?.usage() ?? { stages: 0, stagedBytes: 0, stagedAhead: 0, stageMs: 0 }),
     };
     return {
-      totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), budgetBytes: this.planned!.budget, plannedBytes: this.planned!.plannedBytes,
+      totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), instances: this.planned!.instances.map((i) => ({ ...i })),
+      budgetBytes: this.planned!.budget, plannedBytes: this.planned!.plannedBytes,
       weights, kvBytesPerToken: this.llama.kv.bytesPerToken, kv: this.llama.kv.usage(),
     };
   }
@@ -567,7 +746,7 @@ export class Model {
   /** Attention counters since the last call: calls, tokens read per call, pages scored, and (measureRecall) mass recall per layer. */
   attentionStats(): AttentionStats {
     this.live();
-    return takeAttentionStats(this.llama.attention);
+    return this.llama.takeAttentionStats();
   }
 
   /**
@@ -588,7 +767,7 @@ export class Model {
   dispose(): Promise<void> {
     if (this.disposed) return Promise.resolve();
     this.disposed = true;
-    const released = Promise.all([this.llama.pool?.dispose(), this.llama.kv.release(), this.llama.stager?.dispose()]).then(() => undefined);
+    const released = this.llama.release();
     this.llama = undefined as unknown as Llama;
     return released;
   }

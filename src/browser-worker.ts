@@ -3,8 +3,7 @@
  * loads one model with the browser platform and serves the page's calls (runtime/worker-model.ts). Its kernels are fetched
  * from beside it, and with `threads` it starts the kernel pool's workers itself and is their thread 0.
  */
-import { loadModel } from './browser.js';
-import { fetchRelativePath } from './gguf/source.js';
+import { loadModel, readHeader } from './browser.js';
 import { serveModel } from './runtime/worker-model.js';
 
-serveModel(loadModel, fetchRelativePath);
+serveModel(loadModel, readHeader);

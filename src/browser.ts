@@ -8,16 +8,26 @@
  * worker (./browser-worker.js, beside this module), where `threads` can run when the page is cross-origin isolated,
  * and the page stays responsive either way.
  */
-import { loadModelOn, loadTokenizerOn, type LoadOptions, type Model, type ModelTokenizer, type Platform } from './api.js';
+import type { GGUFFile } from './gguf/reader.js';
+import { loadModelOn, loadTokenizerOn, readHeaderOn, type HeaderOptions, type LoadOptions, type Model, type ModelCache, type ModelTokenizer, type Platform } from './api.js';
 import { fetchRelativePath, type ModelSource } from './gguf/source.js';
 import { compileOncePerBuild, fetchOk } from './runtime/kernels.js';
 import { EdgeLLMError } from './errors.js';
 import { WorkerModel } from './runtime/worker-model.js';
+import { openModelCache } from './gguf/cache-browser.js';
 
 export * from './api.js';
 export { WorkerModel } from './runtime/worker-model.js';
+export { openModelCache, type BrowserCacheOptions } from './gguf/cache-browser.js';
 
-const platform: Platform = { openPath: fetchRelativePath, fetchBytes: fetchOk, packagedKernels: compileOncePerBuild(fetchOk) };
+/** URLs are cached in OPFS, else the Cache API; where neither works (a private window, say) they are read by ranges. */
+let browserCache: Promise<ModelCache | undefined> | undefined;
+const platform: Platform = {
+  openPath: fetchRelativePath,
+  fetchBytes: fetchOk,
+  packagedKernels: compileOncePerBuild(fetchOk),
+  defaultCache: () => (browserCache ??= openModelCache().catch(() => undefined)),
+};
 
 /** Reads a GGUF (an http(s) or page-relative URL, bytes or a Blob), plans memory, loads the weights and the kernels. */
 export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Model> {
@@ -25,8 +35,13 @@ export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Mode
 }
 
 /** Reads only the header of a GGUF (any source loadModel takes): its tokenizer and chat template, no weights. */
-export function loadTokenizer(src: ModelSource, options?: Pick<LoadOptions, 'signal' | 'onProgress'>): Promise<ModelTokenizer> {
+export function loadTokenizer(src: ModelSource, options?: HeaderOptions): Promise<ModelTokenizer> {
   return loadTokenizerOn(platform, src, options);
+}
+
+/** The GGUF header as loadTokenizer reads it (the model worker sends it to the page, which builds its tokenizer). */
+export function readHeader(src: ModelSource, options?: HeaderOptions): Promise<GGUFFile> {
+  return readHeaderOn(platform, src, options);
 }
 
 export interface WorkerLoadOptions extends LoadOptions {

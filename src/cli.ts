@@ -8,11 +8,11 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { EdgeLLMError, loadModel, loadTokenizer, type ChatSession, type GenerateOptions, type GenerationStats, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
-import { openLocalSource } from './gguf/file.js';
-import { readGGUF, valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
+import { EdgeLLMError, loadModel, loadTokenizer, openModelCache, readHeader, type CacheEntry, type ChatSession, type GenerateOptions, type GenerationStats, type KVType, type LoadOptions, type Model, type PerplexityResult, type PerplexityWindow } from './index.js';
+import { valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { formatBytes } from './plan/arena.js';
+import { phasedProgress } from './progress.js';
 
 // ───────────────────────────── argument parsing ─────────────────────────────
 
@@ -104,8 +104,10 @@ Usage:
   edgellm tokenize MODEL [TEXT] [options]     print the token ids of a text (reads only the header)
   edgellm perplexity MODEL TEXTFILE [options] score a text file (llama.cpp-style perplexity)
   edgellm info MODEL [--json]                 describe a GGUF file from its header, without loading weights
+  edgellm cache ls|rm NAME|clear              the downloaded models kept between runs
 
-MODEL is a .gguf path or an http(s) URL.
+MODEL is a .gguf path, an http(s) URL, or a hub name: hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO:QUANT
+(HF_TOKEN and HF_ENDPOINT are honoured). A split GGUF is named by its first part (-00001-of-0000N.gguf).
 Run \`edgellm COMMAND --help\` for a command's options.
 
 Options:
@@ -139,8 +141,13 @@ const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores
   --memory-budget SIZE     the most memory the model may take (wasm, host tiers), e.g. 512MB; fails before
                            allocating if no plan fits, and says what would
   --weights auto|resident|warm|cold
-                           where the layers' weights live (default auto: resident unless the budget or wasm32's
-                           4 GiB says otherwise; warm: host memory; cold: a spill file), the same tokens
+                           where the layers' weights live (default auto: resident unless the budget says
+                           otherwise; warm: host memory; cold: a spill file), the same tokens
+  --memory-per-instance SIZE
+                           the largest wasm memory of one kernel instance (default 4GiB less 64KiB); a larger
+                           model is split over several, whole layers each, the same tokens
+  --cache-dir DIR          where downloaded models are kept (default EDGELLM_CACHE, else the user's cache dir)
+  --no-cache               read a URL with range requests and keep nothing
   -v, --verbose            print the memory plan: where weights and KV pages live, against the budget`;
 
 /** The help lines of MODEL_FLAGS, shared by run and chat. */
@@ -198,10 +205,24 @@ Options:
 ${ENGINE_HELP}
   --json                   end stdout with one JSON line: {"ppl", "tokens_scored", "windows": [...], ...}
   -h, --help               show this help`,
+  cache: `Usage: edgellm cache ls|rm NAME|clear [options]
+
+Models downloaded from URLs and hf: names are kept here, so a second run makes no request for them; an interrupted
+download resumes where it stopped. The directory is --cache-dir, else EDGELLM_CACHE, else the user's cache directory
+(~/.cache/edgellm; ~/Library/Caches/edgellm on macOS; %LOCALAPPDATA%\\edgellm\\cache on Windows).
+
+  ls                       list the entries: name, size, whether complete, URL (stdout)
+  rm NAME|URL              remove an entry: its NAME from ls, its URL, or a file name (every entry of that name)
+  clear                    remove every entry
+
+Options:
+  --cache-dir DIR          the cache directory
+  --json                   ls: print the entries as one JSON array
+  -h, --help               show this help`,
   info: `Usage: edgellm info MODEL [options]
 
 Reads only the GGUF header: architecture and hyperparameters, tensor types, metadata and the tensor table.
-(An http(s) URL is downloaded whole first.)
+An http(s) URL or hf: name transfers only about the header (range requests). For a split GGUF, the part named.
 
 Options:
   --json                   print one JSON object instead
@@ -234,24 +255,20 @@ function stderr(line: string): void {
   process.stderr.write(line + '\n');
 }
 
-/** Download progress on a terminal only: a redrawn line is noise in a log file. */
-function progressReporter(): LoadOptions['onProgress'] {
-  if (!process.stderr.isTTY) return undefined;
-  let last = 0;
-  return ({ phase, loaded, total }) => {
-    if (phase !== 'download') return;
-    const t = Date.now();
-    if (t - last < 200 && loaded !== total) return;
-    last = t;
-    const pct = total ? ` ${((100 * loaded) / total).toFixed(0)}%` : '';
-    process.stderr.write(`\rdownloading${pct} ${formatBytes(loaded)}${total ? ` / ${formatBytes(total)}` : ''}\x1b[K`);
-    if (loaded === total) process.stderr.write('\n');
-  };
-}
+/** Download and weight repacking on stderr: a bar on a terminal, plain lines in a log (progress.ts). */
+const LOAD_PHASES = { download: { label: 'download', unit: 'bytes' }, weights: { label: 'weights', unit: 'bytes' } };
 
 async function load(source: string, opts: LoadOptions, verbose = false): Promise<Model> {
   const t0 = performance.now();
-  const model = await loadModel(source, { ...opts, onProgress: progressReporter() });
+  const progress = phasedProgress(process.stderr, LOAD_PHASES);
+  let model: Model;
+  try {
+    model = await loadModel(source, { ...opts, onProgress: (p) => progress.update(p) });
+  } catch (err) {
+    progress.end(false);
+    throw err;
+  }
+  progress.end();
   const ms = performance.now() - t0;
   const i = model.info;
   const types = Object.entries(i.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ');
@@ -281,7 +298,11 @@ function planTable(model: Model): string {
   ];
   const lines = rows.filter(([, , bytes]) => bytes > 0).map(([where, what, bytes]) => `  ${where.padEnd(5)} ${what.padEnd(62)} ${formatBytes(bytes).padStart(11)}`);
   const budget = m.budgetBytes ? ` of the budget ${formatBytes(m.budgetBytes)}` : ' (no budget given)';
-  return ['memory plan:', ...lines, `  in memory (wasm + host): ${formatBytes(m.plannedBytes)}${budget}`].join('\n');
+  // past one wasm memory's limit the layers are split over kernel instances, a memory each
+  const instances = m.instances.length > 1
+    ? [`  wasm in ${m.instances.length} kernel instances: ${m.instances.map((i, n) => `#${n} layers ${i.layers[0]}-${i.layers[1] - 1} ${formatBytes(i.bytes)}`).join(', ')}`]
+    : [];
+  return ['memory plan:', ...lines, ...instances, `  in memory (wasm + host): ${formatBytes(m.plannedBytes)}${budget}`].join('\n');
 }
 
 /** Options given as undefined must be absent, not present-and-undefined, for the library's defaults to apply. */
@@ -304,11 +325,15 @@ const ENGINE_FLAGS: FlagSpec[] = [
   { name: 'sinks', kind: 'int' },
   { name: 'memory-budget', kind: 'string' },
   { name: 'weights', kind: 'string' },
+  { name: 'memory-per-instance', kind: 'string' },
+  { name: 'cache-dir', kind: 'string' },
+  { name: 'no-cache', kind: 'bool' },
   { name: 'verbose', short: 'v', kind: 'bool' },
 ];
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
-function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget' | 'weights'> {
+function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget' | 'weights' | 'memoryPerInstance' | 'cache'> {
+  useCacheDir(p);
   const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
   const threads = p.flags.get('threads') as string | undefined;
   if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
@@ -330,6 +355,8 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
     }),
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
     weights: p.flags.get('weights') as LoadOptions['weights'],
+    memoryPerInstance: p.flags.get('memory-per-instance') as string | undefined,
+    ...(p.flags.get('no-cache') ? { cache: false as const } : {}),
   };
 }
 
@@ -584,18 +611,26 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   let done = 0, nllSum = 0, scored = 0;
   let tWindow = performance.now();
   const t0 = tWindow;
+  const progress = phasedProgress(process.stderr, { perplexity: { label: 'perplexity', unit: 'tokens' } });
   const onWindow = (w: PerplexityWindow, total: number) => {
     done++;
     nllSum += w.nll * w.tokensScored;
     scored += w.tokensScored;
     const t = performance.now();
-    stderr(
+    progress.log(
       `window ${done}/${total} (tokens ${w.firstToken}..${w.firstToken + window - 2}): ppl ${w.ppl.toFixed(4)}, ` +
         `running ppl ${Math.exp(nllSum / scored).toFixed(4)}, ${(window / ((t - tWindow) / 1000)).toFixed(0)} tok/s`,
     );
     tWindow = t;
   };
-  const r = await model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow });
+  let r: PerplexityResult;
+  try {
+    r = await model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow, onProgress: (p) => progress.update(p) });
+  } catch (err) {
+    progress.end(false);
+    throw err;
+  }
+  progress.end();
   const seconds = (performance.now() - t0) / 1000;
   const cache = cacheReport(model);
   stderr(cache.line);
@@ -636,13 +671,8 @@ const PREVIEW_CHARS = 60;
 
 async function info(p: Parsed, controller: AbortController): Promise<void> {
   const [path] = positionals(p, ['MODEL'], 'info');
-  const source = await openLocalSource(path, { signal: controller.signal });
-  let gguf: GGUFFile;
-  try {
-    gguf = await readGGUF(source);
-  } finally {
-    await source.close();
-  }
+  // the header only: a cached copy's, or about the header's bytes of a URL or hf: name
+  const gguf = await readHeader(path, { signal: controller.signal });
   let config: LlamaConfig | undefined;
   let configError: string | undefined;
   if (gguf.has('general.architecture') && typeof gguf.get('general.architecture') === 'string') {
@@ -856,6 +886,58 @@ function formatCount(n: number): string {
   return String(n);
 }
 
+// ───────────────────────────── cache ─────────────────────────────
+
+/** --cache-dir wins over EDGELLM_CACHE, and reaches every cache this process opens (the loader's default one too). */
+function useCacheDir(p: Parsed): void {
+  const dir = p.flags.get('cache-dir') as string | undefined;
+  if (dir !== undefined) process.env.EDGELLM_CACHE = dir;
+}
+
+const CACHE_FLAGS: FlagSpec[] = [
+  { name: 'cache-dir', kind: 'string' },
+  { name: 'json', kind: 'bool' },
+];
+
+async function cacheCommand(p: Parsed): Promise<void> {
+  const [action, ...rest] = p.positionals;
+  const args = (names: string[]) => positionals({ ...p, positionals: rest }, names, 'cache');
+  useCacheDir(p);
+  const cache = await openModelCache();
+  const { where } = cache;
+  if (action === 'ls' || action === 'list') {
+    args([]);
+    const entries = await cache.list();
+    if (p.flags.get('json')) process.stdout.write(JSON.stringify(entries) + '\n');
+    else if (entries.length) process.stdout.write(cacheTable(entries) + '\n');
+    const total = entries.reduce((n, e) => n + e.downloaded, 0);
+    stderr(`${entries.length} cached model${entries.length === 1 ? '' : 's'}, ${formatBytes(total)} in ${where}`);
+  } else if (action === 'rm' || action === 'remove') {
+    const [name] = args(['NAME or URL']);
+    const n = await cache.remove(name);
+    if (n === 0) throw new EdgeLLMError('BAD_ARGUMENT', `no cached model is named ${JSON.stringify(name)} in ${where} (see \`edgellm cache ls\`)`);
+    stderr(`removed ${n} cached model${n === 1 ? '' : 's'} from ${where}`);
+  } else if (action === 'clear') {
+    args([]);
+    const n = await cache.clear();
+    stderr(`removed ${n} cached model${n === 1 ? '' : 's'} from ${where}`);
+  } else {
+    throw new UsageError(action === undefined ? 'missing ls, rm or clear' : `unknown cache command ${JSON.stringify(action)}`, 'cache');
+  }
+}
+
+function cacheTable(entries: CacheEntry[]): string {
+  const rows = entries.map((e) => [
+    e.key,
+    e.size ? formatBytes(e.size) : '?',
+    e.complete ? 'yes' : `no, ${e.size ? `${Math.floor((100 * e.downloaded) / e.size)}%` : formatBytes(e.downloaded)}`,
+    e.url || '(unreadable record)',
+  ]);
+  const head = ['NAME', 'SIZE', 'COMPLETE', 'URL'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  return [head, ...rows].map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n');
+}
+
 // ───────────────────────────── main ─────────────────────────────
 
 /** `interrupts`: the command handles Ctrl-C itself (chat stops a reply, not the program). */
@@ -865,6 +947,7 @@ const COMMANDS: Record<string, { flags: FlagSpec[]; run: (p: Parsed, c: AbortCon
   tokenize: { flags: TOKENIZE_FLAGS, run: tokenize },
   perplexity: { flags: PPL_FLAGS, run: perplexity },
   info: { flags: INFO_FLAGS, run: info },
+  cache: { flags: CACHE_FLAGS, run: cacheCommand },
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -15,6 +15,8 @@ export * from './api.js';
 
 const modules: Record<KernelBuild, WebAssembly.Module> = { simd, relaxed };
 
+// No defaultCache: a Worker has no storage that outlives it to keep a model in, so URLs are read by ranges; a
+// ModelCache of one's own can still be passed as `cache`.
 const platform: Platform = {
   openPath: fetchRelativePath,
   fetchBytes: fetchOk,
@@ -31,6 +33,6 @@ export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Mode
 }
 
 /** Reads only the header of a GGUF (any source loadModel takes): its tokenizer and chat template, no weights. */
-export function loadTokenizer(src: ModelSource, options?: Pick<LoadOptions, 'signal' | 'onProgress'>): Promise<ModelTokenizer> {
+export function loadTokenizer(src: ModelSource, options?: Pick<LoadOptions, 'signal' | 'onProgress' | 'hf' | 'cache'>): Promise<ModelTokenizer> {
   return loadTokenizerOn(platform, src, options);
 }

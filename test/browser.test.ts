@@ -320,7 +320,10 @@ async function runInNode(): Promise<Omit<WorkerRun, 'threads' | 'threading' | 't
 /** Disposes the page's edgellmModel and waits for every worker of the page to end (playwright sees nested ones too). */
 async function disposeAndWait(page: Page): Promise<void> {
   await page.evaluate(() => (window as unknown as ApiHooks).edgellmModel!.dispose());
-  await expect.poll(() => page.workers().length, { timeout: STEP_MS }).toBe(0);
+  await expect.poll(() => page.workers().length, { timeout: STEP_MS }).toBe(0).catch((e) => {
+    console.log('workers still running after dispose:', page.workers().map((w) => w.url()));
+    throw e;
+  });
   const after = await page.evaluate(async () => {
     const model = (window as unknown as ApiHooks).edgellmModel!;
     const code = (e: unknown) => (e as { code?: string }).code;
@@ -728,11 +731,11 @@ describe.skipIf(!HAVE)('the cold KV tier in OPFS (headless Chromium, loadModelIn
       const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
       const dirs = async () => {
         const out: string[] = [];
-        for await (const name of root.keys()) if (name.startsWith('edgellm-')) out.push(name);
+        for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
         return out.sort();
       };
       // As a page that died with its model's directory would leave it: no Web Lock holds it.
-      await (await root.getDirectoryHandle('edgellm-deadbeef', { create: true })).getFileHandle('kv-pages', { create: true });
+      await (await root.getDirectoryHandle('edgellm-spill-deadbeef', { create: true })).getFileHandle('kv-pages', { create: true });
       const before = await dirs();
       const onPage = await lib.loadModel(url, { contextLength: context, kv }).then(() => null, (e) => ({ code: e.code, message: e.message }));
       const model = await lib.loadModelInWorker(url, { contextLength: context, kv, threads: 2 });
@@ -744,11 +747,11 @@ describe.skipIf(!HAVE)('the cold KV tier in OPFS (headless Chromium, loadModelIn
       return { before, onPage, during, ids, usage, threads: model.info.threads, after: await dirs() };
     }, { url: `/models/${SOTU.file}`, context, kv, prompt: API.prompt, maxTokens });
 
-    expect(r.before).toEqual(['edgellm-deadbeef']);
+    expect(r.before).toEqual(['edgellm-spill-deadbeef']);
     expect(r.onPage?.code).toBe('BAD_ARGUMENT');
     expect(r.onPage?.message).toMatch(/only in dedicated workers: load the model with loadModelInWorker/);
     expect(r.during, "the model's own directory; the dead one swept").toHaveLength(1);
-    expect(r.during[0]).not.toBe('edgellm-deadbeef');
+    expect(r.during[0]).not.toBe('edgellm-spill-deadbeef');
     expect(r.threads).toBe(2);
     expect(r.ids).toEqual(ids);
     expect(r.usage.coldPagesInUse, 'pages went cold').toBeGreaterThan(0);

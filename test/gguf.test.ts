@@ -519,12 +519,19 @@ describe.skipIf(!announceSkipIfNoModels('gguf: real models'))('real models from 
           const t = g.tensor('blk.0.ffn_norm.weight');
           expect(Buffer.compare(await src.read(t.offset, t.byteSize), file.subarray(t.offset, t.offset + t.byteSize)), kind).toBe(0);
           await expectCode(src.read(file.length - 4, 8), 'TRUNCATED', `${file.length - 4}`, '8', `${file.length}`);
-          if (kind.startsWith('http')) {
+          if (kind === 'http URL string') {
+            // this server has no Range support: with a length, the file is read as one forward stream, as far as the
+            // reads went (test/remote.test.ts has the range reads)
+            expect(progress.length, kind).toBeGreaterThan(0);
+            expect(progress.at(-1)![0]).toBeLessThanOrEqual(file.length);
+            expect(progress.at(-1)![1]).toBe(file.length);
+          } else if (kind === 'http URL') {
+            // and without one, it is downloaded whole
             expect(progress.length, kind).toBeGreaterThan(2);
             expect(progress.at(-1)![0]).toBe(file.length);
-            expect(progress.at(-1)![1]).toBe(kind === 'http URL string' ? file.length : undefined);
-            for (let i = 1; i < progress.length; i++) expect(progress[i][0]).toBeGreaterThanOrEqual(progress[i - 1][0]);
+            expect(progress.at(-1)![1]).toBeUndefined();
           }
+          for (let i = 1; i < progress.length; i++) expect(progress[i][0]).toBeGreaterThanOrEqual(progress[i - 1][0]);
         } finally {
           await src.close();
         }
@@ -543,9 +550,10 @@ describe.skipIf(!announceSkipIfNoModels('gguf: real models'))('real models from 
 
   test('http errors and aborts', async () => {
     await expectCode(openLocalSource(`${base}/models/absent.gguf`), 'BAD_SOURCE', `${base}/models/absent.gguf`, '404');
+    // a body with no length (and no ranges) is downloaded at open: aborted while it arrives
     const ctrl = new AbortController();
     await expectCode(
-      openLocalSource(`${base}/models/sotu-15m-f16.gguf`, { signal: ctrl.signal, onProgress: (l) => l > 0 && ctrl.abort() }),
+      openLocalSource(`${base}/chunked/sotu-15m-f16.gguf`, { signal: ctrl.signal, onProgress: (l) => l > 0 && ctrl.abort() }),
       'ABORTED',
     );
     const pre = new AbortController();

@@ -67,25 +67,44 @@ describe('streamed weights give the resident logits and tokens', () => {
       expect(resident.memory.regions.some((r) => r.name.startsWith('weights.slot'))).toBe(false);
 
       for (const tier of ['warm', 'cold'] as const) {
-        for (const threads of [1, 2]) {
-          const r = await run(bytes, { weights: tier, threads });
-          const label = `${tier}, ${threads} thread(s)`;
+        for (const [threads, stageAhead] of [[1, false], [2, false], [1, true], [2, true]] as const) {
+          const r = await run(bytes, { weights: tier, threads, stageAhead });
+          const label = `${tier}, ${threads} thread(s), ${stageAhead ? 'staged ahead' : 'one slot'}`;
           expect(r.info.threads, label).toBe(threads);
           expect(r.logits.equals(resident.logits), label).toBe(true);
           expect(r.tokens, label).toEqual(resident.tokens);
           const m = r.memory.weights;
           expect(m.layers, label).toEqual(new Array(spec.nLayers).fill(tier));
-          // the slot is as large as the largest layer's image; the tier holds every image
-          expect(m.slotBytes).toBe(Math.max(...m.layerBytes));
+          // a slot is as large as the largest image it takes (with two, the layers alternate); the tier holds every image
+          const largest = (k: number) => Math.max(...m.layerBytes.filter((_, l) => l % 2 === k));
+          expect(m.slotBytes, label).toBe(stageAhead ? largest(0) + largest(1) : Math.max(...m.layerBytes));
+          expect(r.memory.regions.filter((g) => g.name.startsWith('weights.slot')).length, label).toBe(stageAhead ? 2 : 1);
           expect(m[`${tier}Bytes`]).toBe(m.layerBytes.reduce((a, b) => a + b, 0));
           expect(m[tier === 'warm' ? 'coldBytes' : 'warmBytes']).toBe(0);
           // the streamed layers left wasm: it holds only the slot in their place
           expect(r.memory.totalBytes).toBeLessThan(resident.memory.totalBytes - m[`${tier}Bytes`] + m.slotBytes + 65536);
           expect(m.residentBytes).toBeLessThan(w.residentBytes);
-          // each forward stages every layer once (the slot never holds the layer it needs next): evaluate's 3
-          // batches and complete's 1 + 11 forwards
-          expect(m.stages, label).toBe(spec.nLayers * (3 + 12));
-          expect(m.stagedBytes).toBe((3 + 12) * (m.warmBytes + m.coldBytes));
+          // evaluate's 3 batches and complete's 1 + 11 forwards
+          const passes = 3 + 12, lb = m.layerBytes;
+          const sum = (layers: number[]) => layers.reduce((t, l) => t + lb[l], 0);
+          if (!stageAhead) {
+            // one slot never holds the layer the pass needs next: every layer is copied on every pass
+            expect(m.stages, label).toBe(spec.nLayers * passes);
+            expect(m.stagedAhead).toBe(0);
+            expect(m.stagedBytes).toBe(passes * (m.warmBytes + m.coldBytes));
+          } else if (spec.nLayers === 4) {
+            // slots 0 1 0 1: after the first pass's layer 0, the worker copies every layer while the one before runs,
+            // and once more layer 0 for a next pass at the end
+            expect(m.stages, label).toBe(4 * passes + 1);
+            expect(m.stagedAhead, label).toBe(4 * passes);
+            expect(m.stagedBytes).toBe(passes * sum([0, 1, 2, 3]) + lb[0]);
+          } else {
+            // 3 layers, slots 0 1 0: layer 1 has slot 1 to itself and stays there from the load on; the wrap from
+            // layer 2 to layer 0 needs the slot in use, so layer 0 is copied on the pass's thread, layer 2 ahead
+            expect(m.stages, label).toBe(2 * passes);
+            expect(m.stagedAhead, label).toBe(passes);
+            expect(m.stagedBytes).toBe(passes * sum([0, 2]));
+          }
           if (tier === 'cold') expect(m.spill).toBeTruthy();
           else expect(m.spill).toBeUndefined();
           // the planner counts wasm, the warm images and the loader's largest read against the budget; cold ones not

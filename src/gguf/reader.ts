@@ -282,8 +282,9 @@ class HeaderParser {
   private numericArray(type: GGUFValueType, count: number, what: string): GGUFValue {
     const size = MIN_SIZE[type];
     this.need(count * size, what);
-    // A copy: aligned for the typed array, and independent of the caller's buffer.
-    const bytes = this.buf.slice(this.pos, this.pos + count * size);
+    // A copy: aligned for the typed array, and independent of the caller's buffer (Uint8Array's slice: a Node Buffer's
+    // slice is a view, so a file read with readFileSync would give misaligned views of the whole file).
+    const bytes = Uint8Array.prototype.slice.call(this.buf, this.pos, this.pos + count * size);
     this.pos += count * size;
     if (!LITTLE_ENDIAN_HOST && size > 1) {
       for (let i = 0; i < bytes.length; i += size) {

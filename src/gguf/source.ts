@@ -1,8 +1,10 @@
 /**
  * Where model bytes come from. The reader only needs random access to a few ranges (the header, then each tensor),
- * so a file is read with positional reads and never loaded whole; bytes already in memory are handed out as views.
+ * so a file is read with positional reads and a URL with Range requests, neither ever loaded whole; bytes already in
+ * memory are handed out as views.
  */
 import { EdgeLLMError } from '../errors.js';
+import { isHubName, resolveHubName, type HubOptions } from './hub.js';
 
 export interface ByteSource {
   readonly name: string;
@@ -18,14 +20,26 @@ export interface ByteSource {
 
 export type ModelSource = string | URL | Uint8Array | ArrayBuffer | Blob;
 
+/** What openSource needs of a download cache (gguf/cache.ts's ModelCache): a source for a URL's bytes. */
+export interface UrlCache {
+  open(url: string, opts: OpenOptions): Promise<ByteSource>;
+}
+
 export interface OpenOptions {
+  /** bytes transferred so far, of the file's size (undefined when the server does not say) */
   onProgress?: (loaded: number, total: number | undefined) => void;
   signal?: AbortSignal;
   fetch?: typeof fetch;
+  /** sent with every HTTP request for the model (an hf: name adds the hub token here) */
+  headers?: Record<string, string>;
+  /** where an http(s) URL's bytes are kept between runs; without one (or false) the URL is read with range requests */
+  cache?: UrlCache | false;
+  /** the hub for hf: names: token and endpoint (default HF_TOKEN and HF_ENDPOINT from the environment) */
+  hf?: HubOptions;
 }
 
 /** A content-length larger than this is not trusted for preallocation: the buffer grows as bytes arrive instead. */
-const MAX_PREALLOCATE = 16 * 1024 ** 3;
+const MAX_PREALLOCATE = 64 << 20;
 
 export function checkRange(name: string, size: number, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
@@ -34,6 +48,16 @@ export function checkRange(name: string, size: number, offset: number, length: n
   if (offset + length > size) {
     throw new EdgeLLMError('TRUNCATED', `read from ${name}: offset ${offset} + length ${length} is past the end (size ${size})`);
   }
+}
+
+/**
+ * The fetch to use: the caller's, or the global one bound to its global (a browser's fetch called as another object's
+ * method throws "Illegal invocation").
+ */
+export function fetchOf(opts: { fetch?: typeof fetch }, what: string): typeof fetch {
+  if (opts.fetch) return opts.fetch;
+  if (typeof globalThis.fetch !== 'function') throw new EdgeLLMError('BAD_SOURCE', `${what}: no fetch() in this environment`);
+  return globalThis.fetch.bind(globalThis);
 }
 
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
@@ -69,7 +93,7 @@ function blobSource(blob: Blob): ByteSource {
   };
 }
 
-function parseContentLength(header: string | null): number | undefined {
+export function parseContentLength(header: string | null): number | undefined {
   if (header === null || !/^\s*\d+\s*$/.test(header)) return undefined;
   const n = Number(header);
   return Number.isSafeInteger(n) ? n : undefined;
@@ -83,38 +107,366 @@ function allocate(url: string, size: number): Uint8Array {
   }
 }
 
-async function httpSource(url: string, opts: OpenOptions): Promise<ByteSource> {
-  const doFetch = opts.fetch ?? globalThis.fetch;
-  if (typeof doFetch !== 'function') throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: no fetch() in this environment`);
+/**
+ * The first request asks for this much: most models' header and tensor table fit in it, and the answer (206 or 200)
+ * says whether the server takes ranges at all.
+ */
+const PROBE_BYTES = 1 << 20;
+/** Reads from offset 0 (the header parse) are kept up to this much, so each larger re-read fetches only the new tail. */
+const MAX_PREFIX = 64 << 20;
+/** Tries per read when the connection breaks or fetch fails; each try resumes where the last one stopped. */
+const MAX_TRIES = 5;
+/**
+ * Without range support a read behind the stream can only restart the GET from byte 0. The header parse is served
+ * from the kept prefix and the loader reads in file order, so this happens only for unusual files; bounded so that a
+ * pathological order fails instead of downloading the file again and again.
+ */
+const MAX_REWINDS = 4;
+
+/** A broken connection or failed fetch: worth another try, from where the bytes stopped. */
+class Retryable extends Error {}
+
+const message = (err: unknown) => (err as Error)?.message ?? String(err);
+
+/** `bytes START-END/TOTAL`, TOTAL `*` when the server does not know it. */
+export function parseContentRange(header: string | null): { start: number; end: number; total: number | undefined } | undefined {
+  const m = header?.trim().match(/^bytes\s+(\d+)-(\d+)\/(\d+|\*)$/i);
+  if (!m) return undefined;
+  const [start, end, total] = [Number(m[1]), Number(m[2]), m[3] === '*' ? undefined : Number(m[3])];
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) return undefined;
+  if (total !== undefined && !Number.isSafeInteger(total)) return undefined;
+  return { start, end, total };
+}
+
+/** An http(s) source: what the server said about the file, for a cache that stores it. */
+export interface HttpByteSource extends ByteSource {
+  readonly url: string;
+  /** whether the server answers Range requests (206); without, the file is read as one forward stream */
+  readonly ranges: boolean;
+  /** the ETag and Last-Modified of the first answer; every later answer must carry the same, or the read fails */
+  readonly etag?: string;
+  readonly lastModified?: string;
+}
+
+/**
+ * Reads a URL with Range requests: the header in a few growing ranges, then each read as one range straight into the
+ * caller's buffer, so the file is never held whole. A server without Range support is read as one streamed GET,
+ * consumed forward. Every answer must carry the first one's ETag (or Last-Modified): a file replaced on the server
+ * mid-load is an error, never a mix of two files' bytes.
+ */
+class HttpSource implements HttpByteSource {
+  readonly name: string;
+  size = 0;
+  ranges = false;
+  etag?: string;
+  lastModified?: string;
+  /** bytes [0, prefix.length) of the file, from the header reads */
+  private prefix: Uint8Array = new Uint8Array(0);
+  /** without ranges: the GET being consumed, at file offset `pos`, with the unread rest of its last chunk */
+  private stream?: { reader: ReadableStreamDefaultReader<Uint8Array>; pos: number; pending?: Uint8Array };
+  private rewinds = 0;
+  private loaded = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    readonly url: string,
+    private readonly opts: OpenOptions,
+    private readonly doFetch: typeof fetch,
+  ) {
+    this.name = url;
+  }
+
+  private error(what: string, cause?: unknown): EdgeLLMError {
+    return new EdgeLLMError('BAD_SOURCE', `model URL ${this.url}: ${what}`, cause === undefined ? undefined : { cause });
+  }
+
+  private aborted(err: unknown): boolean {
+    return this.opts.signal?.aborted === true || (err as { name?: string })?.name === 'AbortError';
+  }
+
+  private progress(n: number): void {
+    this.loaded += n;
+    this.opts.onProgress?.(this.loaded, this.size);
+  }
+
+  private async request(range?: string): Promise<Response> {
+    throwIfAborted(this.opts.signal, `download of ${this.url}`);
+    // Ranges count bytes of the file as stored; identity keeps a server from compressing them (browsers set it anyway).
+    const headers: Record<string, string> = { ...this.opts.headers, 'accept-encoding': 'identity' };
+    if (range !== undefined) headers.range = range;
+    try {
+      return await this.doFetch(this.url, { headers, signal: this.opts.signal });
+    } catch (err) {
+      if (this.aborted(err)) throw new EdgeLLMError('ABORTED', `download of ${this.url}: aborted`, { cause: err });
+      throw new Retryable(`fetch failed: ${message(err)}`, { cause: err });
+    }
+  }
+
+  private async reject(res: Response, what: string): Promise<never> {
+    await res.body?.cancel().catch(() => {});
+    throw this.error(`HTTP status ${res.status} ${res.statusText}`.trimEnd() + what);
+  }
+
+  /** The validators of this answer must be the first answer's (a header the answer leaves out proves nothing). */
+  private checkSame(res: Response, at: number): void {
+    for (const [header, pinned] of [['etag', this.etag], ['last-modified', this.lastModified]] as const) {
+      const now = res.headers.get(header);
+      if (pinned !== undefined && now !== null && now !== pinned) {
+        void res.body?.cancel().catch(() => {});
+        throw this.error(`the file changed on the server while it was read (at offset ${at}, ${header} ${now}, was ${pinned})`);
+      }
+    }
+  }
+
+  private checkSize(size: number | undefined, header: string): number {
+    if (size === undefined || !Number.isSafeInteger(size)) throw this.error(`the server declares an unusable size (${header})`);
+    return size;
+  }
+
+  /** The first request: learns the size, whether ranges work, and the validators; keeps what it read as the prefix. */
+  async open(): Promise<void> {
+    const res = await this.withTries(0, () => this.request(`bytes=0-${PROBE_BYTES - 1}`));
+    this.etag = res.headers.get('etag') ?? undefined;
+    this.lastModified = res.headers.get('last-modified') ?? undefined;
+    if (res.status === 206) {
+      const header = res.headers.get('content-range');
+      const range = parseContentRange(header);
+      if (!range) await this.reject(res, `: Content-Range ${JSON.stringify(header)} is not "bytes START-END/SIZE"`);
+      this.size = this.checkSize(range!.total, `Content-Range ${header}`);
+      if (range!.start !== 0 || range!.end !== Math.min(PROBE_BYTES, this.size) - 1) {
+        await this.reject(res, `: asked for bytes 0-${PROBE_BYTES - 1}, the server sent Content-Range ${header}`);
+      }
+      this.ranges = true;
+      const head = new Uint8Array(range!.end + 1);
+      const { got } = await this.readBody(res, head, 0);
+      if (got < head.length) await this.fetchRange(got, head.subarray(got));
+      this.prefix = head;
+      return;
+    }
+    if (res.status === 416 && /^bytes \*\/0$/.test(res.headers.get('content-range') ?? '')) {
+      await res.body?.cancel().catch(() => {});
+      return; // an empty file: the reader says it is too short
+    }
+    if (res.status !== 200) await this.reject(res, '');
+    const encoded = (res.headers.get('content-encoding') ?? 'identity') !== 'identity';
+    const length = res.headers.get('content-length');
+    if (length === null || encoded || !res.body) throw new NeedsWholeDownload(res);
+    this.size = this.checkSize(parseContentLength(length), `Content-Length ${length}`);
+    this.stream = { reader: res.body.getReader(), pos: 0 };
+  }
+
+  /** Runs `attempt` until it returns, retrying what is Retryable (with a short backoff), at most MAX_TRIES times. */
+  private async withTries<T>(at: number, attempt: () => Promise<T>): Promise<T> {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await attempt();
+      } catch (err) {
+        if (!(err instanceof Retryable)) throw err;
+        if (tries >= MAX_TRIES) throw this.error(`reading at offset ${at} failed ${tries} times: ${err.message}`, err);
+        await this.backoff(tries);
+      }
+    }
+  }
+
+  private async backoff(tries: number): Promise<void> {
+    await new Promise((resolve) => setTimeout(resolve, 100 * 2 ** (tries - 1)));
+    throwIfAborted(this.opts.signal, `download of ${this.url}`);
+  }
+
+  /**
+   * Copies the body into `dst`. A body that breaks off returns what arrived with the reason (the caller resumes from
+   * there); one that runs past `dst` is an error, since the server sent other bytes than the ones asked.
+   */
+  private async readBody(res: Response, dst: Uint8Array, at: number): Promise<{ got: number; cut?: unknown }> {
+    if (!res.body) return { got: 0, cut: new Error('the answer has no body') };
+    const reader = res.body.getReader();
+    let got = 0;
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) return { got, cut: got < dst.length ? new Error(`the body ended after ${got} of ${dst.length} bytes`) : undefined };
+        if (got + value.length > dst.length) throw this.error(`asked for ${dst.length} bytes at offset ${at}, the server sent more`);
+        dst.set(value, got);
+        got += value.length;
+        this.progress(value.length);
+      }
+    } catch (err) {
+      void reader.cancel().catch(() => {});
+      if (err instanceof EdgeLLMError) throw err;
+      if (this.aborted(err)) throw new EdgeLLMError('ABORTED', `download of ${this.url}: aborted at offset ${at + got}`, { cause: err });
+      return { got, cut: err };
+    }
+  }
+
+  /** Fills `dst` with the bytes at `start` by Range requests, resuming a broken one where it stopped. */
+  private async fetchRange(start: number, dst: Uint8Array): Promise<void> {
+    let done = 0;
+    for (let tries = 1; ; tries++) {
+      const from = start + done;
+      const to = start + dst.length - 1;
+      let got = 0;
+      let cut: unknown;
+      try {
+        const res = await this.request(`bytes=${from}-${to}`);
+        await this.checkRangeAnswer(res, from, to);
+        ({ got, cut } = await this.readBody(res, dst.subarray(done), from));
+        done += got;
+        if (done === dst.length) return;
+      } catch (err) {
+        if (!(err instanceof Retryable)) throw err;
+        cut = err;
+      }
+      if (tries >= MAX_TRIES) throw this.error(`reading bytes ${start + done}-${to} failed ${tries} times: ${message(cut)}`, cut);
+      if (got === 0) await this.backoff(tries);
+    }
+  }
+
+  private async checkRangeAnswer(res: Response, from: number, to: number): Promise<void> {
+    const asked = `bytes ${from}-${to}`;
+    if (res.status === 200) await this.reject(res, `: asked for ${asked}, the server sent the whole file (it no longer honours Range)`);
+    if (res.status !== 206) await this.reject(res, ` for ${asked}`);
+    this.checkSame(res, from);
+    const header = res.headers.get('content-range');
+    const range = parseContentRange(header);
+    if (!range || range.start !== from || range.end !== to || range.total !== this.size) {
+      await this.reject(res, `: asked for ${asked} of ${this.size}, the server sent Content-Range ${JSON.stringify(header)}`);
+    }
+  }
+
+  /** Without ranges: fills `dst` from the stream at `start`, skipping forward, or restarting the GET for an earlier offset. */
+  private async fromStream(start: number, dst: Uint8Array): Promise<void> {
+    let done = 0;
+    for (let tries = 1; ; tries++) {
+      let cut: unknown;
+      try {
+        if (!this.stream) await this.restart(start + done);
+        else if (this.stream.pos > start + done) {
+          if (++this.rewinds > MAX_REWINDS) {
+            throw this.error(`the server does not honour Range, and reads went back in the file more than ${MAX_REWINDS} times`);
+          }
+          await this.restart(start + done);
+        }
+        const r = await this.pull(start + done, dst.subarray(done));
+        done += r.got;
+        if (done === dst.length) return;
+        cut = r.cut;
+      } catch (err) {
+        if (!(err instanceof Retryable)) throw err;
+        cut = err;
+      }
+      void this.stream?.reader.cancel().catch(() => {});
+      this.stream = undefined;
+      if (tries >= MAX_TRIES) throw this.error(`reading at offset ${start + done} failed ${tries} times: ${message(cut)}`, cut);
+    }
+  }
+
+  private async restart(at: number): Promise<void> {
+    void this.stream?.reader.cancel().catch(() => {});
+    this.stream = undefined;
+    const res = await this.request();
+    if (res.status !== 200) await this.reject(res, ` on restarting the download for offset ${at}`);
+    this.checkSame(res, at);
+    const length = parseContentLength(res.headers.get('content-length'));
+    if (length !== undefined && length !== this.size) {
+      void res.body?.cancel().catch(() => {});
+      throw this.error(`the file changed on the server while it was read (its size is now ${length}, was ${this.size})`);
+    }
+    if (!res.body) throw new Retryable('the answer has no body');
+    this.stream = { reader: res.body.getReader(), pos: 0 };
+  }
+
+  /** Skips the stream to `at`, then copies what it can into `dst`; a break returns what arrived with the reason. */
+  private async pull(at: number, dst: Uint8Array): Promise<{ got: number; cut?: unknown }> {
+    const s = this.stream!;
+    let got = 0;
+    try {
+      while (got < dst.length) {
+        let chunk = s.pending;
+        s.pending = undefined;
+        if (!chunk) {
+          const { done, value } = await s.reader.read();
+          if (done) return { got, cut: new Error(`the body ended at offset ${s.pos}, before the ${this.size} bytes it declared`) };
+          this.progress(value.length);
+          chunk = value;
+        }
+        if (s.pos < at) {
+          const skip = Math.min(chunk.length, at - s.pos);
+          s.pos += skip;
+          if (skip < chunk.length) s.pending = chunk.subarray(skip);
+          continue;
+        }
+        const n = Math.min(chunk.length, dst.length - got);
+        dst.set(chunk.subarray(0, n), got);
+        got += n;
+        s.pos += n;
+        if (n < chunk.length) s.pending = chunk.subarray(n);
+      }
+      return { got };
+    } catch (err) {
+      if (this.aborted(err)) throw new EdgeLLMError('ABORTED', `download of ${this.url}: aborted at offset ${s.pos}`, { cause: err });
+      return { got, cut: err };
+    }
+  }
+
+  private fill(start: number, dst: Uint8Array): Promise<void> {
+    return this.ranges ? this.fetchRange(start, dst) : this.fromStream(start, dst);
+  }
+
+  read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    // One read at a time: a stream has one position, and the prefix grows in place.
+    const run = this.queue.then(() => this.readNow(offset, length, into));
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  private async readNow(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    if (this.closed) throw new EdgeLLMError('DISPOSED', `read from ${this.url}: the source is closed`);
+    checkRange(this.url, this.size, offset, length);
+    throwIfAborted(this.opts.signal, `download of ${this.url}`);
+    if (offset === 0 && length > this.prefix.length && length <= MAX_PREFIX) {
+      const grown = new Uint8Array(length);
+      grown.set(this.prefix);
+      await this.fill(this.prefix.length, grown.subarray(this.prefix.length));
+      this.prefix = grown;
+    }
+    const end = offset + length;
+    if (end <= this.prefix.length && !into) return this.prefix.subarray(offset, end);
+    const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+    const kept = Math.max(0, Math.min(this.prefix.length, end) - offset);
+    if (kept > 0) out.set(this.prefix.subarray(offset, offset + kept));
+    if (kept < length) await this.fill(offset + kept, out.subarray(kept));
+    return out;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.prefix = new Uint8Array(0);
+    await this.stream?.reader.cancel().catch(() => {});
+    this.stream = undefined;
+  }
+}
+
+/** A 200 answer with no usable length: the reader needs the size up front, so this one file is read whole. */
+class NeedsWholeDownload {
+  constructor(readonly response: Response) {}
+}
+
+/**
+ * The one case where a URL is held whole: a server that neither takes ranges nor says the length (a chunked or
+ * compressed body). A compressed body decodes to more bytes than content-length says, so the length is only a guess.
+ */
+async function downloadWhole(url: string, response: Response, opts: OpenOptions): Promise<HttpByteSource> {
   const { signal, onProgress } = opts;
-  throwIfAborted(signal, `download of ${url}`);
   const isAbort = (err: unknown) => signal?.aborted || (err as { name?: string })?.name === 'AbortError';
-  let response: Response;
-  try {
-    response = await doFetch(url, { signal });
-  } catch (err) {
-    if (isAbort(err)) throw new EdgeLLMError('ABORTED', `download of ${url}: aborted`, { cause: err });
-    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: fetch failed: ${(err as Error)?.message ?? err}`, { cause: err });
-  }
-  if (!response.ok) {
-    await response.body?.cancel().catch(() => {});
-    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: HTTP status ${response.status} ${response.statusText}`.trimEnd());
-  }
-  // A compressed body decodes to more bytes than content-length says, so the length is only a first guess.
   const declared = parseContentLength(response.headers.get('content-length'));
-  const encoded = (response.headers.get('content-encoding') ?? 'identity') !== 'identity';
-  const total = declared !== undefined && !encoded ? declared : undefined;
   let buf = allocate(url, declared !== undefined && declared <= MAX_PREALLOCATE ? declared : 1 << 20);
   let loaded = 0;
   try {
-    if (!response.body) {
-      const all = new Uint8Array(await response.arrayBuffer());
-      onProgress?.(all.length, total);
-      return memorySource(all, url);
-    }
-    const reader = response.body.getReader();
-    onProgress?.(0, total);
-    for (;;) {
+    const reader = response.body?.getReader();
+    onProgress?.(0, undefined);
+    for (; reader; ) {
       throwIfAborted(signal, `download of ${url}`);
       const { done, value } = await reader.read();
       if (done) break;
@@ -127,16 +479,42 @@ async function httpSource(url: string, opts: OpenOptions): Promise<ByteSource> {
       }
       buf.set(value, loaded);
       loaded += value.length;
-      onProgress?.(loaded, total);
+      onProgress?.(loaded, undefined);
     }
   } catch (err) {
     if (err instanceof EdgeLLMError) throw err;
     if (isAbort(err)) throw new EdgeLLMError('ABORTED', `download of ${url}: aborted after ${loaded} bytes`, { cause: err });
-    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: download failed after ${loaded} bytes: ${(err as Error)?.message ?? err}`, {
-      cause: err,
-    });
+    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: download failed after ${loaded} bytes: ${message(err)}`, { cause: err });
   }
-  return memorySource(buf.subarray(0, loaded), url);
+  return { ...memorySource(buf.subarray(0, loaded), url), url, ranges: false, etag: response.headers.get('etag') ?? undefined };
+}
+
+/**
+ * Opens an http(s) URL for reading by ranges (or one forward stream where the server has no Range support). Errors:
+ * BAD_SOURCE for an error status, a broken connection that retries did not mend, or answers that contradict each
+ * other (a Content-Range other than the one asked, a changed ETag); ABORTED for the signal.
+ */
+export async function openHttp(url: string, opts: OpenOptions = {}): Promise<HttpByteSource> {
+  const doFetch = fetchOf(opts, `model URL ${url}`);
+  throwIfAborted(opts.signal, `download of ${url}`);
+  const source = new HttpSource(url, opts, doFetch);
+  try {
+    await source.open();
+  } catch (err) {
+    if (err instanceof NeedsWholeDownload) return downloadWhole(url, err.response, opts);
+    throw err;
+  }
+  return source;
+}
+
+/** An http(s) URL: through the cache when one is given, else read by ranges. */
+export function openUrl(url: string, opts: OpenOptions): Promise<ByteSource> {
+  return opts.cache ? opts.cache.open(url, opts) : openHttp(url, opts);
+}
+
+/** The options for a resolved hf: name: its token joins the caller's headers. */
+export function withHeaders(opts: OpenOptions, headers: Record<string, string>): OpenOptions {
+  return Object.keys(headers).length ? { ...opts, headers: { ...opts.headers, ...headers } } : opts;
 }
 
 /** Opens a local path or file: URL; each entry point brings its own (Node, Deno and Bun read files; others cannot). */
@@ -154,7 +532,7 @@ export const fetchRelativePath: PathOpener = async (path, opts) => {
   } catch {
     url = undefined;
   }
-  if (url && (url.protocol === 'http:' || url.protocol === 'https:')) return httpSource(url.href, opts);
+  if (url && (url.protocol === 'http:' || url.protocol === 'https:')) return openUrl(url.href, opts);
   throw new EdgeLLMError(
     'BAD_SOURCE',
     `model path "${String(path)}": file paths need a filesystem (Node, Deno, Bun); here, pass the bytes (Uint8Array/ArrayBuffer), a Blob or an http(s) URL`,
@@ -162,16 +540,21 @@ export const fetchRelativePath: PathOpener = async (path, opts) => {
 };
 
 /**
- * Opens a model: an http(s) URL is downloaded, bytes and Blobs are used as they are, and anything else (a path, a
- * file: URL) goes to openPath.
+ * Opens a model: an http(s) URL is read by ranges (or through opts.cache), an hf: name is resolved to its hub URL
+ * (the first part, for a split GGUF: split.ts opens the rest), bytes and Blobs are used as they are, and anything
+ * else (a path, a file: URL) goes to openPath.
  */
 export async function openSource(source: ModelSource, opts: OpenOptions = {}, openPath: PathOpener = fetchRelativePath): Promise<ByteSource> {
   if (typeof source === 'string') {
-    if (/^https?:\/\//i.test(source)) return httpSource(source, opts);
+    if (isHubName(source)) {
+      const hub = await resolveHubName(source, opts);
+      return openUrl(hub.url, withHeaders(opts, hub.headers));
+    }
+    if (/^https?:\/\//i.test(source)) return openUrl(source, opts);
     return openPath(/^file:\/\//i.test(source) ? new URL(source) : source, opts);
   }
   if (source instanceof URL) {
-    if (source.protocol === 'http:' || source.protocol === 'https:') return httpSource(source.href, opts);
+    if (source.protocol === 'http:' || source.protocol === 'https:') return openUrl(source.href, opts);
     if (source.protocol === 'file:') return openPath(source, opts);
     throw new EdgeLLMError('BAD_SOURCE', `model URL ${source.href}: protocol ${source.protocol} is not http:, https: or file:`);
   }

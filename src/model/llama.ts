@@ -1,8 +1,8 @@
 import { EdgeLLMError } from '../errors.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
-import type { KVCache } from '../kv/cache.js';
-import { attend, bindAttention, type AttentionState } from '../attention/attend.js';
+import type { KVCache, KVUsage } from '../kv/cache.js';
+import { attend, bindAttention, takeAttentionStats, type AttentionPolicy, type AttentionState, type AttentionStats } from '../attention/attend.js';
 import type { LlamaConfig } from './config.js';
 import type { LayerStager, LayerWeights, LlamaWeights } from './weights.js';
 import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
@@ -73,17 +73,48 @@ function localRopeDiffers(c: LlamaConfig): boolean {
 }
 
 /**
+ * A kernel instance: a wasm memory of its own holding whole layers [first, end) with their KV cache, attention state
+ * and run state, and the kernels (and thread pool) working on it. One memory holds a model up to wasm32's 4 GiB; a larger
+ * one is split over several, and the residual stream hops from one to the next once per instance, not per matmul.
+ * Instance 0 also holds the token embeddings, the final norm and the output (so a tied output is the embeddings).
+ */
+export interface KernelInstance {
+  first: number;
+  end: number;
+  /** the model's config as its KV cache and attention see it: nLayers and window of this instance's layers only */
+  config: LlamaConfig;
+  kv: KVCache;
+  attention: AttentionState;
+  state: RunState;
+  kernels: Kernels;
+  memory: WebAssembly.Memory;
+  /** threads for its matmuls (the pool's thread 0 is `kernels`), or none */
+  pool?: KernelPool;
+}
+
+/** An instance as the forward pass runs it: views of its memory and its prepared kernels. */
+interface Running extends KernelInstance {
+  heap: Float32Array;
+  /** the kernels, with the per-token ops split over the pool's threads when there is one (split-ops.ts) */
+  ops: Kernels;
+  /** the prepared matmul input: its f32 values (set per call) and its quantized forms in the run state */
+  act: Activations;
+}
+
+/**
  * The llama forward pass over a batch of tokens at consecutive positions, reading top to bottom like llama2.c's
- * run.c. Every buffer is a pointer into the one planned memory; the kernels do the arithmetic.
+ * run.c. Every buffer is a pointer into a planned memory (its kernel instance's); the kernels do the arithmetic.
  */
 export class Llama {
-  readonly heap: Float32Array;
   private readonly qDim: number;
   private readonly kvDim: number;
-  /** the prepared matmul input: its f32 values (set per call) and its quantized forms in the run state */
-  private readonly act: Activations;
-  /** the kernels, with the per-token ops split over the pool's threads when there is one (split-ops.ts) */
-  private readonly ops: Kernels;
+  private readonly instances: Running[];
+  /** per layer, the instance holding it */
+  private readonly instanceOf: Running[];
+  /** the instance the pass is in: the one whose memory the buffers below point into */
+  private at: Running;
+  /** every instance's KV cache, seen as one */
+  readonly kv: ModelKV;
   /**
    * Each matrix's last split job and what it was for: a decode step issues the same products with the same buffers
    * every token, and recording the parts again would cost more than dispatching them.
@@ -93,38 +124,79 @@ export class Llama {
   constructor(
     readonly config: LlamaConfig,
     readonly weights: LlamaWeights,
-    readonly kv: KVCache,
-    readonly attention: AttentionState,
-    private readonly s: RunState,
-    readonly kernels: Kernels,
-    memory: WebAssembly.Memory,
+    /** the kernel instances, in layer order, instance 0 first */
+    instances: readonly KernelInstance[],
     readonly maxBatch: number,
-    /** threads for the matmuls (the pool's thread 0 is `kernels`), or none */
-    readonly pool?: KernelPool,
-    /** brings streamed layers' weights into their slot, when some layers are not resident */
+    /** brings streamed layers' weights into their instance's slot, when some layers are not resident */
     readonly stager?: LayerStager,
   ) {
-    this.heap = new Float32Array(memory.buffer);
-    kv.bind(memory);
-    bindAttention(attention, memory);
-    attention.pool = pool;
-    this.ops = splitPerTokenOps(kernels, pool);
+    this.instances = instances.map((i) => {
+      i.kv.bind(i.memory);
+      bindAttention(i.attention, i.memory);
+      i.attention.pool = i.pool;
+      const s = i.state;
+      return { ...i, heap: new Float32Array(i.memory.buffer), ops: splitPerTokenOps(i.kernels, i.pool), act: { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } } };
+    });
+    this.instanceOf = Array.from({ length: config.nLayers }, (_, l) => this.instances.find((i) => l >= i.first && l < i.end)!);
+    this.at = this.instances[0];
+    this.kv = new ModelKV(this.instances.map((i) => i.kv));
     this.qDim = config.nHeads * config.headDim;
     this.kvDim = config.nKvHeads * config.headDim;
-    this.act = { x: 0, q8_0: { q: s.xq, d: s.xd, s: s.xs }, q8_k: { q: s.kq, d: s.kd, s: s.ks } };
     // Frequency factors (Llama 3's, or Phi-3's set for this context) apply to every layer; Gemma 3's local layers have
-    // their own base and no linear scaling (ropeBaseLocal, ropeScaleLocal).
-    const at = weights.ropeFreqs || (kv.ctx > config.ropeOriginalContext ? weights.ropeLong : weights.ropeShort);
+    // their own base and no linear scaling (ropeBaseLocal, ropeScaleLocal). They are vectors in instance 0's memory.
+    const at = weights.ropeFreqs || (this.kv.ctx > config.ropeOriginalContext ? weights.ropeLong : weights.ropeShort);
     const factors = at ? this.heap.slice(at / 4, at / 4 + config.nRot / 2) : null;
-    this.fillRopeTable(s.rope, config.ropeBase, config.ropeScale, factors);
-    if (s.ropeLocal !== s.rope) this.fillRopeTable(s.ropeLocal, config.ropeBaseLocal, config.ropeScaleLocal, factors);
-    if (s.gelu) fillGeluTable(this.heap.subarray(s.gelu / 4, s.gelu / 4 + 65536));
+    for (const i of this.instances) {
+      const s = i.state;
+      this.fillRopeTable(i.heap, s.rope, config.ropeBase, config.ropeScale, factors);
+      if (s.ropeLocal !== s.rope) this.fillRopeTable(i.heap, s.ropeLocal, config.ropeBaseLocal, config.ropeScaleLocal, factors);
+      if (s.gelu) fillGeluTable(i.heap.subarray(s.gelu / 4, s.gelu / 4 + 65536));
+    }
+  }
+
+  /** Instance 0's memory, which holds the logits. */
+  get heap(): Float32Array {
+    return this.instances[0].heap;
+  }
+
+  /** Instance 0's kernels. */
+  get kernels(): Kernels {
+    return this.instances[0].kernels;
+  }
+
+  get attentionPolicy(): AttentionPolicy {
+    return this.instances[0].attention.policy;
+  }
+
+  /** Attention counters since the last call, over every instance (massRecall per layer, in layer order). */
+  takeAttentionStats(): AttentionStats {
+    const all = this.instances.map((i) => takeAttentionStats(i.attention));
+    const sum = (f: (s: AttentionStats) => number) => all.reduce((t, s) => t + f(s), 0);
+    const queries = sum((s) => s.queries);
+    const stats: AttentionStats = {
+      queries,
+      meanTokensRead: queries ? sum((s) => s.meanTokensRead * s.queries) / queries : 0,
+      meanPositions: queries ? sum((s) => s.meanPositions * s.queries) / queries : 0,
+      pagesScored: sum((s) => s.pagesScored),
+    };
+    if (all[0].massRecall) stats.massRecall = all.flatMap((s) => s.massRecall!);
+    return stats;
+  }
+
+  /** The kernel instances' memory layouts (for Model.memory()). */
+  get memories(): WebAssembly.Memory[] {
+    return this.instances.map((i) => i.memory);
+  }
+
+  /** Stops the thread pools, drops the streamed layers' images and the KV tiers' files. */
+  async release(): Promise<void> {
+    await Promise.all([...this.instances.map((i) => i.pool?.dispose()), this.kv.release(), this.stager?.dispose()]);
   }
 
   /** cos/sin of pos·scale·base^(-2i/nRot)/factor_i in f64, times the attention factor, rounded once to f32. */
-  private fillRopeTable(at: number, base: number, scale: number, factors: Float32Array | null): void {
+  private fillRopeTable(heap: Float32Array, at: number, base: number, scale: number, factors: Float32Array | null): void {
     const { nRot, ropeAttnFactor: m } = this.config;
-    const table = this.heap.subarray(at / 4, at / 4 + this.kv.ctx * nRot);
+    const table = heap.subarray(at / 4, at / 4 + this.kv.ctx * nRot);
     for (let pos = 0; pos < this.kv.ctx; pos++) {
       for (let i = 0; i < nRot; i += 2) {
         const theta = (pos * scale * Math.pow(base, -i / nRot)) / (factors ? factors[i / 2] : 1);
@@ -139,7 +211,8 @@ export class Llama {
    * of every token when allLogits ([ntok][vocab]), else of the last token only.
    */
   forward(tokens: ArrayLike<number>, pos0: number, allLogits: boolean): number {
-    const c = this.config, s = this.s, k = this.ops, w = this.weights;
+    const c = this.config, w = this.weights;
+    let s = this.enter(this.instances[0]), k = this.at.ops;
     const B = tokens.length;
     if (B < 1 || B > this.maxBatch) throw new EdgeLLMError('BAD_ARGUMENT', `forward batch of ${B} tokens; 1..${this.maxBatch} allowed`);
     if (pos0 + B > this.kv.ctx) {
@@ -158,7 +231,12 @@ export class Llama {
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l];
+      if (this.instanceOf[l] !== this.at) {
+        s = this.hop(this.instanceOf[l], B);
+        k = this.at.ops;
+      }
       this.stageLayer(l);
+      const local = l - this.at.first;
 
       // attention: rmsnorm → q, k, v (+ bias) → per-head q/k norm → rope → cache → attend → output projection
       // (→ post-norm) → residual
@@ -171,9 +249,10 @@ export class Llama {
       const cs = c.window[l] ? s.ropeLocal : s.rope;
       k.rope(s.q, nHeads, headDim, c.nRot, B, cs, pos0, neox);
       k.rope(s.k, nKvHeads, headDim, c.nRot, B, cs, pos0, neox);
+      const { kv, attention, config: layers } = this.at;
       for (let t = 0; t < B; t++) {
-        this.kv.append(k, l, s.k + t * this.kvDim * 4, s.v + t * this.kvDim * 4, pos0 + t);
-        attend(k, c, this.kv, this.attention, l, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, pos0 + t + 1);
+        kv.append(k, local, s.k + t * this.kvDim * 4, s.v + t * this.kvDim * 4, pos0 + t);
+        attend(k, layers, kv, attention, local, s.xb2 + t * this.qDim * 4, s.q + t * this.qDim * 4, pos0 + t + 1);
       }
       this.prepareInput(s.xb2, this.qDim, B, L.wo);
       this.matmul([L.wo, s.xb2, s.xb], B);
@@ -192,6 +271,10 @@ export class Llama {
     }
 
     // final norm and classifier, for every token or just the last (soft-capped for Gemma 2)
+    if (this.at !== this.instances[0]) {
+      s = this.hop(this.instances[0], B);
+      k = this.at.ops;
+    }
     const first = allLogits ? 0 : B - 1;
     const n = B - first;
     const xFirst = s.x + first * dim * 4;
@@ -202,6 +285,21 @@ export class Llama {
     return s.logits / 4; // not >> 2: offsets pass 2^31 in memories over 2 GiB
   }
 
+  private enter(i: Running): RunState {
+    this.at = i;
+    return i.state;
+  }
+
+  /**
+   * Moves the residual stream of B tokens into another instance's memory, and the pass with it. With threads, that
+   * instance's workers read it after the next job is published, which orders the copy before their reads.
+   */
+  private hop(to: Running, B: number): RunState {
+    const from = this.at, n = B * this.config.dim;
+    to.heap.set(from.heap.subarray(from.state.x / 4, from.state.x / 4 + n), to.state.x / 4);
+    return this.enter(to);
+  }
+
   /** A streamed layer's matrices point into the slot: its image is copied there before the layer runs. */
   private stageLayer(l: number): void {
     this.stager?.stage(l);
@@ -209,7 +307,7 @@ export class Llama {
 
   /** q, k, v of the normed input xb: three matrices, or one fused matrix split by rows (Phi-3); then the biases. */
   private projectQKV(L: LayerWeights, B: number): void {
-    const s = this.s, k = this.ops, dim = this.config.dim;
+    const s = this.at.state, k = this.at.ops, dim = this.config.dim;
     if (L.wqkv) {
       this.prepareInput(s.xb, dim, B, L.wqkv);
       this.matmul([L.wqkv, s.xb, s.fused], B);
@@ -225,7 +323,7 @@ export class Llama {
 
   /** gate into hb and up into hb2: two matrices, or one ffn_up holding gate then up (Phi-3). */
   private projectGateUp(L: LayerWeights, B: number): void {
-    const s = this.s, { dim, ffn } = this.config;
+    const s = this.at.state, { dim, ffn } = this.config;
     if (L.w1) {
       this.prepareInput(s.xb, dim, B, L.w1, L.w3);
       this.matmul([L.w1, s.xb, s.hb], [L.w3, s.xb, s.hb2], B);
@@ -238,7 +336,7 @@ export class Llama {
 
   /** Splits the fused output rows [B][width] into parts [B][n] at their pointers. */
   private split(B: number, width: number, ...parts: Array<[number, number]>): void {
-    const h = this.heap, from = this.s.fused / 4;
+    const h = this.at.heap, from = this.at.state.fused / 4;
     for (let t = 0; t < B; t++) {
       let col = 0;
       for (const [to, n] of parts) {
@@ -250,7 +348,7 @@ export class Llama {
 
   /** Quantized matrices read int8 activations: quantize the input once, in each format the matrices sharing it read. */
   private prepareInput(x: number, cols: number, ntok: number, ...ms: Matrix[]): void {
-    const k = this.ops, s = this.s;
+    const k = this.at.ops, s = this.at.state;
     const needs = (format: InputFormat) => ms.some((m) => m.kernel.input === format);
     if (needs('q8_0')) k.quantize_q8_0(x, cols, ntok, s.xq, s.xd, s.xs);
     if (needs('q8_k')) k.quantize_q8_k(x, cols, ntok, s.kq, s.kd, s.ks);
@@ -265,12 +363,12 @@ export class Llama {
    */
   private matmul(...args: [...products: Array<[m: Matrix, x: number, y: number]>, ntok: number]): void {
     const ntok = args.pop() as number, products = args as Array<[Matrix, number, number]>;
-    const a = this.act, pool = this.pool;
+    const { act: a, pool, kernels } = this.at;
     const macs = products.reduce((sum, [m]) => sum + m.rows * m.cols * ntok, 0);
     if (!pool || macs < SPLIT_MIN_MACS) {
       for (const [m, x, y] of products) {
         a.x = x;
-        m.kernel.matmul(this.kernels, m, a, y, ntok);
+        m.kernel.matmul(kernels, m, a, y, ntok);
       }
       return;
     }
@@ -306,7 +404,7 @@ export class Llama {
   }
 
   private dequantRow(m: Matrix, row: number, out: number): void {
-    m.kernel.dequantRow(this.kernels, m, row, out);
+    m.kernel.dequantRow(this.at.kernels, m, row, out);
   }
 }
 
@@ -321,5 +419,55 @@ function fillGeluTable(table: Float32Array): void {
     const x = f(f16ToF32(h));
     const inner = f(f(SQRT_2_OVER_PI * x) * f(1 + f(f(GELU_COEF_A * x) * x)));
     table[h] = f16ToF32(f32ToF16(f(f(f(0.5) * x) * f(1 + f(Math.tanh(inner))))));
+  }
+}
+
+/**
+ * Every instance's KV cache seen as one: they hold the same positions, each for its own layers, so they append,
+ * truncate and reset together.
+ */
+export class ModelKV {
+  constructor(private readonly caches: readonly KVCache[]) {}
+
+  get ctx(): number {
+    return this.caches[0].ctx;
+  }
+
+  get type(): KVCache['type'] {
+    return this.caches[0].type;
+  }
+
+  get positions(): number {
+    return this.caches[0].positions;
+  }
+
+  get bytesPerToken(): number {
+    return this.caches.reduce((sum, c) => sum + c.bytesPerToken, 0);
+  }
+
+  /**
+   * KVCache.truncate on every cache. Each keeps what its own layers allow (a sliding-window layer may force a restart),
+   * and the least of them is what all keep: cutting to it again is exact, since every cache rounds the same way.
+   */
+  truncate(n: number): number {
+    const kept = Math.min(...this.caches.map((c) => c.truncate(n)));
+    for (const c of this.caches) if (c.positions !== kept) c.truncate(kept);
+    return kept;
+  }
+
+  /** Every field summed over the caches, but the type and page size, which they share. */
+  usage(): KVUsage {
+    const all = this.caches.map((c) => c.usage());
+    const total = { ...all[0] };
+    for (const u of all.slice(1)) {
+      for (const key of Object.keys(u) as Array<keyof KVUsage>) {
+        if (key !== 'type' && key !== 'pageTokens' && key !== 'pageBytes') (total[key] as number) += u[key] as number;
+      }
+    }
+    return total;
+  }
+
+  async release(): Promise<void> {
+    await Promise.all(this.caches.map((c) => c.release()));
   }
 }

@@ -8,6 +8,7 @@ import { openSpillDir, type SpillDir, type SpillFile } from '../plan/spill.js';
 import type { Residency } from '../plan/weights-plan.js';
 import type { LlamaConfig } from './config.js';
 import { WEIGHT_TYPE_NAMES, WEIGHT_TYPES, type Matrix } from './weight-types.js';
+import { StageAhead } from '../runtime/stage-worker.js';
 
 export type { Matrix } from './weight-types.js';
 
@@ -61,6 +62,8 @@ interface PendingTensor {
   vector?: number;
   /** the streamed layer whose image holds this matrix: it is repacked into the slot, then moved to its tier */
   layer?: number;
+  /** the kernel instance whose memory holds it */
+  instance: number;
 }
 
 /** Where the weights live, as planned from the header: what the stager moves and memory() reports. */
@@ -68,8 +71,17 @@ export interface WeightsPlan {
   residency: Residency[];
   /** per layer, the bytes of its matrices in kernel layout (its image): what staging the layer copies */
   layerBytes: number[];
-  /** the staging slot in wasm memory that every streamed layer's matrices point into (0 bytes if none) */
-  slot: number;
+  /** per layer, the kernel instance (a wasm memory of its own) holding it; instance 0 also holds the rest */
+  instanceOf: number[];
+  /**
+   * per layer, for a streamed one, the slot its matrices point into (an address in its instance's memory) and which of
+   * its instance's slots that is: one slot per instance, or two when the next layer is staged ahead, the streamed
+   * layers alternating between them
+   */
+  slotAt: number[];
+  slotIndex: number[];
+  /** slots per instance with streamed layers (1, or 2 when staging ahead), and the bytes of all slots */
+  slotsPerInstance: 1 | 2;
   slotBytes: number;
   /** weight bytes in wasm outside the slot: embeddings, output, norms and the other vectors, resident layers */
   residentBytes: number;
@@ -82,20 +94,29 @@ export interface WeightsPlan {
 }
 
 /**
- * Reserves every weight region in the arena; the bytes are read later by loadWeights. A streamed layer's matrices are
- * laid out in an image of their own (offsets from 0, aligned as the arena aligns), and then pointed into the one slot
- * sized for the largest image, so each layer keeps its own layout (a Q4_K_M mix differs per layer) in a shared region.
+ * Reserves every weight region in the arenas, a layer's in its kernel instance's (instanceOf) and the rest in instance
+ * 0's; the bytes are read later by loadWeights. A streamed layer's matrices are laid out in an image of their own
+ * (offsets from 0, aligned as the arena aligns), and then pointed into its instance's one slot, sized for the largest
+ * image there, so each layer keeps its own layout (a Q4_K_M mix differs per layer) in a shared region.
  */
-export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena, residency?: readonly Residency[]): { weights: LlamaWeights; pending: PendingTensor[]; plan: WeightsPlan } {
+export function planWeights(
+  gguf: GGUFFile,
+  c: LlamaConfig,
+  arenas: readonly Arena[],
+  residency?: readonly Residency[],
+  instanceOf: readonly number[] = new Array<number>(c.nLayers).fill(0),
+  slotsPerInstance: 1 | 2 = 1,
+): { weights: LlamaWeights; pending: PendingTensor[]; plan: WeightsPlan } {
   const pending: PendingTensor[] = [];
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKvHeads * c.headDim;
   if (residency && residency.length !== c.nLayers) throw new RangeError(`residency for ${residency.length} layers; the model has ${c.nLayers}`);
   const where = (l: number): Residency => residency?.[l] ?? 'resident';
   let residentBytes = 0;
-  const reserve = (name: string, bytes: number) => {
+  // a layer's tensors go to its instance's memory, everything else to instance 0's
+  const reserve = (name: string, bytes: number, layer?: number) => {
     residentBytes += bytes;
-    return arena.reserve(name, bytes);
+    return arenas[layer === undefined ? 0 : instanceOf[layer]].reserve(name, bytes);
   };
   // Every layer's matrices are also laid out in an image of the layer's own, from offset 0 as the arena aligns: a
   // streamed layer's matrices live there (then in the slot), and a resident layer's size is measured the same way.
@@ -110,21 +131,21 @@ export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena, reside
     const streamed = layer !== undefined && where(layer) !== 'resident';
     const place = (part: string, bytes: number) => {
       const inImage = layer === undefined ? 0 : images[layer].reserve(part, bytes);
-      return streamed ? inImage : reserve(part, bytes);
+      return streamed ? inImage : reserve(part, bytes, layer);
     };
     const m: Matrix = { name, type: info.type, kernel, rows, cols, data: place(name, layout.data), scales: 0 };
     if (layout.scales > 0) m.scales = place(`${name}:scales`, layout.scales);
-    pending.push({ info, matrix: m, layer: streamed ? layer : undefined });
+    pending.push({ info, matrix: m, layer: streamed ? layer : undefined, instance: layer === undefined ? 0 : instanceOf[layer] });
     return m;
   };
-  const vector = (name: string, n: number): number => {
+  const vector = (name: string, n: number, layer?: number): number => {
     const info = gguf.tensor(name);
     checkDims(info, [n]);
     if (!ROW_FORMATS.has(info.type)) {
       throw new EdgeLLMError('UNSUPPORTED_TYPE', `tensor ${name} has type ${info.typeName}; a norm weight may be ${[...ROW_FORMATS.keys()].map(typeName).join(', ')}`);
     }
-    const ptr = reserve(name, n * 4);
-    pending.push({ info, vector: ptr });
+    const ptr = reserve(name, n * 4, layer);
+    pending.push({ info, vector: ptr, instance: layer === undefined ? 0 : instanceOf[layer] });
     return ptr;
   };
 
@@ -135,10 +156,11 @@ export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena, reside
   for (let l = 0; l < c.nLayers; l++) {
     const p = `blk.${l}.`;
     const layerMatrix = (name: string, cols: number, rows: number) => matrix(name, cols, rows, l);
-    const bias = (name: string, n: number) => (a.qkvBias === 'required' || (a.qkvBias === 'optional' && has(name)) ? vector(name, n) : 0);
+    const layerVector = (name: string, n: number) => vector(name, n, l);
+    const bias = (name: string, n: number) => (a.qkvBias === 'required' || (a.qkvBias === 'optional' && has(name)) ? layerVector(name, n) : 0);
     const fusedQKV = a.fusedQKV;
     layers.push({
-      attnNorm: vector(`${p}attn_norm.weight`, c.dim),
+      attnNorm: layerVector(`${p}attn_norm.weight`, c.dim),
       wqkv: fusedQKV ? layerMatrix(`${p}attn_qkv.weight`, c.dim, qDim + 2 * kvDim) : null,
       wq: fusedQKV ? null : layerMatrix(`${p}attn_q.weight`, c.dim, qDim),
       wk: fusedQKV ? null : layerMatrix(`${p}attn_k.weight`, c.dim, kvDim),
@@ -146,15 +168,15 @@ export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena, reside
       bq: bias(`${p}attn_q.bias`, qDim),
       bk: bias(`${p}attn_k.bias`, kvDim),
       bv: bias(`${p}attn_v.bias`, kvDim),
-      qNorm: a.qkNorm ? vector(`${p}attn_q_norm.weight`, c.headDim) : 0,
-      kNorm: a.qkNorm ? vector(`${p}attn_k_norm.weight`, c.headDim) : 0,
+      qNorm: a.qkNorm ? layerVector(`${p}attn_q_norm.weight`, c.headDim) : 0,
+      kNorm: a.qkNorm ? layerVector(`${p}attn_k_norm.weight`, c.headDim) : 0,
       wo: layerMatrix(`${p}attn_output.weight`, qDim, c.dim),
-      postAttnNorm: a.postNorms ? vector(`${p}post_attention_norm.weight`, c.dim) : 0,
-      ffnNorm: vector(`${p}ffn_norm.weight`, c.dim),
+      postAttnNorm: a.postNorms ? layerVector(`${p}post_attention_norm.weight`, c.dim) : 0,
+      ffnNorm: layerVector(`${p}ffn_norm.weight`, c.dim),
       w1: a.fusedGateUp ? null : layerMatrix(`${p}ffn_gate.weight`, c.dim, c.ffn),
       w2: layerMatrix(`${p}ffn_down.weight`, c.ffn, c.dim),
       w3: layerMatrix(`${p}ffn_up.weight`, c.dim, a.fusedGateUp ? 2 * c.ffn : c.ffn),
-      postFfnNorm: a.postNorms ? vector(`${p}post_ffw_norm.weight`, c.dim) : 0,
+      postFfnNorm: a.postNorms ? layerVector(`${p}post_ffw_norm.weight`, c.dim) : 0,
     });
   }
   const outputNorm = vector('output_norm.weight', c.dim);
@@ -166,21 +188,30 @@ export function planWeights(gguf: GGUFFile, c: LlamaConfig, arena: Arena, reside
   const ropeLong = optional(a.longRope, 'rope_factors_long.weight');
   if (!ropeShort !== !ropeLong) throw new EdgeLLMError('MISSING_TENSOR', `tensor "${ropeShort ? 'rope_factors_long' : 'rope_factors_short'}.weight" is missing: LongRoPE needs both factor sets`);
 
-  // The slot holds the largest streamed image; each streamed matrix points into it at its offset in its image.
+  // An instance's streamed layers take turns in its slots (alternating when there are two, so the next one can be
+  // copied in while the current one runs); a slot holds the largest of its images, and each streamed matrix points
+  // into its layer's slot at its offset in the image.
   const layerBytes = images.map((image) => image.regions.reduce((end, r) => Math.max(end, r.offset + r.bytes), 0));
-  const slotBytes = Math.max(0, ...layerBytes.filter((_, l) => where(l) !== 'resident'));
-  const slot = slotBytes > 0 ? arena.reserve('weights.slot (streamed layers)', slotBytes) : 0;
+  const slotIndex = new Array<number>(c.nLayers).fill(0);
+  const streamedSoFar = arenas.map(() => 0);
+  for (let l = 0; l < c.nLayers; l++) if (where(l) !== 'resident') slotIndex[l] = streamedSoFar[instanceOf[l]]++ % slotsPerInstance;
+  const slotAddress = arenas.map((arena, i) => Array.from({ length: slotsPerInstance }, (_, k) => {
+    const bytes = Math.max(0, ...layerBytes.filter((_, l) => where(l) !== 'resident' && instanceOf[l] === i && slotIndex[l] === k));
+    return { at: bytes > 0 ? arena.reserve(`weights.slot${slotsPerInstance > 1 ? ` ${k}` : ''} (streamed layers)`, bytes) : 0, bytes };
+  }));
+  const slotAt = layerBytes.map((_, l) => (where(l) === 'resident' ? 0 : slotAddress[instanceOf[l]][slotIndex[l]].at));
   for (const t of pending) {
     if (t.layer === undefined) continue;
-    t.matrix!.data += slot;
-    if (t.matrix!.scales) t.matrix!.scales += slot;
+    t.matrix!.data += slotAt[t.layer];
+    if (t.matrix!.scales) t.matrix!.scales += slotAt[t.layer];
   }
   const tierBytes = (r: Residency) => layerBytes.reduce((sum, b, l) => sum + (where(l) === r ? b : 0), 0);
   return {
     weights: { tokenEmbd, layers, outputNorm, output, tied, ropeFreqs, ropeShort, ropeLong },
     pending,
     plan: {
-      residency: layers.map((_, l) => where(l)), layerBytes, slot, slotBytes, residentBytes, warmBytes: tierBytes('warm'), coldBytes: tierBytes('cold'),
+      residency: layers.map((_, l) => where(l)), layerBytes, instanceOf: [...instanceOf], slotAt, slotIndex, slotsPerInstance,
+      slotBytes: slotAddress.flat().reduce((sum, slot) => sum + slot.bytes, 0), residentBytes, warmBytes: tierBytes('warm'), coldBytes: tierBytes('cold'),
       readBytes: Math.max(...pending.map((t) => readChunk(t).bytes)),
     },
   };
@@ -209,6 +240,24 @@ function readChunk(t: PendingTensor): { rowBytes: number; rowsPerChunk: number; 
 const SPILL_ALIGN = 4096;
 
 /**
+ * The tensors in the order of their bytes in the file, so that a source read as one forward stream (an HTTP server
+ * without Range support) never has to go back. A streamed layer is repacked in the one slot, so its tensors must come
+ * together: for a file that interleaves two layers' tensors (none that llama.cpp writes), the plan's order instead.
+ */
+function fileOrder(pending: PendingTensor[]): PendingTensor[] {
+  const sorted = [...pending].sort((a, b) => a.info.offset - b.info.offset);
+  const closed = new Set<number>();
+  let open = -1;
+  for (const p of sorted) {
+    if (p.layer === undefined || p.layer === open) continue;
+    if (closed.has(p.layer)) return pending;
+    closed.add(open);
+    open = p.layer;
+  }
+  return sorted;
+}
+
+/**
  * Reads every planned tensor from the source and repacks it into kernel layout in wasm memory. A streamed layer is
  * repacked where it will run, in the slot (zeroed first: a layout's padding must read as fresh memory does), and its
  * image then moves to its tier: a host copy (warm) or the spill file (cold), written once here. So the bytes a layer
@@ -217,24 +266,29 @@ const SPILL_ALIGN = 4096;
  */
 export async function loadWeights(
   source: ByteSource,
-  memory: WebAssembly.Memory,
+  /** each kernel instance's memory */
+  memories: readonly WebAssembly.Memory[],
   pending: PendingTensor[],
   plan: WeightsPlan,
   onProgress?: (done: number, total: number) => void,
 ): Promise<LayerStager | undefined> {
   const total = pending.reduce((s, p) => s + p.info.byteSize, 0);
-  const heap = new Uint8Array(memory.buffer);
-  const { residency, layerBytes, slot } = plan;
+  const heaps = memories.map((m) => new Uint8Array(m.buffer));
+  const { residency, layerBytes, slotAt, instanceOf } = plan;
+  const slotOf = (l: number) => heaps[instanceOf[l]].subarray(slotAt[l], slotAt[l] + layerBytes[l]);
+  // with two slots a worker copies the next layer in, so it must see the warm images: shared buffers then
+  const ahead = plan.slotsPerInstance === 2;
   const images: Array<Uint8Array | undefined> = [];
   const coldAt: number[] = [];
   let spill: { dir: SpillDir; file: SpillFile } | undefined;
   let open = -1;
   const flush = () => {
     if (open < 0) return;
-    const image = heap.subarray(slot, slot + layerBytes[open]);
+    const image = slotOf(open);
     if (residency[open] === 'warm') {
       try {
-        images[open] = image.slice();
+        images[open] = ahead ? new Uint8Array(new SharedArrayBuffer(image.length)) : image.slice();
+        if (ahead) images[open]!.set(image);
       } catch (err) {
         throw new EdgeLLMError('BUDGET', `the host refused ${formatBytes(image.length)} for layer ${open}'s weights (warm)`, { cause: err });
       }
@@ -256,23 +310,23 @@ export async function loadWeights(
     let done = 0;
     // One buffer for every read (the plan counts readBytes), rather than a new one per read for V8 to collect late.
     const buffer = new Uint8Array(plan.readBytes);
-    for (const p of pending) {
+    for (const p of fileOrder(pending)) {
       const { info } = p;
       if (p.layer !== undefined && p.layer !== open) {
         flush();
         open = p.layer;
-        heap.fill(0, slot, slot + layerBytes[open]);
+        slotOf(open).fill(0);
       }
       if (p.vector !== undefined) {
         const bytes = await source.read(info.offset, info.byteSize, buffer);
-        new Float32Array(memory.buffer, p.vector, info.elements).set(dequantizeRow(info.type, bytes, info.elements));
+        new Float32Array(memories[p.instance].buffer, p.vector, info.elements).set(dequantizeRow(info.type, bytes, info.elements));
       } else {
         const m = p.matrix!;
         const { rowBytes, rowsPerChunk } = readChunk(p);
         for (let r0 = 0; r0 < m.rows; r0 += rowsPerChunk) {
           const nr = Math.min(rowsPerChunk, m.rows - r0);
           const bytes = await source.read(info.offset + r0 * rowBytes, nr * rowBytes, buffer);
-          m.kernel.repack(m, heap, bytes, r0, nr);
+          m.kernel.repack(m, heaps[p.instance], bytes, r0, nr);
         }
       }
       done += info.byteSize;
@@ -284,64 +338,118 @@ export async function loadWeights(
     throw err;
   }
   if (!residency.some((r) => r !== 'resident')) return undefined;
-  return new LayerStager(plan, heap, images, coldAt, spill, open);
+  // each slot holds the last layer repacked into it
+  const staged = new Map<number, number>();
+  residency.forEach((r, l) => r !== 'resident' && staged.set(slotKey(plan, l), l));
+  return new LayerStager(plan, heaps, images, coldAt, spill, staged);
 }
+
+/** Which slot of which instance a streamed layer runs in. */
+const slotKey = (plan: WeightsPlan, l: number) => plan.instanceOf[l] * 2 + plan.slotIndex[l];
 
 /** What streaming has done since load, for memory(). */
 export interface StagingUsage {
-  /** layers copied into the slot, and their bytes */
+  /** layers copied into a slot, and their bytes */
   stages: number;
   stagedBytes: number;
-  /** ms spent copying (warm) or reading (cold) them */
+  /** of stages, those a worker copied while the layer before ran (staging ahead) */
+  stagedAhead: number;
+  /** ms the forward pass spent on staging: copying (warm), reading (cold), or waiting for a copy ahead to finish */
   stageMs: number;
   /** the spill directory holding the cold layers, if any */
   spill?: string;
 }
 
 /**
- * Brings a streamed layer's image into the slot before the layer runs: one copy from its host buffer (warm) or one
- * positional read from the spill file (cold), straight into wasm memory. With threads the pool's workers read the slot
- * after the job that follows is published, which orders the copy before their reads.
+ * Brings a streamed layer's image into its slot before the layer runs: one copy from its host buffer (warm) or one
+ * positional read from the spill file (cold), straight into wasm memory. With two slots per instance and a staging
+ * worker (`ahead`), the next streamed layer is copied into the other slot while this one runs, and staging a layer is
+ * waiting for that copy. With threads the pool's workers read the slot after the job that follows is published, which
+ * orders the copy before their reads.
  */
 export class LayerStager {
   private stages = 0;
   private stagedBytes = 0;
+  private stagedAhead = 0;
   private stageMs = 0;
+  /** the layer the staging worker is copying, −1 for none */
+  private pending = -1;
+  /** per streamed layer, the next streamed one in forward order (the last wraps to the first), −1 for a resident layer */
+  private readonly next: number[];
+  private ahead: StageAhead | undefined;
 
   constructor(
     readonly plan: WeightsPlan,
-    private readonly heap: Uint8Array,
+    private readonly heaps: Uint8Array[],
     private images: Array<Uint8Array | undefined>,
     private readonly coldAt: number[],
     private readonly spill: { dir: SpillDir; file: SpillFile } | undefined,
-    /** the layer whose image the slot holds (the last one loaded), −1 for none */
-    private staged: number,
-  ) {}
+    /** per slot (slotKey), the layer whose image it holds; absent or −1 for none */
+    private readonly staged: Map<number, number>,
+  ) {
+    const streamed = plan.residency.flatMap((r, l) => (r === 'resident' ? [] : [l]));
+    this.next = plan.residency.map((r, l) => (r === 'resident' ? -1 : streamed[(streamed.indexOf(l) + 1) % streamed.length]));
+  }
+
+  /** Starts the staging worker: with two slots per instance, where workers can run. */
+  async startAhead(): Promise<void> {
+    const p = this.plan;
+    if (p.slotsPerInstance !== 2 || this.ahead) return;
+    const coldPath = this.spill && !this.spill.dir.location.startsWith('opfs:') ? `${this.spill.dir.location}/${this.spill.file.name}` : undefined;
+    this.ahead = await StageAhead.start({
+      memories: this.heaps.map((h) => h.buffer as SharedArrayBuffer),
+      images: p.residency.map((_, l) => this.images[l]?.buffer as SharedArrayBuffer | undefined),
+      coldPath, coldAt: this.coldAt, slotAt: p.slotAt, instanceOf: p.instanceOf, layerBytes: p.layerBytes,
+    });
+  }
 
   stage(layer: number): void {
-    const tier = this.plan.residency[layer];
-    if (tier === 'resident' || layer === this.staged) return;
+    const p = this.plan;
+    if (p.residency[layer] === 'resident') return;
+    const key = slotKey(p, layer);
     const t0 = performance.now();
-    const bytes = this.plan.layerBytes[layer];
-    const slot = this.heap.subarray(this.plan.slot, this.plan.slot + bytes);
-    // Until the copy completes the slot holds neither layer.
-    this.staged = -1;
-    if (tier === 'warm') slot.set(this.images[layer]!);
-    else this.spill!.file.read(this.coldAt[layer], slot);
-    this.staged = layer;
-    this.stages++;
-    this.stagedBytes += bytes;
+    if (this.pending >= 0) {
+      // the copy ahead is this layer's, unless a forward pass stopped short of it
+      this.ahead!.wait(this.pending);
+      this.staged.set(slotKey(p, this.pending), this.pending);
+      this.pending = -1;
+    }
+    if (this.staged.get(key) !== layer) {
+      const bytes = p.layerBytes[layer];
+      const slot = this.heaps[p.instanceOf[layer]].subarray(p.slotAt[layer], p.slotAt[layer] + bytes);
+      // Until the copy completes the slot holds neither layer.
+      this.staged.set(key, -1);
+      if (p.residency[layer] === 'warm') slot.set(this.images[layer]!);
+      else this.spill!.file.read(this.coldAt[layer], slot);
+      this.staged.set(key, layer);
+      this.stages++;
+      this.stagedBytes += bytes;
+    }
     this.stageMs += performance.now() - t0;
+    // Copy the next streamed layer while this one runs, unless it needs this layer's slot (an odd count's wrap).
+    const next = this.next[layer];
+    if (this.ahead?.can(next) && slotKey(p, next) !== key && this.staged.get(slotKey(p, next)) !== next) {
+      this.staged.set(slotKey(p, next), -1);
+      this.ahead.request(next);
+      this.pending = next;
+      this.stages++;
+      this.stagedAhead++;
+      this.stagedBytes += p.layerBytes[next];
+    }
   }
 
   usage(): StagingUsage {
-    return { stages: this.stages, stagedBytes: this.stagedBytes, stageMs: this.stageMs, spill: this.spill?.dir.location };
+    return { stages: this.stages, stagedBytes: this.stagedBytes, stagedAhead: this.stagedAhead, stageMs: this.stageMs, spill: this.spill?.dir.location };
   }
 
-  /** Drops the warm images and removes the spill directory. */
+  /** Stops the staging worker, drops the warm images and removes the spill directory. */
   async dispose(): Promise<void> {
+    const ahead = this.ahead;
+    this.ahead = undefined;
+    this.pending = -1;
     this.images = [];
-    this.staged = -1;
+    this.staged.clear();
+    await ahead?.dispose();
     await this.spill?.dir.dispose();
   }
 }

@@ -8,7 +8,13 @@ export interface Region {
 
 const PAGE = 65536;
 /** wasm32 addresses 4 GiB; engines commonly cap a Memory at 65536 pages. */
-const MAX_BYTES = 4 * 1024 * 1024 * 1024 - PAGE;
+export const WASM32_BYTES = 4 * 1024 * 1024 * 1024 - PAGE;
+
+/**
+ * A plan past one memory's limit (wasm32's 4 GiB, or LoadOptions.memoryPerInstance): the planner answers it with more
+ * kernel instances, each with a memory of its own, where it can.
+ */
+export class MemoryFull extends EdgeLLMError {}
 
 /**
  * The host's plan of linear memory: named, aligned regions handed out before any memory exists, so the total can be
@@ -18,17 +24,18 @@ export class Arena {
   readonly regions: Region[] = [];
   private top: number;
 
-  constructor(readonly base: number) {
+  constructor(readonly base: number, readonly limit = WASM32_BYTES) {
     this.top = base;
   }
 
   reserve(name: string, bytes: number, align = 64): number {
     if (!Number.isSafeInteger(bytes) || bytes < 0) throw new EdgeLLMError('BUDGET', `region ${name}: invalid size ${bytes}`);
     const offset = Math.ceil(this.top / align) * align;
-    if (offset + bytes > MAX_BYTES) {
-      throw new EdgeLLMError(
+    if (offset + bytes > this.limit) {
+      const what = this.limit === WASM32_BYTES ? "wasm32's 4 GiB" : `the ${formatBytes(this.limit)} of memoryPerInstance`;
+      throw new MemoryFull(
         'BUDGET',
-        `the plan needs more than wasm32's 4 GiB of linear memory at region ${name} (${formatBytes(offset + bytes)}); use a smaller context or a smaller model`,
+        `the plan needs more than ${what} of linear memory at region ${name} (${formatBytes(offset + bytes)}); use a smaller context or a smaller model`,
       );
     }
     this.regions.push({ name, offset, bytes });

@@ -16,7 +16,7 @@ export interface SpillFile {
 }
 
 export interface SpillDir {
-  /** where it is (a path, or 'opfs:/edgellm-…') */
+  /** where it is (a path, or 'opfs:/edgellm-spill-…') */
   readonly location: string;
   create(name: string): Promise<SpillFile>;
   /** closes every file and removes the directory; idempotent */
@@ -24,6 +24,8 @@ export interface SpillDir {
 }
 
 const PREFIX = 'edgellm-';
+/** OPFS spill directories: a prefix of their own, so the sweep never takes the download cache's `edgellm-cache`. */
+const OPFS_PREFIX = 'edgellm-spill-';
 /** A file name inside the directory: no separators or dot names, so create() cannot leave it. */
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
@@ -221,7 +223,7 @@ interface WebGlobals {
 
 /**
  * In OPFS a directory cannot name a live process, so each holds a Web Lock of its own name while its model lives.
- * The lock is released when dispose() lets it go or when the worker or page dies, so an edgellm-* directory whose
+ * The lock is released when dispose() lets it go or when the worker or page dies, so an edgellm-spill-* directory whose
  * lock is free belongs to nobody.
  */
 async function openOpfsDir(): Promise<SpillDir> {
@@ -229,7 +231,7 @@ async function openOpfsDir(): Promise<SpillDir> {
   const root = await nav.storage!.getDirectory!();
   const locks = nav.locks!;
   await sweepDeadOpfsDirs(root, locks);
-  const name = `${PREFIX}${randomSuffix()}`;
+  const name = `${OPFS_PREFIX}${randomSuffix()}`;
   let release!: () => void;
   const held = new Promise<void>((resolve) => (release = resolve));
   await new Promise<void>((acquired, failed) => {
@@ -291,7 +293,7 @@ async function openOpfsDir(): Promise<SpillDir> {
 async function sweepDeadOpfsDirs(root: OpfsDirHandle, locks: LockManager): Promise<void> {
   const stale: string[] = [];
   try {
-    for await (const entry of root.keys()) if (/^edgellm-[A-Za-z0-9]+$/.test(entry)) stale.push(entry);
+    for await (const entry of root.keys()) if (entry.startsWith(OPFS_PREFIX) && /^[A-Za-z0-9]+$/.test(entry.slice(OPFS_PREFIX.length))) stale.push(entry);
   } catch {
     return;
   }

@@ -98,17 +98,25 @@ function poolWorker(init, post) {
 // Node runs an eval'd worker as CommonJS, or as an ES module where the parent has --input-type=module: getBuiltinModule
 // (Node 20.16+) works in both, then require (CommonJS), then import(). The text never says require followed by a
 // parenthesis: scripts/build.mjs rejects that in the browser bundle, which will carry this source.
-const NODE_START = String.raw`
+const nodeStart = (entry: string) => String.raw`
 const wt = globalThis.process.getBuiltinModule?.('worker_threads') ?? (typeof require === 'function' ? require : null)?.call(null, 'worker_threads');
-const startNode = ({ parentPort, workerData }) => poolWorker(workerData, (m) => parentPort.postMessage(m));
+const startNode = ({ parentPort, workerData }) => ${entry}(workerData, (m) => parentPort.postMessage(m));
 if (wt) startNode(wt); else import('worker_threads').then(startNode);
 `;
 
-/** The worker's source for a platform: Node (worker_threads, init in workerData) or Web (Worker, init as the first message). */
-export function workerSource(platform: 'node' | 'web'): string {
+/**
+ * A worker's source for a platform: Node (worker_threads, init in workerData) or Web (Worker, init as the first
+ * message); `body` defines the function `entry(init, post)`, which returns when the worker is to end.
+ */
+export function workerScript(platform: 'node' | 'web', body: string, entry: string): string {
   const constants = `const C = ${JSON.stringify(CONTROL)};\n`;
   const start = platform === 'node'
-    ? NODE_START
-    : `self.onmessage = (e) => { self.onmessage = null; poolWorker(e.data, (m) => self.postMessage(m)); self.postMessage({ exited: true }); self.close(); };\n`;
-  return constants + MAIN + start;
+    ? nodeStart(entry)
+    : `self.onmessage = (e) => { self.onmessage = null; ${entry}(e.data, (m) => self.postMessage(m)); self.postMessage({ exited: true }); self.close(); };\n`;
+  return constants + body + start;
+}
+
+/** The kernel pool worker's source. */
+export function workerSource(platform: 'node' | 'web'): string {
+  return workerScript(platform, MAIN, 'poolWorker');
 }

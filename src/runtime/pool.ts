@@ -99,7 +99,7 @@ export class WorkerStartError extends EdgeLLMError {
 }
 
 /** What the pool needs of a Node or Web worker. */
-interface PoolWorker {
+export interface PoolWorker {
   terminate(): Promise<unknown> | void;
 }
 
@@ -130,7 +130,7 @@ const webExits = new WeakMap<object, { done: Promise<void>; resolve: () => void 
 /** How long dispose() waits for a Web worker to leave its loop before terminating it anyway. */
 const EXIT_GRACE_MS = 1000;
 
-async function nodeWorkerClass(): Promise<NodeWorkerClass> {
+export async function nodeWorkerClass(): Promise<NodeWorkerClass> {
   const p = (globalThis as { process?: NodeProcessLike }).process;
   // Reached at run time only, so no bundle (browser, Workers) sees a Node built-in: getBuiltinModule where this Node has
   // it (20.16+), else an import whose specifier bundlers do not follow.
@@ -143,7 +143,13 @@ async function nodeWorkerClass(): Promise<NodeWorkerClass> {
  * Starts one worker and resolves once it has instantiated the module (its only message). After that, its death (an
  * error outside a kernel, an exit nobody asked for) is reported to onLost.
  */
-function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeWorkerClass | undefined, onLost: (why: string) => void): Promise<PoolWorker> {
+export function startWorker<Init extends { index: number }>(
+  platform: PoolPlatform,
+  init: Init,
+  NodeWorker: NodeWorkerClass | undefined,
+  onLost: (why: string) => void,
+  source: (platform: PoolPlatform) => string = workerSource,
+): Promise<PoolWorker> {
   return new Promise((resolve, reject) => {
     let ready = false;
     const fail = (why: string) => (ready ? onLost(`kernel pool worker ${init.index} ${why}`) : reject(new WorkerStartError(`worker ${init.index} did not start: ${why}`)));
@@ -153,12 +159,12 @@ function startWorker(platform: PoolPlatform, init: WorkerInit, NodeWorker: NodeW
       resolve(worker);
     };
     if (platform === 'node') {
-      const worker = new NodeWorker!(workerSource('node'), { eval: true, workerData: init });
+      const worker = new NodeWorker!(source('node'), { eval: true, workerData: init });
       worker.on('message', (m: ReadyMessage) => onMessage(worker, m));
       worker.on('error', (e: Error) => fail(`failed: ${e.message}`));
       worker.on('exit', (code: number) => fail(`exited with code ${code}`));
     } else {
-      const url = URL.createObjectURL(new Blob([workerSource('web')], { type: 'text/javascript' }));
+      const url = URL.createObjectURL(new Blob([source('web')], { type: 'text/javascript' }));
       const worker = new Worker(url, { type: 'module' });
       // Revoked once the worker has run (Bun reads the URL after the constructor returns).
       worker.onmessage = (e: MessageEvent<ReadyMessage | { exited: true }>) => {
@@ -374,16 +380,19 @@ export class KernelPool {
     Atomics.store(this.words, CONTROL.CMD, CONTROL.CMD_EXIT);
     Atomics.add(this.words, CONTROL.GEN, 1);
     Atomics.notify(this.words, CONTROL.GEN);
-    await Promise.all(this.workers.map(async (w) => {
-      const exit = webExits.get(w);
-      if (exit) {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([exit.done, new Promise((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)))]);
-        clearTimeout(timer);
-      }
-      await w.terminate();
-    }));
+    await Promise.all(this.workers.map(stopWorker));
   }
+}
+
+/** Ends a worker that was told to leave its loop: a Web one is given a moment to close itself (webExits), then terminated. */
+export async function stopWorker(w: PoolWorker): Promise<void> {
+  const exit = webExits.get(w);
+  if (exit) {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([exit.done, new Promise((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)))]);
+    clearTimeout(timer);
+  }
+  await w.terminate();
 }
 
 /** A job as run() takes it: one kernel, and each part's arguments. */

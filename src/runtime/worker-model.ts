@@ -17,12 +17,12 @@
  * events, and the signal becomes abort messages. Nothing else of a call needs a protocol of its own.
  */
 import { EdgeLLMError, type ErrorCode } from '../errors.js';
-import type { LoadOptions, Model, ModelInfo } from '../api.js';
+import type { HeaderOptions, LoadOptions, Model, ModelInfo } from '../api.js';
 import { ModelTokenizer, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions } from '../chat/model-tokenizer.js';
 import { ChatSession, type SessionOptions } from '../chat/session.js';
 import type { ChatMessage } from '../chat/template.js';
-import { GGUFFile, readGGUF } from '../gguf/reader.js';
-import { openSource, type ModelSource, type PathOpener } from '../gguf/source.js';
+import { GGUFFile } from '../gguf/reader.js';
+import type { ModelSource } from '../gguf/source.js';
 
 /** Model's methods that run in the worker; stream: it returns an AsyncIterable, whose items are sent as they come. */
 const FORWARDED = {
@@ -343,25 +343,25 @@ interface WorkerScope {
  * Serves one model in this worker (browser-worker.ts): the first call is 'load', then FORWARDED's methods. `load` is
  * the platform's loadModel; `openPath` its opener of relative paths (for reading the header the page gets).
  */
-export function serveModel(load: (src: ModelSource, options: LoadOptions) => Promise<Model>, openPath: PathOpener, scope = globalThis as unknown as WorkerScope): void {
+export function serveModel(
+  load: (src: ModelSource, options: LoadOptions) => Promise<Model>,
+  readHeader: (src: ModelSource, options: HeaderOptions) => Promise<GGUFFile>,
+  scope = globalThis as unknown as WorkerScope,
+): void {
   let model: Model | undefined;
   const calls = new Map<number, AbortController>();
 
   async function loadHere(src: ModelSource, options: LoadOptions): Promise<Loaded> {
     if (model) throw new EdgeLLMError('BAD_ARGUMENT', 'this worker has a model already');
-    const { onProgress, signal } = options;
-    // The page builds its tokenizer from the header, read here once more (loadModel keeps no GGUF); a URL is fetched
-    // only once, here, and the model loads from those bytes.
-    const source = await openSource(src, { signal, onProgress: onProgress && ((loaded, total) => onProgress({ phase: 'download', loaded, total })) }, openPath);
-    let gguf: GGUFFile;
-    let from = src;
-    try {
-      gguf = await readGGUF(source);
-      if (typeof src === 'string') from = await source.read(0, source.size);
-    } finally {
-      await source.close();
-    }
-    model = await load(from, options);
+    const loaded = await load(src, options);
+    // The page builds its tokenizer from the header, read again here (loadModel keeps no GGUF): from the download cache
+    // the load filled, or by a range request for about the header's bytes.
+    const { signal, hf, cache } = options;
+    const gguf = await readHeader(src, { signal, hf, cache }).catch(async (err: unknown) => {
+      await loaded.dispose();
+      throw err;
+    });
+    model = loaded;
     const { version, metadata, metadataTypes: types, alignment, dataOffset } = gguf;
     return { info: model.info, header: { version, metadata, types, alignment, dataOffset }, fileSize: gguf.fileSize, name: gguf.sourceName };
   }
