@@ -88,9 +88,9 @@ export interface LoadOptions {
   memoryPerInstance?: string | number;
   /**
    * Whether a worker copies the next streamed layer into a second slot while the current one runs (default: where
-   * workers and shared memory are available and the threads leave a core free; true insists, false turns it off).
-   * Only matters when some layers are streamed; the second slot counts against memoryBudget (one is used if two do
-   * not fit), and the logits are the same.
+   * workers and shared memory are available; true insists, false turns it off). Only matters when some layers are
+   * streamed; the second slot counts against memoryBudget (under a budget one more layer may be streamed to make room
+   * for it; one slot where two never fit), and the logits are the same.
    */
   stageAhead?: boolean;
   /**
@@ -262,7 +262,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       weights: checkWeightsOption(options.weights ?? 'auto'),
       spill: spillSupport(),
       instanceLimit: options.memoryPerInstance === undefined ? WASM32_BYTES : parseInstanceLimit(options.memoryPerInstance),
-      stageAhead: planStageAhead(options.stageAhead, threading.threads, options.wasm !== undefined),
+      stageAhead: planStageAhead(options.stageAhead, options.wasm !== undefined),
       ...measureWeights(gguf, config),
     };
     if (fit.weights === 'cold' && !fit.spill.ok) throw new EdgeLLMError('BAD_ARGUMENT', `weights: 'cold' needs a disk to spill to: ${fit.spill.reason}`);
@@ -303,7 +303,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
         instances.push({ first, end, config: layers, kv, attention, state, kernels: profile ? profile.wrap(kernels) : kernels, memory: memories[n], pool });
       }
       stager = await loadWeights(source, memories, pending, plan.weightsPlan, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
-      await stager?.startAhead();
+      await stager?.startAhead(fit.stageAhead.includes('cold'));
       checkAborted(signal);
       const llama = new Llama(config, weights, instances, batchSize, stager);
       const regions = plan.instances.flatMap((i, n) => i.arena.regions.map((r) => (plan.instances.length > 1 ? { ...r, instance: n } : r)));
@@ -411,8 +411,11 @@ interface PlanFit {
   spill: ReturnType<typeof spillSupport>;
   /** the largest memory of one kernel instance */
   instanceLimit: number;
-  /** whether streamed layers get two slots per instance, the next one copied in by a worker while one runs */
-  stageAhead: boolean;
+  /**
+   * the tiers whose layers a staging worker can copy in ahead (none: one slot per instance; warm, and cold where the
+   * worker can open the spill file by path)
+   */
+  stageAhead: Residency[];
   /** per layer, the bytes of its weight matrices; and the weights outside the layers (embeddings, output, norms) */
   layerBytes: number[];
   headBytes: number;
@@ -437,13 +440,7 @@ function parseBudget(v: string | number): number {
  * With kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV cache first takes what the rest of the plan leaves
  * of the budget, so KV pages leave wasm before weights do.
  */
-function fitPlan(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[]): MemoryPlan | undefined {
-  // Staging ahead takes a second slot per instance: worth it where it fits, else streamed layers share one.
-  const ahead = f.stageAhead && residency.some((r) => r !== 'resident') ? fitSlots(f, context, kvOptions, residency, 2) : undefined;
-  return ahead ?? fitSlots(f, context, kvOptions, residency, 1);
-}
-
-function fitSlots(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[], slots: 1 | 2): MemoryPlan | undefined {
+function fitPlan(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[], slots: 1 | 2 = 1): MemoryPlan | undefined {
   let count = 0;
   // the first plan finds how many instances hold it; the KV tiers' re-plans below keep that many
   const plan = (kv: KVOptions) => {
@@ -474,7 +471,14 @@ function fitSlots(f: PlanFit, context: number, kvOptions: KVOptions, residency: 
 
 /** Each layer's weights resident, warm or cold, as the weights option and the budget allow (chooseResidency). */
 function fitWeights(f: PlanFit, context: number, kvOptions: KVOptions, option = f.weights) {
-  return chooseResidency(option, f.layerBytes, (r) => fitPlan(f, context, kvOptions, r), f.spill.ok);
+  // Staging ahead takes a second slot per instance. Where the streamed layers can be staged ahead, the fewest that
+  // fit with two slots, though that may stream one more layer than one slot would: a copy overlapped with compute
+  // costs less than one on the pass's thread (docs/memory.md). Else the fewest with one slot.
+  const fit = (slots: 1 | 2) => (r: Residency[]) => {
+    if (r.every((x) => x === 'resident')) return fitPlan(f, context, kvOptions, r);
+    return slots === 1 || r.some((x) => f.stageAhead.includes(x)) ? fitPlan(f, context, kvOptions, r, slots) : undefined;
+  };
+  return (f.stageAhead.length ? chooseResidency(option, f.layerBytes, fit(2), f.spill.ok) : undefined) ?? chooseResidency(option, f.layerBytes, fit(1), f.spill.ok);
 }
 
 /** Each layer's weight bytes, and those outside the layers: measured with every layer streamed, so any size measures. */
@@ -485,16 +489,19 @@ function measureWeights(gguf: GGUFFile, config: LlamaConfig): { layerBytes: numb
 }
 
 /**
- * Whether streamed layers are staged ahead by a worker: asked (true: an error where it cannot run), refused (false),
- * or by default where it can run and a core is left over by the threads, since the copy competes with them otherwise.
+ * Which streamed tiers a worker stages ahead: asked (true: an error where it cannot run), refused (false), or by
+ * default wherever it can run. Even with a thread per core it pays: on 2 cores at 2 threads, cold layers decoded
+ * 8.8 tok/s staged on the pass's thread and 13.5 staged ahead (docs/memory.md). Cold layers only where the worker can
+ * open the spill file by path (Node, Deno, Bun; not OPFS).
  */
-function planStageAhead(option: boolean | undefined, threads: number, ownWasm: boolean): boolean {
+function planStageAhead(option: boolean | undefined, ownWasm: boolean): Residency[] {
   if (option !== undefined && typeof option !== 'boolean') throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead must be true or false, got ${JSON.stringify(option)}`);
-  if (option === false) return false;
+  if (option === false) return [];
   const support = stageAheadSupport();
   const why = ownWasm ? 'the wasm option gives one unshared kernel module' : 'reason' in support ? support.reason : undefined;
   if (option === true && why) throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead: true cannot run here: ${why}`);
-  return option === true || (why === undefined && availableCores() > threads);
+  if (!support.ok || why !== undefined) return [];
+  return support.node ? ['warm', 'cold'] : ['warm'];
 }
 
 /** Most threads 'auto' takes: past the physical cores, extra threads slow decoding down (as llama.cpp's do). */
@@ -523,6 +530,20 @@ function planThreads(option: number | 'auto', ownWasm: boolean): { threads: numb
  */
 function budgetError(f: PlanFit, context: number, kvOptions: KVOptions): EdgeLLMError {
   const n = f.config.nLayers;
+  // A part no memory holds, however many instances: even the smallest plan (1 token, every layer streamed) is refused.
+  try {
+    planInstances(f, 1, { ...kvOptions, hotBytes: undefined }, new Array<Residency>(n).fill(f.spill.ok ? 'cold' : 'warm'));
+  } catch (err) {
+    if (!(err instanceof MemoryFull)) throw err;
+    const largest = Math.max(0, ...f.layerBytes);
+    const raise = f.instanceLimit < WASM32_BYTES ? 'raise memoryPerInstance' : 'use a smaller or more quantized model';
+    return new EdgeLLMError(
+      'BUDGET',
+      `one wasm memory of ${formatBytes(f.instanceLimit)} (memoryPerInstance) cannot hold a kernel instance's least: instance 0 holds the token ` +
+        `embeddings, output and norms (${formatBytes(f.headBytes)}) and the run state (logits of a batch of ${f.batchSize}: ` +
+        `${formatBytes(f.batchSize * f.config.vocab * 4)}), and an instance at least one layer (the largest ${formatBytes(largest)}); ${raise}`,
+    );
+  }
   const needs = (ctx: number, kv: KVOptions, r: Residency) => {
     try {
       return formatBytes(plannedBytes(planInstances(f, ctx, kv, new Array<Residency>(n).fill(r))));

@@ -143,6 +143,7 @@ const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores
   --weights auto|resident|warm|cold
                            where the layers' weights live (default auto: resident unless the budget says
                            otherwise; warm: host memory; cold: a spill file), the same tokens
+  --stage-ahead on|off     streamed layers: a worker copies the next one in while one runs (default on where it can)
   --memory-per-instance SIZE
                            the largest wasm memory of one kernel instance (default 4GiB less 64KiB); a larger
                            model is split over several, whole layers each, the same tokens
@@ -326,17 +327,20 @@ const ENGINE_FLAGS: FlagSpec[] = [
   { name: 'memory-budget', kind: 'string' },
   { name: 'weights', kind: 'string' },
   { name: 'memory-per-instance', kind: 'string' },
+  { name: 'stage-ahead', kind: 'string' },
   { name: 'cache-dir', kind: 'string' },
   { name: 'no-cache', kind: 'bool' },
   { name: 'verbose', short: 'v', kind: 'bool' },
 ];
 
 /** The loader validates the values (BAD_ARGUMENT naming the choices); absent flags stay absent, for its defaults. */
-function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget' | 'weights' | 'memoryPerInstance' | 'cache'> {
+function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attention' | 'memoryBudget' | 'weights' | 'memoryPerInstance' | 'stageAhead' | 'cache'> {
   useCacheDir(p);
   const defined = <T extends object>(o: T): T | undefined => (Object.keys(withoutUndefined(o)).length ? o : undefined);
   const threads = p.flags.get('threads') as string | undefined;
   if (threads !== undefined && threads !== 'auto' && !/^[1-9][0-9]*$/.test(threads)) throw new UsageError(`--threads is a count or auto, got ${threads}`);
+  const ahead = p.flags.get('stage-ahead') as string | undefined;
+  if (ahead !== undefined && ahead !== 'on' && ahead !== 'off') throw new UsageError(`--stage-ahead is on or off, got ${ahead}`);
   return {
     // The command line uses the cores by default, as llama.cpp's tools do (the library defaults to 1: an app opts in).
     threads: threads === undefined || threads === 'auto' ? 'auto' : Number(threads),
@@ -356,6 +360,7 @@ function engineOptions(p: Parsed): Pick<LoadOptions, 'threads' | 'kv' | 'attenti
     memoryBudget: p.flags.get('memory-budget') as string | undefined,
     weights: p.flags.get('weights') as LoadOptions['weights'],
     memoryPerInstance: p.flags.get('memory-per-instance') as string | undefined,
+    stageAhead: ahead === undefined ? undefined : ahead === 'on',
     ...(p.flags.get('no-cache') ? { cache: false as const } : {}),
   };
 }

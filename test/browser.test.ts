@@ -762,4 +762,44 @@ describe.skipIf(!HAVE)('the cold KV tier in OPFS (headless Chromium, loadModelIn
     p.check();
     await p.page.close();
   });
+
+  it("cold weights: every layer streamed from an OPFS spill file in the model's worker gives Node's tokens, and dispose removes it", async () => {
+    const ref = await loadModel(modelPath(SOTU.file), { contextLength: context });
+    const ids: number[] = [];
+    await ref.complete(API.prompt, { maxTokens, onToken: (id) => ids.push(id) });
+    void ref.dispose();
+
+    const p = await ExamplePage.open(desktop, server.url, true);
+    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    const r = await p.page.evaluate(async ({ url, context, prompt, maxTokens }) => {
+      const lib = (window as unknown as ApiHooks).edgellmLib!;
+      const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
+      const dirs = async () => {
+        const out: string[] = [];
+        for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
+        return out;
+      };
+      const model = await lib.loadModelInWorker(url, { contextLength: context, weights: 'cold', threads: 2 });
+      const ids: number[] = [];
+      await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
+      const { weights, regions } = await model.memory();
+      const during = await dirs();
+      await model.dispose();
+      return { ids, weights, slots: regions.filter((g) => g.name.startsWith('weights.slot')).length, during, after: await dirs() };
+    }, { url: `/models/${SOTU.file}`, context, prompt: API.prompt, maxTokens });
+
+    expect(r.ids).toEqual(ids);
+    expect(r.weights.layers.every((x) => x === 'cold')).toBe(true);
+    expect(r.weights.spill).toMatch(/^opfs:\/edgellm-spill-/);
+    expect(r.weights.stages, 'every layer read back from OPFS on every pass').toBeGreaterThan(r.weights.layers.length);
+    // a worker cannot read another's OPFS handle: cold layers are staged on the model worker's thread, one slot
+    expect(r.weights.stagedAhead).toBe(0);
+    expect(r.slots).toBe(1);
+    expect(r.during).toHaveLength(1);
+    expect(r.after, 'dispose removed the directory').toEqual([]);
+    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
+    p.check();
+    await p.page.close();
+  });
 });

@@ -3,7 +3,7 @@
 // EDGELLM_CACHE; progress on stderr as plain lines when stderr is not a terminal. The model is a synthetic GGUF.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { cacheKey } from '../src/gguf/cache.js';
@@ -103,5 +103,31 @@ describe('edgellm CLI: the download cache', () => {
     const help = await cli(['cache', '--help']);
     expect(help.code).toBe(0);
     expect(help.stdout).toMatch(/EDGELLM_CACHE/);
+  });
+});
+
+/** `script` (util-linux) runs a command on a real pseudo-terminal, as a user's shell would. */
+const SCRIPT = ['/usr/bin/script', '/bin/script'].find((p) => existsSync(p));
+if (!SCRIPT) console.warn('\n*** SKIPPED: the progress bar on a terminal (test/cli-cache.test.ts): no util-linux `script` to give the CLI a pseudo-terminal ***\n');
+
+describe.skipIf(!SCRIPT)('edgellm CLI: progress on a terminal', () => {
+  it('draws one redrawn line per step: a bar, the percentage, the amount and the rate, closed by a summary line', async () => {
+    const empty = mkdtempSync(path.join(tmpdir(), 'edgellm-cli-tty-'));
+    try {
+      const command = `stty cols 100; '${process.execPath}' '${CLI}' run '${url()}' -p the -n 3 --temperature 0 --threads 1 --cache-dir '${empty}'`;
+      const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        const p = spawn(SCRIPT!, ['-qec', command, '/dev/null'], { cwd: ROOT, env: { ...process.env, EDGELLM_DEBUG: '' } });
+        let out = '';
+        p.stdout.on('data', (d) => (out += d));
+        p.on('close', (code) => resolve({ code, out }));
+      });
+      expect(r.code, r.out).toBe(0);
+      // the terminal gets the bar redrawn in place (carriage return, erase to end of line), then the step's summary
+      expect(r.out).toMatch(/\rdownload \[[█░]{5,30}\] +\d+% [\d.]+ \w+ \/ [\d.]+ \w+/);
+      expect(r.out).toMatch(/\r\x1b\[Kdownload 100% [\d.]+ \w+ in [\d.]+ s/);
+      expect(r.out).toMatch(/\rweights \[[█░]{5,30}\]/);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
   });
 });

@@ -136,6 +136,17 @@ describe.skipIf(!have)('edgellm CLI on real models', () => {
     expect(tight.stderr).toMatch(/disk +weights, cold/);
     expect(tight.stderr).toMatch(/in memory \(wasm \+ host\): [\d.]+ MiB of the budget 22\.0 MiB/);
     expect(free.stderr).not.toMatch(/memory plan/);
+
+    // split over kernel instances (a memory each): the same text, and -v says how
+    const split = cli(...args, '-v', '--memory-per-instance', '18MB');
+    expect(split.code, split.stderr).toBe(0);
+    expect(split.stdout).toBe(free.stdout);
+    expect(split.stderr).toMatch(/wasm in [2-6] kernel instances: #0 layers 0-\d /);
+    const off = cli(...args, '--weights', 'cold', '--stage-ahead', 'off');
+    expect(off.stdout).toBe(free.stdout);
+    // the token embeddings (9.4 MiB in Q8_0) and a batch's logits sit in instance 0 whole
+    expect(cli(...args, '--memory-per-instance', '8MB').stderr).toMatch(/one wasm memory of 8\.0 MiB \(memoryPerInstance\) cannot hold a kernel instance's least: instance 0 holds the token embeddings, output and norms \([\d.]+ MiB\) and the run state \(logits of a batch of 32: [\d.]+ MiB\), and an instance at least one layer \(the largest [\d.]+ [KM]iB\); raise memoryPerInstance/);
+    expect(cli(...args, '--stage-ahead', 'maybe')).toMatchObject({ code: 2, stderr: expect.stringContaining('--stage-ahead is on or off') });
   });
 
   it('perplexity --json on sotu-15m-q8_0: last line is the JSON, identical to the API', async () => {

@@ -6,7 +6,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { EdgeLLMError, loadModel, loadTokenizer, type ErrorCode, type Model } from '../src/index.js';
+import { EdgeLLMError, loadModel, loadTokenizer, type Model } from '../src/index.js';
+import { expectCodeAsync } from './util/expect.js';
 import { memorySource } from '../src/gguf/source.js';
 import { openFile } from '../src/gguf/file.js';
 import { GGUFValueType, readGGUF, type GGUFFile } from '../src/gguf/reader.js';
@@ -21,18 +22,6 @@ const SOTU = modelPath('sotu-15m-q8_0.gguf');
 const TINY = modelPath('tiny-260k-q8_0.gguf');
 const IDS = [1, 400, 3000, 29, 871, 17, 2];
 const TOKEN = 'hf_test_token';
-
-async function codeOf(run: () => Promise<unknown>, code: ErrorCode): Promise<EdgeLLMError> {
-  let err: unknown;
-  try {
-    await run();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'expected a rejection').toBeInstanceOf(EdgeLLMError);
-  expect((err as EdgeLLMError).code, (err as Error).message).toBe(code);
-  return err as EdgeLLMError;
-}
 
 async function logits(model: Model, ids = IDS): Promise<Float32Array> {
   try {
@@ -194,16 +183,16 @@ describe.skipIf(!have)('hf: names and split GGUFs against a hub on loopback', ()
     try {
       process.env.HF_ENDPOINT = hub.url;
       delete process.env.HF_TOKEN;
-      const err = await codeOf(() => loadTokenizer('hf:tester/sotu-GGUF:Q8_0', { cache: false }), 'BAD_SOURCE');
+      const err = await expectCodeAsync(() => loadTokenizer('hf:tester/sotu-GGUF:Q8_0', { cache: false }), 'BAD_SOURCE');
       expect(err.message).toMatch(/401.*HF_TOKEN/);
-      await codeOf(() => loadTokenizer('hf:tester/sotu-GGUF/sotu-15m-Q8_0.gguf', { cache: false }), 'BAD_SOURCE');
+      await expectCodeAsync(() => loadTokenizer('hf:tester/sotu-GGUF/sotu-15m-Q8_0.gguf', { cache: false }), 'BAD_SOURCE');
       process.env.HF_TOKEN = TOKEN;
       expect((await loadTokenizer('hf:tester/sotu-GGUF:Q8_0', { cache: false })).info.vocabSize).toBe(32000);
       // a quant the repo lacks, and a repo that does not exist
-      expect((await codeOf(() => loadTokenizer('hf:tester/sotu-GGUF:Q5_K_M', { cache: false }), 'BAD_SOURCE')).message).toMatch(/Q4_0, Q8_0/);
-      expect((await codeOf(() => loadTokenizer('hf:tester/absent-GGUF:Q8_0', { cache: false }), 'BAD_SOURCE')).message).toMatch(/404/);
+      expect((await expectCodeAsync(() => loadTokenizer('hf:tester/sotu-GGUF:Q5_K_M', { cache: false }), 'BAD_SOURCE')).message).toMatch(/Q4_0, Q8_0/);
+      expect((await expectCodeAsync(() => loadTokenizer('hf:tester/absent-GGUF:Q8_0', { cache: false }), 'BAD_SOURCE')).message).toMatch(/404/);
       process.env.HF_ENDPOINT = 'ftp://example.com';
-      await codeOf(() => loadTokenizer('hf:tester/sotu-GGUF:Q8_0', { cache: false }), 'BAD_ARGUMENT');
+      await expectCodeAsync(() => loadTokenizer('hf:tester/sotu-GGUF:Q8_0', { cache: false }), 'BAD_ARGUMENT');
     } finally {
       for (const [key, value] of [['HF_TOKEN', saved.token], ['HF_ENDPOINT', saved.endpoint]] as const) {
         if (value === undefined) delete process.env[key];
@@ -245,22 +234,22 @@ describe.skipIf(!have)('hf: names and split GGUFs against a hub on loopback', ()
     };
     const counts = [10, 20, 17];
     const missing = write('missing', { counts }, 2);
-    expect((await codeOf(() => loadModel(missing(0)), 'BAD_SOURCE')).message).toMatch(/part 3 of 3/);
-    expect((await codeOf(() => loadModel(missing(1)), 'BAD_ARGUMENT')).message).toMatch(/tiny-00001-of-00003\.gguf/);
+    expect((await expectCodeAsync(() => loadModel(missing(0)), 'BAD_SOURCE')).message).toMatch(/part 3 of 3/);
+    expect((await expectCodeAsync(() => loadModel(missing(1)), 'BAD_ARGUMENT')).message).toMatch(/tiny-00001-of-00003\.gguf/);
     const numbering = write('numbering', { counts, edit: (i, kv) => i === 2 && kv.set('split.no', { key: 'split.no', type: GGUFValueType.UINT16, value: 1 }) });
-    expect((await codeOf(() => loadModel(numbering(0)), 'BAD_METADATA')).message).toMatch(/split\.no 1, expected 2/);
+    expect((await expectCodeAsync(() => loadModel(numbering(0)), 'BAD_METADATA')).message).toMatch(/split\.no 1, expected 2/);
     const count = write('count', { counts, edit: (i, kv) => i === 1 && kv.set('split.count', { key: 'split.count', type: GGUFValueType.UINT16, value: 4 }) });
-    await codeOf(() => loadModel(count(0)), 'BAD_METADATA');
+    await expectCodeAsync(() => loadModel(count(0)), 'BAD_METADATA');
     const duplicate = write('duplicate', { counts, edit: (i, _kv, tensors) => i === 2 && (tensors[0] = tinyGGUF.tensors[0].name) });
-    expect((await codeOf(() => loadModel(duplicate(0)), 'BAD_METADATA')).message).toMatch(/is in part 1 and part 3/);
+    expect((await expectCodeAsync(() => loadModel(duplicate(0)), 'BAD_METADATA')).message).toMatch(/is in part 1 and part 3/);
     const total = write('total', {
       counts,
       edit: (i, kv) => i === 0 && kv.set('split.tensors.count', { key: 'split.tensors.count', type: GGUFValueType.INT32, value: 99 }),
     });
-    expect((await codeOf(() => loadModel(total(0)), 'BAD_METADATA')).message).toMatch(/split\.tensors\.count is 99/);
+    expect((await expectCodeAsync(() => loadModel(total(0)), 'BAD_METADATA')).message).toMatch(/split\.tensors\.count is 99/);
     // bytes have no name to find the other parts by
     const bytes = new Uint8Array(readFileSync(missing(0)));
-    expect((await codeOf(() => loadModel(bytes), 'BAD_SOURCE')).message).toMatch(/first part's path or URL/);
+    expect((await expectCodeAsync(() => loadModel(bytes), 'BAD_SOURCE')).message).toMatch(/first part's path or URL/);
   });
 
   const CLI = path.join(ROOT, 'dist/cli.js');

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { loadModel, EdgeLLMError, type LoadOptions } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { splitLayers } from '../src/plan/instances.js';
-import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
+import { makeSyntheticLlama, q4kmLikeTypes, type SyntheticSpec } from './util/synthetic.js';
 import { seededIds } from './util/compare.js';
 
 const { F32, F16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0 } = GGMLType;
@@ -16,14 +16,7 @@ const { F32, F16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0 } = GGMLType;
 const BASE: SyntheticSpec = { dim: 512, nLayers: 6, nHeads: 8, nKvHeads: 4, ffn: 1536, vocab: 384, ctx: 128 };
 
 function q4kmTypes(nLayers: number): Record<string, number> {
-  const t: Record<string, number> = { 'token_embd.weight': Q4_K, 'output.weight': Q6_K };
-  for (let l = 0; l < nLayers; l++) {
-    const more = l === 0 || l === nLayers - 1;
-    t[`blk.${l}.attn_v.weight`] = more ? Q6_K : Q4_K;
-    t[`blk.${l}.ffn_down.weight`] = more ? Q6_K : Q4_K;
-  }
-  Object.assign(t, { 'blk.1.attn_q.weight': Q8_0, 'blk.2.attn_k.weight': F16, 'blk.3.ffn_gate.weight': Q5_0, 'blk.4.attn_output.weight': F32 });
-  return t;
+  return { ...q4kmLikeTypes(nLayers), 'blk.1.attn_q.weight': Q8_0, 'blk.2.attn_k.weight': F16, 'blk.3.ffn_gate.weight': Q5_0, 'blk.4.attn_output.weight': F32 };
 }
 
 const MODELS: Record<string, SyntheticSpec> = {
@@ -133,7 +126,7 @@ describe('instances with streamed layers, KV tiers and sparse attention', () => 
     }
     const err = await loadModel(bytes, { memoryPerInstance: '1MB', weights: 'resident' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(EdgeLLMError);
-    expect(err).toMatchObject({ code: 'BUDGET', message: expect.stringMatching(/needs more than a wasm memory \(1\.0 MiB\) holds in one part; /) });
+    expect(err).toMatchObject({ code: 'BUDGET', message: expect.stringMatching(/^one wasm memory of 1\.0 MiB \(memoryPerInstance\) cannot hold a kernel instance's least: .*; raise memoryPerInstance$/) });
   });
 });
 

@@ -6,7 +6,8 @@ import { promisify } from 'node:util';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { EdgeLLMError, loadModel, loadTokenizer, type ErrorCode, type Model } from '../src/index.js';
+import { EdgeLLMError, loadModel, loadTokenizer, type Model } from '../src/index.js';
+import { expectCodeAsync } from './util/expect.js';
 import { openLocalSource } from '../src/gguf/file.js';
 import { readGGUF } from '../src/gguf/reader.js';
 import { openHttp } from '../src/gguf/source.js';
@@ -17,18 +18,6 @@ const have = announceSkipIfNoModels('HTTP range-read tests (test/remote.test.ts)
 const FILE = modelPath('sotu-15m-q8_0.gguf');
 const IDS = [1, 400, 3000, 29, 871, 17, 2];
 const MiB = 1 << 20;
-
-async function codeOf(run: () => Promise<unknown>, code: ErrorCode): Promise<EdgeLLMError> {
-  let err: unknown;
-  try {
-    await run();
-  } catch (e) {
-    err = e;
-  }
-  expect(err, 'expected a rejection').toBeInstanceOf(EdgeLLMError);
-  expect((err as EdgeLLMError).code, (err as Error).message).toBe(code);
-  return err as EdgeLLMError;
-}
 
 async function logits(model: Model): Promise<Float32Array> {
   try {
@@ -150,7 +139,7 @@ describe.skipIf(!have)('HTTP sources', () => {
       fresh({ ranges, cutAfterBytes: ranges ? undefined : 50_000, cutRequests: 1000 });
       const source = await openHttp(url);
       server.set({ cutAfterBytes: 50_000, cutRequests: 1000 });
-      const err = await codeOf(() => source.read(8 * MiB, MiB), 'BAD_SOURCE');
+      const err = await expectCodeAsync(() => source.read(8 * MiB, MiB), 'BAD_SOURCE');
       expect(err.message).toContain(url);
       expect(err.message).toMatch(/offset \d+|bytes \d+-\d+/);
       expect(err.message).toMatch(/5 times/);
@@ -161,16 +150,16 @@ describe.skipIf(!have)('HTTP sources', () => {
   it('404, 416 and 500 answers are BAD_SOURCE with the status, at open and mid-load', async () => {
     for (const status of [404, 416, 500]) {
       fresh({ status: { [P]: status } });
-      const err = await codeOf(() => openHttp(url), 'BAD_SOURCE');
+      const err = await expectCodeAsync(() => openHttp(url), 'BAD_SOURCE');
       expect(err.message).toContain(String(status));
       fresh();
       const source = await openHttp(url);
       server.set({ status: { [P]: status } });
-      expect((await codeOf(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toContain(String(status));
+      expect((await expectCodeAsync(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toContain(String(status));
       await source.close();
     }
     fresh();
-    await codeOf(() => loadModel(server.url + '/no/such.gguf', { cache: false }), 'BAD_SOURCE');
+    await expectCodeAsync(() => loadModel(server.url + '/no/such.gguf', { cache: false }), 'BAD_SOURCE');
   });
 
   it('a file that changes on the server mid-load is a clean error, never mixed bytes', async () => {
@@ -183,7 +172,7 @@ describe.skipIf(!have)('HTTP sources', () => {
       try {
         // without ranges, reading behind the stream restarts the GET, whose new ETag gives the change away
         const read = ranges ? () => source.read(5 * MiB, 1000) : async () => (await source.read(6 * MiB, 10), source.read(5 * MiB, 10));
-        expect((await codeOf(read, 'BAD_SOURCE')).message).toMatch(/changed on the server/);
+        expect((await expectCodeAsync(read, 'BAD_SOURCE')).message).toMatch(/changed on the server/);
       } finally {
         await source.close();
         server.serve({ path: P, file: FILE });
@@ -199,23 +188,23 @@ describe.skipIf(!have)('HTTP sources', () => {
         if (res.headers['content-range']) res.headers['content-range'] = res.headers['content-range'].replace(/^bytes (\d+)/, (_, a) => `bytes ${Number(a) + 1}`);
       },
     });
-    expect((await codeOf(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toMatch(/Content-Range/);
+    expect((await expectCodeAsync(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toMatch(/Content-Range/);
     // a server that starts answering ranges with the whole file
     server.set({ alter: undefined, ranges: false });
-    expect((await codeOf(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toMatch(/whole file/);
+    expect((await expectCodeAsync(() => source.read(4 * MiB, 1000), 'BAD_SOURCE')).message).toMatch(/whole file/);
     await source.close();
 
     fresh({ alter: (res) => void (res.headers['content-range'] = 'bytes 0-1048575/99999999999999999999') });
-    await codeOf(() => openHttp(url), 'BAD_SOURCE');
+    await expectCodeAsync(() => openHttp(url), 'BAD_SOURCE');
     fresh({ alter: (res) => void (res.headers['content-range'] = `bytes 0-1048575/${2 ** 53 + 2}`) });
-    await codeOf(() => openHttp(url), 'BAD_SOURCE');
+    await expectCodeAsync(() => openHttp(url), 'BAD_SOURCE');
     fresh({ ranges: false, alter: (res) => void (res.headers['content-length'] = String(2 ** 53 + 1)) });
-    await codeOf(() => openHttp(url), 'BAD_SOURCE');
+    await expectCodeAsync(() => openHttp(url), 'BAD_SOURCE');
 
     // an empty file: its size is 0, and the reader says so
     fresh();
     server.serve({ path: '/empty.gguf', bytes: new Uint8Array(0) });
-    await codeOf(() => loadTokenizer(server.url + '/empty.gguf', { cache: false }), 'TRUNCATED');
+    await expectCodeAsync(() => loadTokenizer(server.url + '/empty.gguf', { cache: false }), 'TRUNCATED');
   });
 
   it('abort during a URL load is ABORTED', async () => {
@@ -224,7 +213,7 @@ describe.skipIf(!have)('HTTP sources', () => {
       const controller = new AbortController();
       const run = () =>
         loadModel(url, { cache: false, signal: controller.signal, onProgress: (p) => p.phase === 'download' && p.loaded > 3 * MiB && controller.abort() });
-      await codeOf(run, 'ABORTED');
+      await expectCodeAsync(run, 'ABORTED');
     }
   });
 

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { loadModel, EdgeLLMError, type LoadOptions } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
-import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
+import { makeSyntheticLlama, q4kmLikeTypes, type SyntheticSpec } from './util/synthetic.js';
 import { seededIds } from './util/compare.js';
 import { checkDist } from './util/dist.js';
 import { ROOT } from './util/shared.js';
@@ -22,17 +22,9 @@ const { F32, F16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0 } = GGMLType;
 /** Four layers of 256 wide: the K-quants need rows of 256. */
 const BASE: SyntheticSpec = { dim: 256, nLayers: 4, nHeads: 4, nKvHeads: 2, ffn: 512, vocab: 320, ctx: 128 };
 
-/** llama.cpp's Q4_K_M idea: Q4_K, with attn_v and ffn_down in Q6_K on some layers only, so the layers' images differ. */
+/** A Q4_K_M-like mix, and a few other types on single layers, as a hand-made mix might have. */
 function q4kmTypes(nLayers: number): Record<string, number> {
-  const t: Record<string, number> = { 'token_embd.weight': Q4_K, 'output.weight': Q6_K };
-  for (let l = 0; l < nLayers; l++) {
-    const more = l === 0 || l === nLayers - 1;
-    t[`blk.${l}.attn_v.weight`] = more ? Q6_K : Q4_K;
-    t[`blk.${l}.ffn_down.weight`] = more ? Q6_K : Q4_K;
-  }
-  // and a few other types on one layer, as a hand-made mix might have
-  Object.assign(t, { 'blk.1.attn_q.weight': Q8_0, 'blk.1.attn_k.weight': F16, 'blk.2.ffn_gate.weight': Q5_0, 'blk.2.attn_output.weight': F32, 'blk.3.attn_q.weight': Q6_K });
-  return t;
+  return { ...q4kmLikeTypes(nLayers), 'blk.1.attn_q.weight': Q8_0, 'blk.1.attn_k.weight': F16, 'blk.2.ffn_gate.weight': Q5_0, 'blk.2.attn_output.weight': F32, 'blk.3.attn_q.weight': Q6_K };
 }
 
 const MODELS: Record<string, SyntheticSpec> = {
@@ -126,7 +118,7 @@ describe("'auto' and the budget", () => {
     // budget short of the second largest and half the third takes three layers out.
     const [, second, third] = [...resident.memory.weights.layerBytes].sort((a, b) => b - a);
     const budget = resident.memory.plannedBytes - second - Math.round(third / 2);
-    const r = await run(bytes, { memoryBudget: budget });
+    const r = await run(bytes, { memoryBudget: budget, stageAhead: false });
     const m = r.memory;
     expect(m.budgetBytes).toBe(budget);
     expect(m.plannedBytes).toBeLessThanOrEqual(budget);
@@ -142,6 +134,15 @@ describe("'auto' and the budget", () => {
     expect(m.weights.slotBytes).toBe(Math.max(...sizes));
     expect(r.logits.equals(resident.logits)).toBe(true);
     expect(r.tokens).toEqual(resident.tokens);
+
+    // Staging ahead needs a second slot: under the same budget it streams all four layers to make room for it,
+    // since a copy overlapped with compute costs less than one on the pass's thread.
+    const ahead = await run(bytes, { memoryBudget: budget });
+    expect(ahead.memory.plannedBytes).toBeLessThanOrEqual(budget);
+    expect(ahead.memory.weights.layers).toEqual(['cold', 'cold', 'cold', 'cold']);
+    expect(ahead.memory.regions.filter((g) => g.name.startsWith('weights.slot')).length).toBe(2);
+    expect(ahead.memory.weights.stagedAhead).toBeGreaterThan(0);
+    expect(ahead.logits.equals(resident.logits)).toBe(true);
   });
 
   it("weights: 'resident' under a budget it cannot meet says that streaming would fit", async () => {

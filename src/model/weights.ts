@@ -391,11 +391,14 @@ export class LayerStager {
     this.next = plan.residency.map((r, l) => (r === 'resident' ? -1 : streamed[(streamed.indexOf(l) + 1) % streamed.length]));
   }
 
-  /** Starts the staging worker: with two slots per instance, where workers can run. */
-  async startAhead(): Promise<void> {
+  /**
+   * Starts the staging worker, where the plan has two slots per instance; `cold`: the worker reads cold layers from
+   * the spill file by path (a file system it can open: Node, Deno, Bun).
+   */
+  async startAhead(cold: boolean): Promise<void> {
     const p = this.plan;
     if (p.slotsPerInstance !== 2 || this.ahead) return;
-    const coldPath = this.spill && !this.spill.dir.location.startsWith('opfs:') ? `${this.spill.dir.location}/${this.spill.file.name}` : undefined;
+    const coldPath = cold && this.spill && !this.spill.dir.location.startsWith('opfs:') ? `${this.spill.dir.location}/${this.spill.file.name}` : undefined;
     this.ahead = await StageAhead.start({
       memories: this.heaps.map((h) => h.buffer as SharedArrayBuffer),
       images: p.residency.map((_, l) => this.images[l]?.buffer as SharedArrayBuffer | undefined),

@@ -376,3 +376,17 @@ function fillTensor(p: Plan, seed: number, dst: Uint8Array, weights: Map<string,
   }
   if (kept) weights!.set(p.name, kept);
 }
+
+/**
+ * llama.cpp's Q4_K_M idea for synthetic models: Q4_K, with attn_v and ffn_down in Q6_K on the first and last layers
+ * only and a Q6_K output, so the layers' images differ in size and layout. Tests add their own odd types on top.
+ */
+export function q4kmLikeTypes(nLayers: number): Record<string, number> {
+  const t: Record<string, number> = { 'token_embd.weight': GGMLType.Q4_K, 'output.weight': GGMLType.Q6_K };
+  for (let l = 0; l < nLayers; l++) {
+    const more = l === 0 || l === nLayers - 1;
+    t[`blk.${l}.attn_v.weight`] = more ? GGMLType.Q6_K : GGMLType.Q4_K;
+    t[`blk.${l}.ffn_down.weight`] = more ? GGMLType.Q6_K : GGMLType.Q4_K;
+  }
+  return t;
+}
