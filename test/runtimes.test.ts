@@ -3,13 +3,14 @@
 // list and the .d.ts are what a user gets), single-threaded and with a kernel pool of 2 and 3 threads. Every run must
 // give Node's single-thread greedy tokens. Browsers: browser.test.ts; Workers: workerd.test.ts.
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadModel } from '../src/index.js';
 import { KernelPool } from '../src/runtime/pool.js';
 import { announceSkipIfNoModels, modelPath, ROOT } from './util/shared.js';
+import { startServer, type TestServer } from './util/http-server.js';
 import { checkDist } from './util/dist.js';
 
 const HAVE = announceSkipIfNoModels('runtimes (Node, Deno, Bun)');
@@ -161,6 +162,60 @@ console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model
   test('sotu-15m splits its matmuls across the workers at prefill and at decode (tiny-260k is too small to)', () => {
     expect(split.get('sotu-15m-q4_0.gguf')!.prefill).toBeGreaterThan(0);
     expect(split.get('sotu-15m-q4_0.gguf')!.decode).toBeGreaterThan(0);
+  });
+
+  // Weights streamed from a spill file by the staging worker (a worker_threads worker opening the file by path), and a
+  // URL model through the download cache: a second load makes no request. Spawned without blocking, since the server
+  // answering the runtime runs in this process.
+  test('node, deno, bun: cold weights staged ahead and a URL through the download cache give the single-thread tokens', async () => {
+    const c = CASES[1];
+    const server: TestServer = await startServer([{ path: `/m/${c.file}`, file: modelPath(c.file) }]);
+    writeFileSync(path.join(project, 'stream.mjs'), `import { loadModel } from 'edgellm';
+const job = JSON.parse((globalThis.Deno?.args ?? process.argv.slice(2))[0]);
+const greedy = async (model) => { const ids = []; await model.complete(job.prompt, { maxTokens: job.n, onToken: (id) => ids.push(id) }); return ids; };
+const cold = await loadModel(job.file, { contextLength: 512, weights: 'cold' });
+const out = { cold: await greedy(cold), weights: cold.memory().weights };
+await cold.dispose();
+for (const pass of ['first', 'second']) {
+  const model = await loadModel(job.url, { contextLength: 512 });
+  out[pass] = await greedy(model);
+  await model.dispose();
+}
+console.log(JSON.stringify(out));
+`);
+    try {
+      for (const rt of RUNTIMES) {
+        const cache = mkdtempSync(path.join(tmpdir(), 'edgellm-runtimes-cache-'));
+        try {
+          const job = JSON.stringify({ file: modelPath(c.file), url: `${server.url}/m/${c.file}`, prompt: c.prompt, n: N });
+          const [cmd, argv] = rt.name === 'deno' ? [bin('deno'), ['run', '-A', 'stream.mjs', job]] : rt.run('stream.mjs', [job]);
+          const before = server.log.length;
+          const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+            const p = spawn(cmd, argv, { cwd: project, env: { ...process.env, NO_COLOR: '1', EDGELLM_CACHE: cache } });
+            let stdout = '', stderr = '';
+            p.stdout.on('data', (d) => (stdout += d));
+            p.stderr.on('data', (d) => (stderr += d));
+            const timer = setTimeout(() => p.kill('SIGKILL'), 120_000);
+            p.on('close', (code) => (clearTimeout(timer), resolve({ code, stdout, stderr })));
+          });
+          expect(r.code, `${rt.name}: ${r.stderr}`).toBe(0);
+          const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+          const ref = reference.get(c.file)!.ids;
+          expect(out.cold, `${rt.name} cold`).toEqual(ref);
+          expect(out.weights.layers.every((x: string) => x === 'cold')).toBe(true);
+          expect(out.weights.stagedAhead, `${rt.name}: the staging worker copied layers`).toBeGreaterThan(0);
+          expect(out.first, `${rt.name} URL`).toEqual(ref);
+          expect(out.second, `${rt.name} URL, cached`).toEqual(ref);
+          // the first load downloads it once; the second asks for nothing
+          expect(server.log.slice(before).filter((e) => e.bodyBytes > 0).reduce((n, e) => n + e.bodyBytes, 0), rt.name).toBe(statSync(modelPath(c.file)).size);
+          expect(server.log.slice(before).every((e) => e.status === 200 || e.status === 206)).toBe(true);
+        } finally {
+          rmSync(cache, { recursive: true, force: true });
+        }
+      }
+    } finally {
+      await server.close();
+    }
   });
 
   test('deno check: the packaged .d.ts type-check a TypeScript user', () => {

@@ -183,11 +183,6 @@ export class Llama {
     return stats;
   }
 
-  /** The kernel instances' memory layouts (for Model.memory()). */
-  get memories(): WebAssembly.Memory[] {
-    return this.instances.map((i) => i.memory);
-  }
-
   /** Stops the thread pools, drops the streamed layers' images and the KV tiers' files. */
   async release(): Promise<void> {
     await Promise.all([...this.instances.map((i) => i.pool?.dispose()), this.kv.release(), this.stager?.dispose()]);
