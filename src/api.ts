@@ -96,9 +96,10 @@ export interface LoadOptions {
   /**
    * Where the blocks' weight matrices live (token embeddings, output and every norm stay in wasm): 'resident' in wasm
    * memory; 'warm', every layer in host ArrayBuffers; 'cold', every layer in a spill file on disk (Node, Deno, Bun;
-   * OPFS in a dedicated worker); a streamed layer is copied into one planned wasm slot as the forward pass reaches it,
-   * with the same logits. 'auto' (default) keeps them resident unless memoryBudget or wasm32's 4 GiB forbid it, then
-   * streams the fewest layers that fit: warm where the budget leaves room for them in host memory, else cold.
+   * OPFS in a dedicated worker); a streamed layer is copied into a planned wasm slot as the forward pass reaches it
+   * (ahead of it with stageAhead), with the same logits. 'auto' (default) keeps them resident (past one wasm memory,
+   * over several kernel instances: memoryPerInstance) unless memoryBudget forbids it, then streams the fewest layers
+   * that fit: warm where the budget leaves room for them in host memory, else cold.
    */
   weights?: WeightsOption;
   /** Download and weight-loading progress. */
