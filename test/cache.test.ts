@@ -119,6 +119,20 @@ describe('model cache on files', () => {
     expect((await cache.list())[0]).toMatchObject({ complete: true, downloaded: MODEL.length });
   });
 
+  it('a download that stalls (no bytes, the connection open) is resumed after stallMs; the file is byte-identical', async () => {
+    const cache = await openModelCache(freshDir());
+    server.set({ cutAfterBytes: 300_000, cutRequests: 1, stallCuts: true });
+    const from = server.log.length;
+    try {
+      expect(sha(await readAll(await cache.open(url(), { stallMs: 300 })))).toBe(sha(MODEL));
+    } finally {
+      server.set({ stallCuts: false });
+    }
+    const log = requests(from);
+    expect(log.map((e) => [e.status, e.range])).toEqual([[200, undefined], [206, expect.stringMatching(/^bytes=\d+-$/)]]);
+    expect(log[0].bodyBytes).toBe(300_000);
+  });
+
   it('a file that changed between the cut and the resume is downloaded again from 0', async () => {
     const cache = await openModelCache(freshDir());
     server.set({ cutAfterBytes: 250_000, cutRequests: 100 });

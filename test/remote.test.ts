@@ -53,7 +53,7 @@ describe.skipIf(!have)('HTTP sources', () => {
 
   const fresh = (opts: Parameters<TestServer['set']>[0] = {}) => {
     server.log.length = 0;
-    server.set({ ranges: true, etag: true, contentLength: true, cutAfterBytes: undefined, cutRequests: 0, status: {}, alter: undefined, ...opts });
+    server.set({ ranges: true, etag: true, contentLength: true, cutAfterBytes: undefined, cutRequests: 0, stallCuts: false, status: {}, alter: undefined, ...opts });
   };
 
   it('loadTokenizer and the header of a URL transfer about the header, with or without Range support', async () => {
@@ -111,7 +111,7 @@ describe.skipIf(!have)('HTTP sources', () => {
   it('a connection cut mid-body is resumed where it stopped; the bytes are identical', async () => {
     for (const ranges of [true, false]) {
       // With ranges the read's own request breaks off after 300 KB; without, the one GET does, and is restarted.
-      fresh({ ranges, cutAfterBytes: ranges ? undefined : 300_000 });
+      fresh({ ranges, cutAfterBytes: ranges ? undefined : 300_000, cutRequests: ranges ? 0 : 1 });
       const source = await openHttp(url);
       expect(source.ranges).toBe(ranges);
       if (ranges) server.set({ cutAfterBytes: 300_000, cutRequests: 1 });
@@ -119,6 +119,7 @@ describe.skipIf(!have)('HTTP sources', () => {
       const got = await source.read(at, 3 * MiB, new Uint8Array(4 * MiB));
       expect(Buffer.from(got).equals(Buffer.from(bytes.subarray(at, at + 3 * MiB)))).toBe(true);
       await source.close();
+      expect(server.log.some((e) => e.bodyBytes === 300_000), 'a request was cut after 300 KB').toBe(true);
       if (ranges) {
         const reads = server.log.filter((e) => e.range !== `bytes=0-${MiB - 1}`);
         expect(reads.map((e) => [e.range, e.bodyBytes])).toEqual([
@@ -131,6 +132,26 @@ describe.skipIf(!have)('HTTP sources', () => {
     fresh({ cutAfterBytes: 1_000_000, cutRequests: 4 });
     expect(await logits(await loadModel(url, { cache: false }))).toEqual(local);
     expect(server.log.filter((e) => e.bodyBytes === 1_000_000 && e.range !== `bytes=0-${MiB - 1}`).length).toBeGreaterThan(0);
+  });
+
+  it('a connection that stalls (the bytes stop, the socket stays open) is given up after stallMs and resumed: identical bytes', async () => {
+    for (const ranges of [true, false]) {
+      fresh({ ranges, stallCuts: true, cutAfterBytes: ranges ? undefined : 300_000, cutRequests: ranges ? 0 : 1 });
+      const source = await openHttp(url, { stallMs: 300 });
+      if (ranges) server.set({ cutAfterBytes: 300_000, cutRequests: 1 });
+      const at = 5 * MiB + 3;
+      const got = await source.read(at, 3 * MiB, new Uint8Array(4 * MiB));
+      expect(Buffer.from(got).equals(Buffer.from(bytes.subarray(at, at + 3 * MiB))), `ranges ${ranges}`).toBe(true);
+      await source.close();
+      expect(server.log.some((e) => e.bodyBytes === 300_000), 'a request stalled after 300 KB').toBe(true);
+    }
+    // one that stalls on every try ends as BAD_SOURCE, not a hang
+    fresh({ stallCuts: true });
+    const source = await openHttp(url, { stallMs: 200 });
+    server.set({ cutAfterBytes: 10_000, cutRequests: 1000 });
+    const err = await expectCodeAsync(() => source.read(5 * MiB, MiB), 'BAD_SOURCE');
+    expect(err.message).toMatch(/no bytes for 0\.2 s/);
+    await source.close();
   });
 
   it('a cut that keeps happening is a clean BAD_SOURCE naming the URL and the offset', async () => {

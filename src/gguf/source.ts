@@ -26,6 +26,8 @@ export interface UrlCache {
 }
 
 export interface OpenOptions {
+  /** ms a request may wait for its answer or its next bytes before it is resumed as stalled (default 30 s) */
+  stallMs?: number;
   /** bytes transferred so far, of the file's size (undefined when the server does not say) */
   onProgress?: (loaded: number, total: number | undefined) => void;
   signal?: AbortSignal;
@@ -54,10 +56,75 @@ export function checkRange(name: string, size: number, offset: number, length: n
  * The fetch to use: the caller's, or the global one bound to its global (a browser's fetch called as another object's
  * method throws "Illegal invocation").
  */
-export function fetchOf(opts: { fetch?: typeof fetch }, what: string): typeof fetch {
-  if (opts.fetch) return opts.fetch;
-  if (typeof globalThis.fetch !== 'function') throw new EdgeLLMError('BAD_SOURCE', `${what}: no fetch() in this environment`);
-  return globalThis.fetch.bind(globalThis);
+export function fetchOf(opts: { fetch?: typeof fetch; stallMs?: number }, what: string): typeof fetch {
+  if (!opts.fetch && typeof globalThis.fetch !== 'function') throw new EdgeLLMError('BAD_SOURCE', `${what}: no fetch() in this environment`);
+  return stallGuard(opts.fetch ?? globalThis.fetch.bind(globalThis), opts.stallMs ?? STALL_MS);
+}
+
+/** How long a request may wait for its answer, or a body for its next bytes, before it is given up as stalled. */
+const STALL_MS = 30_000;
+
+/** A request given up because nothing arrived for a while: a broken connection to resume, not the caller's abort. */
+export class Stalled extends Error {
+  override name = 'Stalled';
+}
+
+/**
+ * fetch with a stall timeout: a request whose answer, or whose body's next bytes, take longer than `ms` is aborted with
+ * `Stalled`, which the readers treat as a broken connection (resumed where it stopped, a bounded number of times). A
+ * link that dies without closing (a phone between cells) would otherwise hang the read: browsers set no timeout.
+ * Only waiting on the network counts: a consumer slow to ask for the next chunk is not a stall.
+ */
+function stallGuard(doFetch: typeof fetch, ms: number): typeof fetch {
+  return async (input, init = {}) => {
+    const stop = new AbortController();
+    const outer = init.signal ?? undefined;
+    const follow = () => stop.abort(outer!.reason);
+    if (outer?.aborted) follow();
+    else outer?.addEventListener('abort', follow, { once: true });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waiting = () => (timer = setTimeout(() => stop.abort(new Stalled(`no bytes for ${ms / 1000} s`)), ms));
+    const settled = () => clearTimeout(timer);
+    const finish = () => (settled(), outer?.removeEventListener('abort', follow));
+    const why = (err: unknown) => (stop.signal.reason instanceof Stalled ? stop.signal.reason : err);
+    let res: Response;
+    waiting();
+    try {
+      res = await doFetch(input, { ...init, signal: stop.signal });
+    } catch (err) {
+      finish();
+      throw why(err);
+    }
+    settled();
+    if (!res.body) {
+      finish();
+      return res;
+    }
+    const reader = res.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        waiting();
+        try {
+          const { done, value } = await reader.read();
+          settled();
+          if (done) {
+            finish();
+            controller.close();
+          } else {
+            controller.enqueue(value);
+          }
+        } catch (err) {
+          finish();
+          controller.error(why(err));
+        }
+      },
+      cancel(reason) {
+        finish();
+        return reader.cancel(reason);
+      },
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
 }
 
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {

@@ -27,6 +27,8 @@ export interface ServerOptions {
   cutAfterBytes?: number;
   /** Default 1 when cutAfterBytes is set; counts down with each cut. */
   cutRequests?: number;
+  /** A cut stalls instead: the bytes stop but the connection stays open (a dead mobile link), until the client gives up. */
+  stallCuts?: boolean;
   /** Force a status (404/416/500…) for a URL path; the body is a short text. */
   status?: Record<string, number>;
   /** Every request needs `Authorization: Bearer <requireToken>`, else 401 (as the hub answers for gated repos). */
@@ -184,6 +186,7 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
     if (method === 'HEAD') return void res.end();
 
     let cut = Infinity;
+    const stall = options.stallCuts === true;
     if (options.cutAfterBytes !== undefined && (options.cutRequests ?? 0) > 0) {
       cut = options.cutAfterBytes;
       options = { ...options, cutRequests: options.cutRequests! - 1 };
@@ -195,7 +198,8 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
       // Waiting for each write to be flushed means a cut delivers exactly `cut` bytes, not whatever was buffered.
       if (part.length) await new Promise<void>((resolve) => res.write(part, () => resolve()));
       if (record.bodyBytes >= cut) {
-        res.socket?.destroy();
+        if (stall) await once(res, 'close');
+        else res.socket?.destroy();
         return;
       }
     }
