@@ -18,7 +18,7 @@ import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport, WorkerStartError } from './runtime/pool.js';
 import { planWeights, loadWeights, type LayerStager, type StagingUsage, type WeightsPlan } from './model/weights.js';
 import { checkWeightsOption, chooseResidency, describeResidency, type Residency, type WeightsOption } from './plan/weights-plan.js';
-import { spillSupport } from './plan/spill.js';
+import { ModelSpill, spillSupport } from './plan/spill.js';
 import { stageAheadSupport } from './runtime/stage-worker.js';
 import { Llama, planRunState, type KernelInstance } from './model/llama.js';
 import { KVCache, planKV, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
@@ -281,8 +281,10 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     const memories = plan.instances.map((i) => i.arena.createMemory(shared));
     const pools: Array<KernelPool | undefined> = [];
     let stager: LayerStager | undefined;
+    // One spill directory for the model (cold weights, and each instance's cold KV pages), opened if something spills.
+    const spill = new ModelSpill(kvOptions.coldDir);
     try {
-      for (const i of plan.instances) await i.kv.openColdTier();
+      for (const [n, i] of plan.instances.entries()) await i.kv.openColdTier(spill, plan.instances.length > 1 ? `kv-pages-${n}` : 'kv-pages');
       const profile = options.profile ? new KernelProfile() : undefined;
       const instances: KernelInstance[] = [];
       for (const [n, i] of plan.instances.entries()) {
@@ -303,10 +305,10 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
         const { first, end, config: layers, kv, attention, state } = i;
         instances.push({ first, end, config: layers, kv, attention, state, kernels: profile ? profile.wrap(kernels) : kernels, memory: memories[n], pool });
       }
-      stager = await loadWeights(source, memories, pending, plan.weightsPlan, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
+      stager = await loadWeights(source, memories, pending, plan.weightsPlan, spill, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
       await stager?.startAhead(fit.stageAhead.includes('cold'));
       checkAborted(signal);
-      const llama = new Llama(config, weights, instances, batchSize, stager);
+      const llama = new Llama(config, weights, instances, batchSize, stager, spill);
       const regions = plan.instances.flatMap((i, n) => i.arena.regions.map((r) => (plan.instances.length > 1 ? { ...r, instance: n } : r)));
       return new Model(llama, text, gguf, regions, plan.wasmBytes, threading, profile, {
         budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan,
@@ -315,7 +317,8 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     } catch (e) {
       for (const pool of pools) void pool?.dispose();
       await stager?.dispose();
-      for (const i of plan.instances) await i.kv.release();
+      for (const i of plan.instances) i.kv.release();
+      await spill.dispose();
       throw e;
     }
   } finally {

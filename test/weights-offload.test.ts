@@ -191,6 +191,20 @@ describe("'auto' and the budget", () => {
     const err = await loadModel(bytes, { weights: 'cold', onProgress: (p) => { if (p.phase === 'weights' && p.loaded > 0) throw stop; } }).catch((e) => e);
     expect(err).toBe(stop);
     expect(ours()).toEqual(before);
+
+    // cold weights and cold KV pages, over two kernel instances: one directory for the model, a file per owner
+    const opts: LoadOptions = { batchSize: 8, weights: 'cold', kv: { pageTokens: 8, hotBytes: '300KB', coldBytes: '4MB' } };
+    const single = await loadModel(bytes, opts);
+    const one = single.memory();
+    await single.dispose();
+    const slots = one.weights.slotBytes;
+    const both = await loadModel(bytes, { ...opts, memoryPerInstance: Math.ceil((slots + (one.totalBytes - slots) * 0.8) / 65536) * 65536 });
+    await both.complete(seededIds(5, both.info.vocab, 40), { maxTokens: 2 });
+    expect(both.memory().instances.length).toBeGreaterThan(1);
+    expect(ours().filter((d) => !before.includes(d))).toEqual([path.basename(both.memory().weights.spill!)]);
+    expect(readdirSync(both.memory().weights.spill!).filter((f) => f !== 'owner').sort()).toEqual(['kv-pages-0', 'kv-pages-1', 'weights']);
+    await both.dispose();
+    expect(ours()).toEqual(before);
   });
 });
 

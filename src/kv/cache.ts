@@ -1,7 +1,7 @@
 import { EdgeLLMError } from '../errors.js';
 import { formatBytes, parseBytes } from '../plan/arena.js';
 import { FilePageStore, HostPageStore, type PageStore } from './tiers.js';
-import { openSpillDir, spillSupport, type SpillDir } from '../plan/spill.js';
+import { spillSupport, type ModelSpill } from '../plan/spill.js';
 import type { Arena } from '../plan/arena.js';
 import type { Kernels } from '../runtime/kernels.js';
 import type { LlamaConfig } from '../model/config.js';
@@ -32,7 +32,7 @@ export interface KVOptions {
    * temporary directory (Node, Deno, Bun; OPFS in a browser's dedicated worker: loadModelInWorker).
    */
   coldBytes?: string | number;
-  /** Where the cold tier's directory goes (Node, Deno, Bun; default os.tmpdir()). */
+  /** Where the model's spill directory goes, with the cold KV pages and any cold weights (Node, Deno, Bun; default os.tmpdir()). */
   coldDir?: string;
 }
 
@@ -294,8 +294,6 @@ export class KVCache {
   private readonly warm: PageStore | undefined;
   private cold: PageStore | undefined;
   /** the cold tier's directory, opened by openColdTier() */
-  private spill: SpillDir | undefined;
-  private readonly coldDir: string | undefined;
   /** a page on its way from warm to cold */
   private readonly moving: Uint8Array;
   private coldPagesStaged = 0;
@@ -343,31 +341,23 @@ export class KVCache {
     this.warmFifo = new Fifo(plan.coldSlots > 0 ? plan.warmSlots : 0);
     this.warm = plan.warmSlots > 0 ? new HostPageStore(this.pageBytes, plan.warmSlots) : undefined;
     this.moving = new Uint8Array(plan.coldSlots > 0 && plan.warmSlots > 0 ? this.pageBytes : 0);
-    this.coldDir = opts.coldDir;
     this.reset();
   }
 
   /**
-   * Opens the cold tier's file in a spill directory of this cache's own (plan/spill.ts), where the plan has a cold
-   * tier. Asynchronous (OPFS opens so), so the loader calls it once after planning, before anything is appended.
+   * Opens the cold tier's file (`name`) in the model's spill directory (plan/spill.ts), where the plan has a cold tier.
+   * Asynchronous (OPFS opens so), so the loader calls it once after planning, before anything is appended. The
+   * directory is the model's: its dispose removes it.
    */
-  async openColdTier(): Promise<void> {
-    if (this.plan.coldSlots === 0 || this.spill) return;
-    const spill = await openSpillDir({ dir: this.coldDir });
-    try {
-      this.cold = new FilePageStore(await spill.create('kv-pages'), this.pageBytes, this.plan.coldSlots);
-      this.spill = spill;
-    } catch (err) {
-      await spill.dispose();
-      throw err;
-    }
+  async openColdTier(spill: ModelSpill, name = 'kv-pages'): Promise<void> {
+    if (this.plan.coldSlots === 0 || this.cold) return;
+    const dir = await spill.get();
+    this.cold = new FilePageStore(await dir.create(name), this.pageBytes, this.plan.coldSlots);
   }
 
-  /** Closes the cold tier's file and removes its directory (at once in Node, Deno and Bun; OPFS resolves later). */
-  async release(): Promise<void> {
-    const spill = this.spill;
-    this.spill = this.cold = undefined;
-    await spill?.dispose();
+  /** Lets the cold tier go (the model's dispose removes its file with the spill directory). */
+  release(): void {
+    this.cold = undefined;
   }
 
   /** Views of the memory, once it exists. */

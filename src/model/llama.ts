@@ -9,6 +9,7 @@ import { f16ToF32, f32ToF16 } from '../gguf/f16.js';
 import { rowSlice, tokenSlice, type Activations, type InputFormat, type Matrix } from './weight-types.js';
 import { recordJob, type Job, type KernelPool } from '../runtime/pool.js';
 import { splitPerTokenOps } from './split-ops.js';
+import type { ModelSpill } from '../plan/spill.js';
 
 /** Multiply-adds below which a matmul runs on one thread: a dispatch costs a few µs, ~100K MACs' worth. */
 const SPLIT_MIN_MACS = 1 << 17;
@@ -129,6 +130,8 @@ export class Llama {
     readonly maxBatch: number,
     /** brings streamed layers' weights into their instance's slot, when some layers are not resident */
     readonly stager?: LayerStager,
+    /** the model's spill directory (cold weights and KV pages), removed by release() */
+    private readonly spill?: ModelSpill,
   ) {
     this.instances = instances.map((i) => {
       i.kv.bind(i.memory);
@@ -183,9 +186,11 @@ export class Llama {
     return stats;
   }
 
-  /** Stops the thread pools, drops the streamed layers' images and the KV tiers' files. */
+  /** Stops the thread pools and the staging worker, drops the warm images, and removes the spill directory. */
   async release(): Promise<void> {
-    await Promise.all([...this.instances.map((i) => i.pool?.dispose()), this.kv.release(), this.stager?.dispose()]);
+    this.kv.release();
+    await Promise.all([...this.instances.map((i) => i.pool?.dispose()), this.stager?.dispose()]);
+    await this.spill?.dispose();
   }
 
   /** cos/sin of pos·scale·base^(-2i/nRot)/factor_i in f64, times the attention factor, rounded once to f32. */
@@ -462,7 +467,7 @@ export class ModelKV {
     return total;
   }
 
-  async release(): Promise<void> {
-    await Promise.all(this.caches.map((c) => c.release()));
+  release(): void {
+    for (const c of this.caches) c.release();
   }
 }

@@ -4,7 +4,7 @@ import type { GGUFFile, TensorInfo } from '../gguf/reader.js';
 import { dequantizeRow, ROW_FORMATS } from '../gguf/quantize.js';
 import { typeName } from '../gguf/types.js';
 import { Arena, formatBytes } from '../plan/arena.js';
-import { openSpillDir, type SpillDir, type SpillFile } from '../plan/spill.js';
+import type { ModelSpill, SpillDir, SpillFile } from '../plan/spill.js';
 import type { Residency } from '../plan/weights-plan.js';
 import type { LlamaConfig } from './config.js';
 import { WEIGHT_TYPE_NAMES, WEIGHT_TYPES, type Matrix } from './weight-types.js';
@@ -270,6 +270,8 @@ export async function loadWeights(
   memories: readonly WebAssembly.Memory[],
   pending: PendingTensor[],
   plan: WeightsPlan,
+  /** the model's spill directory, where cold layers' images go (its dispose removes them) */
+  spillDir: ModelSpill,
   onProgress?: (done: number, total: number) => void,
 ): Promise<LayerStager | undefined> {
   const total = pending.reduce((s, p) => s + p.info.byteSize, 0);
@@ -296,47 +298,43 @@ export async function loadWeights(
       spill!.file.write(coldAt[open], image);
     }
   };
-  try {
-    if (residency.includes('cold')) {
-      const dir = await openSpillDir();
-      spill = { dir, file: await dir.create('weights') };
-      let at = 0;
-      residency.forEach((r, l) => {
-        if (r !== 'cold') return;
-        coldAt[l] = at;
-        at += Math.ceil(layerBytes[l] / SPILL_ALIGN) * SPILL_ALIGN;
-      });
-    }
-    let done = 0;
-    // One buffer for every read (the plan counts readBytes), rather than a new one per read for V8 to collect late.
-    const buffer = new Uint8Array(plan.readBytes);
-    for (const p of fileOrder(pending)) {
-      const { info } = p;
-      if (p.layer !== undefined && p.layer !== open) {
-        flush();
-        open = p.layer;
-        slotOf(open).fill(0);
-      }
-      if (p.vector !== undefined) {
-        const bytes = await source.read(info.offset, info.byteSize, buffer);
-        new Float32Array(memories[p.instance].buffer, p.vector, info.elements).set(dequantizeRow(info.type, bytes, info.elements));
-      } else {
-        const m = p.matrix!;
-        const { rowBytes, rowsPerChunk } = readChunk(p);
-        for (let r0 = 0; r0 < m.rows; r0 += rowsPerChunk) {
-          const nr = Math.min(rowsPerChunk, m.rows - r0);
-          const bytes = await source.read(info.offset + r0 * rowBytes, nr * rowBytes, buffer);
-          m.kernel.repack(m, heaps[p.instance], bytes, r0, nr);
-        }
-      }
-      done += info.byteSize;
-      onProgress?.(done, total);
-    }
-    flush();
-  } catch (err) {
-    await spill?.dir.dispose();
-    throw err;
+  // a failure leaves the spill directory to the caller, which disposes it with whatever was written to it
+  if (residency.includes('cold')) {
+    const dir = await spillDir.get();
+    spill = { dir, file: await dir.create('weights') };
+    let at = 0;
+    residency.forEach((r, l) => {
+      if (r !== 'cold') return;
+      coldAt[l] = at;
+      at += Math.ceil(layerBytes[l] / SPILL_ALIGN) * SPILL_ALIGN;
+    });
   }
+  let done = 0;
+  // One buffer for every read (the plan counts readBytes), rather than a new one per read for V8 to collect late.
+  const buffer = new Uint8Array(plan.readBytes);
+  for (const p of fileOrder(pending)) {
+    const { info } = p;
+    if (p.layer !== undefined && p.layer !== open) {
+      flush();
+      open = p.layer;
+      slotOf(open).fill(0);
+    }
+    if (p.vector !== undefined) {
+      const bytes = await source.read(info.offset, info.byteSize, buffer);
+      new Float32Array(memories[p.instance].buffer, p.vector, info.elements).set(dequantizeRow(info.type, bytes, info.elements));
+    } else {
+      const m = p.matrix!;
+      const { rowBytes, rowsPerChunk } = readChunk(p);
+      for (let r0 = 0; r0 < m.rows; r0 += rowsPerChunk) {
+        const nr = Math.min(rowsPerChunk, m.rows - r0);
+        const bytes = await source.read(info.offset + r0 * rowBytes, nr * rowBytes, buffer);
+        m.kernel.repack(m, heaps[p.instance], bytes, r0, nr);
+      }
+    }
+    done += info.byteSize;
+    onProgress?.(done, total);
+  }
+  flush();
   if (!residency.some((r) => r !== 'resident')) return undefined;
   // each slot holds the last layer repacked into it
   const staged = new Map<number, number>();
@@ -445,7 +443,7 @@ export class LayerStager {
     return { stages: this.stages, stagedBytes: this.stagedBytes, stagedAhead: this.stagedAhead, stageMs: this.stageMs, spill: this.spill?.dir.location };
   }
 
-  /** Stops the staging worker, drops the warm images and removes the spill directory. */
+  /** Stops the staging worker and drops the warm images (the model's dispose removes the spill directory). */
   async dispose(): Promise<void> {
     const ahead = this.ahead;
     this.ahead = undefined;
@@ -453,6 +451,5 @@ export class LayerStager {
     this.images = [];
     this.staged.clear();
     await ahead?.dispose();
-    await this.spill?.dir.dispose();
   }
 }

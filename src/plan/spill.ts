@@ -44,6 +44,26 @@ export function spillSupport(): { ok: true } | { ok: false; reason: string } {
   return { ok: true };
 }
 
+/**
+ * A model's one spill directory, opened when its first owner asks (cold weights, each kernel instance's cold KV
+ * pages, each a file in it) and removed by the model's dispose, after the owners are done.
+ */
+export class ModelSpill {
+  private opening: Promise<SpillDir> | undefined;
+  constructor(private readonly dir?: string) {}
+
+  get(): Promise<SpillDir> {
+    return (this.opening ??= openSpillDir({ dir: this.dir }));
+  }
+
+  /** Removes the directory, if it was opened (and every file in it); idempotent. */
+  async dispose(): Promise<void> {
+    const opening = this.opening;
+    if (!opening) return;
+    await (await opening.catch(() => undefined))?.dispose();
+  }
+}
+
 /** A fresh directory of this model's own: Node/Deno/Bun under os.tmpdir() (or `dir`), browsers in OPFS (dedicated
  *  workers only: sync access handles). Also removes directories left by processes that died (crash cleanup). */
 export async function openSpillDir(options: { dir?: string } = {}): Promise<SpillDir> {
