@@ -88,7 +88,7 @@ export interface LoadOptions {
   memoryPerInstance?: string | number;
   /**
    * Whether a worker copies the next streamed layer into a second slot while the current one runs (default: where
-   * workers and shared memory are available; true insists, false turns it off). Only matters when some layers are
+   * workers and shared memory are available and the threads leave a core free; true insists, false turns it off). Only matters when some layers are
    * streamed; the second slot counts against memoryBudget (under a budget one more layer may be streamed to make room
    * for it; one slot where two never fit), and the logits are the same.
    */
@@ -263,7 +263,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       weights: checkWeightsOption(options.weights ?? 'auto'),
       spill: spillSupport(),
       instanceLimit: options.memoryPerInstance === undefined ? WASM32_BYTES : parseInstanceLimit(options.memoryPerInstance),
-      stageAhead: planStageAhead(options.stageAhead, options.wasm !== undefined),
+      stageAhead: planStageAhead(options.stageAhead, threading.threads, options.wasm !== undefined),
       ...measureWeights(gguf, config),
     };
     if (fit.weights === 'cold' && !fit.spill.ok) throw new EdgeLLMError('BAD_ARGUMENT', `weights: 'cold' needs a disk to spill to: ${fit.spill.reason}`);
@@ -494,17 +494,17 @@ function measureWeights(gguf: GGUFFile, config: LlamaConfig): { layerBytes: numb
 
 /**
  * Which streamed tiers a worker stages ahead: asked (true: an error where it cannot run), refused (false), or by
- * default wherever it can run. Even with a thread per core it pays: on 2 cores at 2 threads, cold layers decoded
- * 8.8 tok/s staged on the pass's thread and 13.5 staged ahead (docs/memory.md). Cold layers only where the worker can
- * open the spill file by path (Node, Deno, Bun; not OPFS).
+ * default where it can run and the threads leave a core free: with a thread per core the copy takes a core from the
+ * matmuls (2 threads on 2 cores, cold layers: 15.0–17.0 tok/s without, 13.9–16.3 with; 1 thread: 12.3 → 20.6;
+ * docs/memory.md). Cold layers only where the worker can open the spill file by path (Node, Deno, Bun; not OPFS).
  */
-function planStageAhead(option: boolean | undefined, ownWasm: boolean): Residency[] {
+function planStageAhead(option: boolean | undefined, threads: number, ownWasm: boolean): Residency[] {
   if (option !== undefined && typeof option !== 'boolean') throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead must be true or false, got ${JSON.stringify(option)}`);
   if (option === false) return [];
   const support = stageAheadSupport();
   const why = ownWasm ? 'the wasm option gives one unshared kernel module' : 'reason' in support ? support.reason : undefined;
   if (option === true && why) throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead: true cannot run here: ${why}`);
-  if (!support.ok || why !== undefined) return [];
+  if (!support.ok || why !== undefined || (option === undefined && availableCores() <= threads)) return [];
   return support.node ? ['warm', 'cold'] : ['warm'];
 }
 

@@ -143,7 +143,7 @@ const ENGINE_HELP = `  --threads N|auto         threads (default auto: the cores
   --weights auto|resident|warm|cold
                            where the layers' weights live (default auto: resident unless the budget says
                            otherwise; warm: host memory; cold: a spill file), the same tokens
-  --stage-ahead on|off     streamed layers: a worker copies the next one in while one runs (default on where it can)
+  --stage-ahead on|off     streamed layers: a worker copies the next one in while one runs (default: where a core is free)
   --memory-per-instance SIZE
                            the largest wasm memory of one kernel instance (default 4GiB less 64KiB); a larger
                            model is split over several, whole layers each, the same tokens

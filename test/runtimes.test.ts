@@ -173,7 +173,7 @@ console.log(JSON.stringify({ entry: import.meta.resolve('edgellm'), build: model
     writeFileSync(path.join(project, 'stream.mjs'), `import { loadModel } from 'edgellm';
 const job = JSON.parse((globalThis.Deno?.args ?? process.argv.slice(2))[0]);
 const greedy = async (model) => { const ids = []; await model.complete(job.prompt, { maxTokens: job.n, onToken: (id) => ids.push(id) }); return ids; };
-const cold = await loadModel(job.file, { contextLength: 512, weights: 'cold' });
+const cold = await loadModel(job.file, { contextLength: 512, weights: 'cold', stageAhead: true });
 const out = { cold: await greedy(cold), weights: cold.memory().weights };
 await cold.dispose();
 for (const pass of ['first', 'second']) {

@@ -15,6 +15,7 @@ import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama, q4kmLikeTypes, type SyntheticSpec } from './util/synthetic.js';
 import { seededIds } from './util/compare.js';
 import { checkDist } from './util/dist.js';
+import { availableCores } from '../src/runtime/pool.js';
 import { ROOT } from './util/shared.js';
 
 const { F32, F16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0 } = GGMLType;
@@ -137,12 +138,24 @@ describe("'auto' and the budget", () => {
 
     // Staging ahead needs a second slot: under the same budget it streams all four layers to make room for it,
     // since a copy overlapped with compute costs less than one on the pass's thread.
-    const ahead = await run(bytes, { memoryBudget: budget });
+    const ahead = await run(bytes, { memoryBudget: budget, stageAhead: true });
     expect(ahead.memory.plannedBytes).toBeLessThanOrEqual(budget);
     expect(ahead.memory.weights.layers).toEqual(['cold', 'cold', 'cold', 'cold']);
     expect(ahead.memory.regions.filter((g) => g.name.startsWith('weights.slot')).length).toBe(2);
     expect(ahead.memory.weights.stagedAhead).toBeGreaterThan(0);
     expect(ahead.logits.equals(resident.logits)).toBe(true);
+  });
+
+  it('stages ahead by default only where the threads leave a core free', async () => {
+    const cores = availableCores();
+    const slots = (m: Awaited<ReturnType<typeof run>>) => m.memory.regions.filter((g) => g.name.startsWith('weights.slot')).length;
+    const busy = await run(bytes, { weights: 'cold', threads: Math.min(cores, 8) });
+    expect([slots(busy), busy.memory.weights.stagedAhead]).toEqual([1, 0]);
+    if (cores > 1) {
+      const free = await run(bytes, { weights: 'cold', threads: 1 });
+      expect(slots(free)).toBe(2);
+      expect(free.memory.weights.stagedAhead).toBeGreaterThan(0);
+    }
   });
 
   it("weights: 'resident' under a budget it cannot meet says that streaming would fit", async () => {
