@@ -22,7 +22,7 @@ import { ModelSpill, spillSupport } from './plan/spill.js';
 import { stageAheadSupport } from './runtime/stage-worker.js';
 import { Llama, planRunState, type KernelInstance } from './model/llama.js';
 import { KVCache, planKV, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
-import { attentionPolicy, planAttention, sinkTokens, takeAttentionStats, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
+import { attentionPolicy, planAttention, sinkTokens, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
 import { ModelTokenizer, splitChatOptions, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions, type TokenizerInfo } from './chat/model-tokenizer.js';
 import { ChatSession, type ChatOptions, type SessionOptions } from './chat/session.js';
 import type { ChatMessage } from './chat/template.js';
@@ -88,9 +88,9 @@ export interface LoadOptions {
   memoryPerInstance?: string | number;
   /**
    * Whether a worker copies the next streamed layer into a second slot while the current one runs (default: where
-   * workers and shared memory are available and the threads leave a core free; true insists, false turns it off). Only matters when some layers are
-   * streamed; the second slot counts against memoryBudget (under a budget one more layer may be streamed to make room
-   * for it; one slot where two never fit), and the logits are the same.
+   * workers and shared memory are available and the threads leave a core free; true insists, false turns it off).
+   * Only matters when some layers are streamed; the second slot counts against memoryBudget (under a budget one more
+   * layer may be streamed to make room for it; one slot where two never fit), and the logits are the same.
    */
   stageAhead?: boolean;
   /**
@@ -159,7 +159,7 @@ export interface WeightsUsage extends StagingUsage {
   /** bytes of the warm layers' images in host memory, and of the cold ones on disk */
   warmBytes: number;
   coldBytes: number;
-  /** the wasm slot a streamed layer is copied into before it runs (0 when every layer is resident) */
+  /** the wasm slots streamed layers are copied into before they run, all of them (0 when every layer is resident) */
   slotBytes: number;
   /** the largest read the loader held in JS at once (counted against memoryBudget with wasm and the warm images) */
   readBytes: number;
@@ -310,10 +310,10 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       checkAborted(signal);
       const llama = new Llama(config, weights, instances, batchSize, stager, spill);
       const regions = plan.instances.flatMap((i, n) => i.arena.regions.map((r) => (plan.instances.length > 1 ? { ...r, instance: n } : r)));
-      return new Model(llama, text, gguf, regions, plan.wasmBytes, threading, profile, {
+      return new Model(llama, text, gguf, regions, plan.wasmBytes, threading, {
         budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan,
         instances: plan.instances.map((i) => ({ layers: [i.first, i.end] as [number, number], bytes: i.arena.totalBytes })),
-      });
+      }, profile);
     } catch (e) {
       for (const pool of pools) void pool?.dispose();
       await stager?.dispose();
@@ -440,7 +440,8 @@ function parseBudget(v: string | number): number {
 }
 
 /**
- * The plan with the given layers streamed, if it fits the budget (and wasm32: the arena refuses more with BUDGET).
+ * The plan with the given layers streamed and slots per instance, if it fits the budget (in as many kernel instances
+ * as one memory's limit asks for: planInstances).
  * With kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV cache first takes what the rest of the plan leaves
  * of the budget, so KV pages leave wasm before weights do.
  */
@@ -604,9 +605,9 @@ export class Model {
     private readonly regions: Region[],
     memoryBytes: number,
     threading: { threads: number; threading: string },
-    private readonly kernelProfile?: KernelProfile,
     /** the budget, the bytes the plan holds against it, where the weights live, and each kernel instance's layers */
-    private readonly planned?: { budget: number | undefined; plannedBytes: number; weights: WeightsPlan; instances: MemoryUsage['instances'] },
+    private readonly planned: { budget: number | undefined; plannedBytes: number; weights: WeightsPlan; instances: MemoryUsage['instances'] },
+    private readonly kernelProfile?: KernelProfile,
   ) {
     const tensorTypes: Record<string, number> = {};
     for (const t of gguf.tensors) tensorTypes[typeName(t.type)] = (tensorTypes[typeName(t.type)] ?? 0) + 1;
@@ -755,15 +756,15 @@ export class Model {
    */
   memory(): MemoryUsage {
     this.live();
-    const w = this.planned!.weights;
+    const w = this.planned.weights;
     const weights: WeightsUsage = {
       layers: w.residency.slice(), layerBytes: w.layerBytes.slice(), residentBytes: w.residentBytes, warmBytes: w.warmBytes, coldBytes: w.coldBytes, slotBytes: w.slotBytes,
       readBytes: w.readBytes,
       ...(this.llama.stager?.usage() ?? { stages: 0, stagedBytes: 0, stagedAhead: 0, stageMs: 0 }),
     };
     return {
-      totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), instances: this.planned!.instances.map((i) => ({ ...i })),
-      budgetBytes: this.planned!.budget, plannedBytes: this.planned!.plannedBytes,
+      totalBytes: this.info.memoryBytes, regions: this.regions.map((r) => ({ ...r })), instances: this.planned.instances.map((i) => ({ ...i })),
+      budgetBytes: this.planned.budget, plannedBytes: this.planned.plannedBytes,
       weights, kvBytesPerToken: this.llama.kv.bytesPerToken, kv: this.llama.kv.usage(),
     };
   }
@@ -785,9 +786,9 @@ export class Model {
   }
 
   /**
-   * Releases the wasm memory (by dropping every reference to it) and removes the model's spill files; the model
-   * cannot be used afterwards. In Node, Deno and Bun the files are gone when it returns; the promise says when they
-   * are gone everywhere (OPFS removes asynchronously).
+   * Releases the wasm memory (by dropping every reference to it), stops the model's workers and removes its spill
+   * directory; the model cannot be used afterwards. The promise resolves once the workers have ended and the files
+   * are gone.
    */
   dispose(): Promise<void> {
     if (this.disposed) return Promise.resolve();

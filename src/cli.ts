@@ -8,11 +8,11 @@
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
-import { EdgeLLMError, loadModel, loadTokenizer, openModelCache, readHeader, type CacheEntry, type ChatSession, type GenerateOptions, type GenerationStats, type KVType, type LoadOptions, type Model, type PerplexityResult, type PerplexityWindow } from './index.js';
+import { EdgeLLMError, loadModel, loadTokenizer, openModelCache, readHeader, type CacheEntry, type ChatSession, type GenerateOptions, type GenerationStats, type KVType, type LoadOptions, type Model, type PerplexityWindow } from './index.js';
 import { valueTypeName, GGUFValueType, type GGUFFile, type GGUFValue, type GGUFValueTypeInfo, type TensorInfo } from './gguf/reader.js';
 import { readLlamaConfig, type LlamaConfig } from './model/config.js';
 import { formatBytes } from './plan/arena.js';
-import { phasedProgress } from './progress.js';
+import { withProgress } from './progress.js';
 
 // ───────────────────────────── argument parsing ─────────────────────────────
 
@@ -261,15 +261,7 @@ const LOAD_PHASES = { download: { label: 'download', unit: 'bytes' }, weights: {
 
 async function load(source: string, opts: LoadOptions, verbose = false): Promise<Model> {
   const t0 = performance.now();
-  const progress = phasedProgress(process.stderr, LOAD_PHASES);
-  let model: Model;
-  try {
-    model = await loadModel(source, { ...opts, onProgress: (p) => progress.update(p) });
-  } catch (err) {
-    progress.end(false);
-    throw err;
-  }
-  progress.end();
+  const model = await withProgress(process.stderr, LOAD_PHASES, (progress) => loadModel(source, { ...opts, onProgress: (p) => progress.update(p) }));
   const ms = performance.now() - t0;
   const i = model.info;
   const types = Object.entries(i.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ');
@@ -288,7 +280,7 @@ function planTable(model: Model): string {
   const layers = ['resident', 'warm', 'cold'].map((t) => `${count(t)} ${t}`).filter((t) => !t.startsWith('0 ')).join(', ');
   const rows: Array<[string, string, number]> = [
     ['wasm', `weights (${layers} layers; embeddings, output, norms)`, w.residentBytes],
-    ['wasm', 'weight slot (a streamed layer is copied in before it runs)', w.slotBytes],
+    ['wasm', 'weight slots (streamed layers are copied in before they run)', w.slotBytes],
     ['wasm', `KV cache, hot (${kv.hotPageSlots} page slots, ${kv.stagingSlots} staging)`, kv.hotBytes],
     ['wasm', 'activations, scratch, kernels', m.totalBytes - w.residentBytes - w.slotBytes - kv.hotBytes],
     ['host', 'weights, warm (layer images)', w.warmBytes],
@@ -616,26 +608,20 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   let done = 0, nllSum = 0, scored = 0;
   let tWindow = performance.now();
   const t0 = tWindow;
-  const progress = phasedProgress(process.stderr, { perplexity: { label: 'perplexity', unit: 'tokens' } });
-  const onWindow = (w: PerplexityWindow, total: number) => {
-    done++;
-    nllSum += w.nll * w.tokensScored;
-    scored += w.tokensScored;
-    const t = performance.now();
-    progress.log(
-      `window ${done}/${total} (tokens ${w.firstToken}..${w.firstToken + window - 2}): ppl ${w.ppl.toFixed(4)}, ` +
-        `running ppl ${Math.exp(nllSum / scored).toFixed(4)}, ${(window / ((t - tWindow) / 1000)).toFixed(0)} tok/s`,
-    );
-    tWindow = t;
-  };
-  let r: PerplexityResult;
-  try {
-    r = await model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow, onProgress: (p) => progress.update(p) });
-  } catch (err) {
-    progress.end(false);
-    throw err;
-  }
-  progress.end();
+  const r = await withProgress(process.stderr, { perplexity: { label: 'perplexity', unit: 'tokens' } }, (progress) => {
+    const onWindow = (w: PerplexityWindow, total: number) => {
+      done++;
+      nllSum += w.nll * w.tokensScored;
+      scored += w.tokensScored;
+      const t = performance.now();
+      progress.log(
+        `window ${done}/${total} (tokens ${w.firstToken}..${w.firstToken + window - 2}): ppl ${w.ppl.toFixed(4)}, ` +
+          `running ppl ${Math.exp(nllSum / scored).toFixed(4)}, ${(window / ((t - tWindow) / 1000)).toFixed(0)} tok/s`,
+      );
+      tWindow = t;
+    };
+    return model.perplexity(text, { window, windows: windowsAsked, signal: controller.signal, onWindow, onProgress: (p) => progress.update(p) });
+  });
   const seconds = (performance.now() - t0) / 1000;
   const cache = cacheReport(model);
   stderr(cache.line);

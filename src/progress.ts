@@ -159,3 +159,23 @@ export function phasedProgress(out: ProgressStream, labels: Record<string, { lab
     },
   };
 }
+
+/**
+ * Runs a task with its phases' progress on `out`: the phase under way is ended when the task ends, as a closing line
+ * when it succeeds, and with only the terminal's line ended when it fails (the error is then the one line printed).
+ */
+export async function withProgress<T>(
+  out: ProgressStream,
+  labels: Record<string, { label: string; unit: string }>,
+  task: (progress: ReturnType<typeof phasedProgress>) => Promise<T>,
+): Promise<T> {
+  const progress = phasedProgress(out, labels);
+  try {
+    const result = await task(progress);
+    progress.end();
+    return result;
+  } catch (err) {
+    progress.end(false);
+    throw err;
+  }
+}

@@ -11,7 +11,7 @@
  */
 import { EdgeLLMError } from '../errors.js';
 import { keyOfFile, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
-import { checkRange, type ByteSource } from './source.js';
+import { blobSource, concatSource, type ByteSource } from './source.js';
 
 export interface BrowserCacheOptions {
   /** 'opfs' or 'cache-api' (default: OPFS where it works, else the Cache API) */
@@ -263,36 +263,9 @@ function segmentStore(dir: BlobDir, segmentBytes: number): CacheStore {
   };
 }
 
-/** Bytes spread over Blobs, read by slices. */
+/** Bytes spread over Blobs (an entry's segments), read by slices. */
 function segmentedSource(name: string, blobs: Blob[]): ByteSource {
-  const starts: number[] = [];
-  let size = 0;
-  for (const b of blobs) {
-    starts.push(size);
-    size += b.size;
-  }
-  return {
-    name,
-    size,
-    async read(offset, length, into) {
-      checkRange(name, size, offset, length);
-      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
-      let done = 0;
-      let i = 0;
-      while (done < length) {
-        const at = offset + done;
-        while (starts[i] + blobs[i].size <= at) i++;
-        const from = at - starts[i];
-        const n = Math.min(blobs[i].size - from, length - done);
-        const bytes = new Uint8Array(await blobs[i].slice(from, from + n).arrayBuffer());
-        if (bytes.length !== n) throw new EdgeLLMError('TRUNCATED', `read from ${name}: wanted ${n} bytes at ${at}, the stored segment gave ${bytes.length}`);
-        out.set(bytes, done);
-        done += n;
-      }
-      return out;
-    },
-    async close() {},
-  };
+  return concatSource(blobs.map((b) => blobSource(b, name)), name);
 }
 
 interface LockManager {

@@ -11,6 +11,7 @@ import process from 'node:process';
 import { EdgeLLMError } from '../errors.js';
 import { keyOfFile, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
 import { openFile } from './file.js';
+import { processAlive, randomSuffix } from '../plan/spill.js';
 import { throwIfAborted, type ByteSource } from './source.js';
 
 /** A lock whose file has not been touched for this long is abandoned (its holder refreshes it far more often). */
@@ -40,24 +41,8 @@ function ioError(what: string, err: unknown): EdgeLLMError {
 
 const missing = (err: unknown) => (err as { code?: string })?.code === 'ENOENT';
 
-function randomHex(): string {
-  const b = new Uint8Array(6);
-  globalThis.crypto.getRandomValues(b);
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-}
-
 /** Lock tokens this process holds: a lock with our pid but not our token was left by an earlier process (a container's pid 1). */
 const heldTokens = new Set<string>();
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, as another user's process
-    return (err as { code?: string }).code !== 'ESRCH';
-  }
-}
 
 function nodeStore(dir: string): CacheStore {
   const path = (key: string, suffix: string) => join(dir, key + suffix);
@@ -137,7 +122,7 @@ function nodeStore(dir: string): CacheStore {
     },
     async writeRecord(key, text) {
       await ensureDir();
-      const tmp = path(key, `.json.${randomHex()}.tmp`);
+      const tmp = path(key, `.json.${randomSuffix()}.tmp`);
       try {
         const h = await open(tmp, 'w');
         try {
@@ -219,7 +204,7 @@ function nodeStore(dir: string): CacheStore {
     async lock(key, { signal, wait }) {
       await ensureDir();
       const file = path(key, '.lock');
-      const token = `${process.pid}-${randomHex()}`;
+      const token = `${process.pid}-${randomSuffix()}`;
       const body = JSON.stringify({ pid: process.pid, host: hostname(), token });
       for (;;) {
         throwIfAborted(signal, `waiting for cache entry ${key}`);
@@ -287,7 +272,7 @@ async function lockOwner(file: string): Promise<{ text: string; stale: boolean }
   }
   if (owner.host !== hostname() || typeof owner.pid !== 'number' || !Number.isSafeInteger(owner.pid) || owner.pid <= 0) return { text, stale: false };
   if (owner.pid === process.pid) return { text, stale: !heldTokens.has(String(owner.token)) };
-  return { text, stale: !alive(owner.pid) };
+  return { text, stale: !processAlive(process, owner.pid) };
 }
 
 /**
@@ -295,7 +280,7 @@ async function lockOwner(file: string): Promise<{ text: string; stale: boolean }
  * (atomic), and put back if what was moved is not what was judged abandoned.
  */
 async function breakLock(file: string, staleText: string): Promise<void> {
-  const aside = `${file}.${randomHex()}.stale`;
+  const aside = `${file}.${randomSuffix()}.stale`;
   try {
     await rename(file, aside);
   } catch (err) {

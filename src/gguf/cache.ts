@@ -14,7 +14,7 @@
  */
 import { EdgeLLMError } from '../errors.js';
 import { readGGUF } from './reader.js';
-import { fetchOf, openUrl, parseContentLength, parseContentRange, throwIfAborted, type ByteSource, type OpenOptions, type UrlCache } from './source.js';
+import { fetchOf, isAbortError, openUrl, parseContentLength, parseContentRange, throwIfAborted, type ByteSource, type OpenOptions, type UrlCache } from './source.js';
 
 export interface CacheEntry {
   /** the URL it was downloaded from, without credentials ('' when the record is unreadable) */
@@ -338,7 +338,6 @@ async function download(store: CacheStore, key: string, url: string, clean: stri
   const doFetch = fetchOf(opts, `model URL ${clean}`);
   const { signal, onProgress } = opts;
   const what = `download of ${clean}`;
-  const isAbort = (err: unknown) => signal?.aborted || (err as { name?: string })?.name === 'AbortError';
 
   // What the partial was started with, and how far it got; a partial that cannot be trusted is thrown away.
   let record: EntryRecord | undefined;
@@ -376,7 +375,7 @@ async function download(store: CacheStore, key: string, url: string, clean: stri
     try {
       response = await doFetch(url, { headers, signal });
     } catch (err) {
-      if (isAbort(err)) throw new EdgeLLMError('ABORTED', `${what}: aborted`, { cause: err });
+      if (isAbortError(err, signal)) throw new EdgeLLMError('ABORTED', `${what}: aborted`, { cause: err });
       throw new EdgeLLMError('BAD_SOURCE', `model URL ${clean}: fetch failed: ${failure(err)}`, { cause: err });
     }
     const cancel = () => response.body?.cancel().catch(() => {});
@@ -438,7 +437,7 @@ async function download(store: CacheStore, key: string, url: string, clean: stri
     } finally {
       await writer.close();
     }
-    if (cut !== undefined && isAbort(cut)) throw new EdgeLLMError('ABORTED', `${what}: aborted after ${at} bytes (kept: the next open resumes)`, { cause: cut });
+    if (cut !== undefined && isAbortError(cut, signal)) throw new EdgeLLMError('ABORTED', `${what}: aborted after ${at} bytes (kept: the next open resumes)`, { cause: cut });
     // ours (too many bytes, no body, the storage failed): not a connection to resume, and nothing worth keeping
     if (cut instanceof EdgeLLMError) {
       await store.remove(key);

@@ -127,6 +127,11 @@ function stallGuard(doFetch: typeof fetch, ms: number): typeof fetch {
   };
 }
 
+/** Whether a failure is the caller's abort (its signal, or a fetch or body read rejecting as aborted). */
+export function isAbortError(err: unknown, signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true || (err as { name?: string })?.name === 'AbortError';
+}
+
 export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
   if (signal?.aborted) throw new EdgeLLMError('ABORTED', `${what}: aborted`, { cause: signal.reason });
 }
@@ -143,8 +148,7 @@ export function memorySource(bytes: Uint8Array, name = 'memory'): ByteSource {
   };
 }
 
-function blobSource(blob: Blob): ByteSource {
-  const name = typeof (blob as { name?: unknown }).name === 'string' ? (blob as File).name : 'blob';
+export function blobSource(blob: Blob, name = typeof (blob as { name?: unknown }).name === 'string' ? (blob as File).name : 'blob'): ByteSource {
   return {
     name,
     size: blob.size,
@@ -157,6 +161,39 @@ function blobSource(blob: Blob): ByteSource {
       return bytes;
     },
     async close() {},
+  };
+}
+
+/** One source over the parts laid end to end (a split GGUF's files, a cached download's segments). */
+export function concatSource(parts: ByteSource[], name: string): ByteSource {
+  const starts: number[] = [];
+  let size = 0;
+  for (const p of parts) {
+    starts.push(size);
+    size += p.size;
+  }
+  return {
+    name,
+    size,
+    async read(offset, length, into) {
+      checkRange(name, size, offset, length);
+      if (length === 0) return new Uint8Array(0);
+      let i = starts.length - 1;
+      while (i > 0 && starts[i] > offset) i--;
+      const end = offset + length;
+      // A tensor lies in one part, so this is the loader's case: a read straight from that part.
+      if (end <= starts[i] + parts[i].size) return parts[i].read(offset - starts[i], length, into);
+      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+      for (let at = offset; at < end; i++) {
+        const n = Math.min(end, starts[i] + parts[i].size) - at;
+        if (n > 0) out.set(await parts[i].read(at - starts[i], n), at - offset);
+        at += n;
+      }
+      return out;
+    },
+    async close() {
+      await Promise.all(parts.map((p) => p.close()));
+    },
   };
 }
 
@@ -249,7 +286,7 @@ class HttpSource implements HttpByteSource {
   }
 
   private aborted(err: unknown): boolean {
-    return this.opts.signal?.aborted === true || (err as { name?: string })?.name === 'AbortError';
+    return isAbortError(err, this.opts.signal);
   }
 
   private progress(n: number): void {
@@ -291,8 +328,11 @@ class HttpSource implements HttpByteSource {
     return size;
   }
 
-  /** The first request: learns the size, whether ranges work, and the validators; keeps what it read as the prefix. */
-  async open(): Promise<void> {
+  /**
+   * The first request: learns the size, whether ranges work, and the validators; keeps what it read as the prefix.
+   * Returns the answer instead when the file can only be read whole (no ranges and no usable length).
+   */
+  async open(): Promise<Response | undefined> {
     const res = await this.withTries(0, () => this.request(`bytes=0-${PROBE_BYTES - 1}`));
     this.etag = res.headers.get('etag') ?? undefined;
     this.lastModified = res.headers.get('last-modified') ?? undefined;
@@ -309,18 +349,19 @@ class HttpSource implements HttpByteSource {
       const { got } = await this.readBody(res, head, 0);
       if (got < head.length) await this.fetchRange(got, head.subarray(got));
       this.prefix = head;
-      return;
+      return undefined;
     }
     if (res.status === 416 && /^bytes \*\/0$/.test(res.headers.get('content-range') ?? '')) {
       await res.body?.cancel().catch(() => {});
-      return; // an empty file: the reader says it is too short
+      return undefined; // an empty file: the reader says it is too short
     }
     if (res.status !== 200) await this.reject(res, '');
     const encoded = (res.headers.get('content-encoding') ?? 'identity') !== 'identity';
     const length = res.headers.get('content-length');
-    if (length === null || encoded || !res.body) throw new NeedsWholeDownload(res);
+    if (length === null || encoded || !res.body) return res;
     this.size = this.checkSize(parseContentLength(length), `Content-Length ${length}`);
     this.stream = { reader: res.body.getReader(), pos: 0 };
+    return undefined;
   }
 
   /** Runs `attempt` until it returns, retrying what is Retryable (with a short backoff), at most MAX_TRIES times. */
@@ -515,18 +556,12 @@ class HttpSource implements HttpByteSource {
   }
 }
 
-/** A 200 answer with no usable length: the reader needs the size up front, so this one file is read whole. */
-class NeedsWholeDownload {
-  constructor(readonly response: Response) {}
-}
-
 /**
  * The one case where a URL is held whole: a server that neither takes ranges nor says the length (a chunked or
  * compressed body). A compressed body decodes to more bytes than content-length says, so the length is only a guess.
  */
 async function downloadWhole(url: string, response: Response, opts: OpenOptions): Promise<HttpByteSource> {
   const { signal, onProgress } = opts;
-  const isAbort = (err: unknown) => signal?.aborted || (err as { name?: string })?.name === 'AbortError';
   const declared = parseContentLength(response.headers.get('content-length'));
   let buf = allocate(url, declared !== undefined && declared <= MAX_PREALLOCATE ? declared : 1 << 20);
   let loaded = 0;
@@ -550,7 +585,7 @@ async function downloadWhole(url: string, response: Response, opts: OpenOptions)
     }
   } catch (err) {
     if (err instanceof EdgeLLMError) throw err;
-    if (isAbort(err)) throw new EdgeLLMError('ABORTED', `download of ${url}: aborted after ${loaded} bytes`, { cause: err });
+    if (isAbortError(err, signal)) throw new EdgeLLMError('ABORTED', `download of ${url}: aborted after ${loaded} bytes`, { cause: err });
     throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: download failed after ${loaded} bytes: ${message(err)}`, { cause: err });
   }
   return { ...memorySource(buf.subarray(0, loaded), url), url, ranges: false, etag: response.headers.get('etag') ?? undefined };
@@ -565,13 +600,9 @@ export async function openHttp(url: string, opts: OpenOptions = {}): Promise<Htt
   const doFetch = fetchOf(opts, `model URL ${url}`);
   throwIfAborted(opts.signal, `download of ${url}`);
   const source = new HttpSource(url, opts, doFetch);
-  try {
-    await source.open();
-  } catch (err) {
-    if (err instanceof NeedsWholeDownload) return downloadWhole(url, err.response, opts);
-    throw err;
-  }
-  return source;
+  // no ranges and no usable length: the reader needs the size up front, so this one file is read whole
+  const whole = await source.open();
+  return whole ? downloadWhole(url, whole, opts) : source;
 }
 
 /** An http(s) URL: through the cache when one is given, else read by ranges. */

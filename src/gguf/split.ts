@@ -10,7 +10,7 @@
  */
 import { EdgeLLMError } from '../errors.js';
 import { GGUFFile, readGGUF, type TensorInfo } from './reader.js';
-import { checkRange, fetchRelativePath, openSource, withHeaders, type ByteSource, type ModelSource, type OpenOptions, type PathOpener } from './source.js';
+import { concatSource, fetchRelativePath, openSource, withHeaders, type ByteSource, type ModelSource, type OpenOptions, type PathOpener } from './source.js';
 import { isHubName, resolveHubName, SPLIT_PART } from './hub.js';
 
 export const SPLIT_NO = 'split.no';
@@ -37,38 +37,6 @@ function partLocation(first: string, index: number, count: number): string | und
   if (!url) return named;
   url.pathname = named;
   return url.href;
-}
-
-/** One source over the parts laid end to end. */
-function concatSource(parts: ByteSource[], name: string): ByteSource {
-  const starts: number[] = [];
-  let size = 0;
-  for (const p of parts) {
-    starts.push(size);
-    size += p.size;
-  }
-  return {
-    name,
-    size,
-    async read(offset, length, into) {
-      checkRange(name, size, offset, length);
-      let i = starts.length - 1;
-      while (i > 0 && starts[i] > offset) i--;
-      const end = offset + length;
-      // A tensor lies in one part, so this is the loader's case: a read straight from that part.
-      if (end <= starts[i] + parts[i].size) return parts[i].read(offset - starts[i], length, into);
-      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
-      for (let at = offset; at < end; i++) {
-        const n = Math.min(end, starts[i] + parts[i].size) - at;
-        if (n > 0) out.set(await parts[i].read(at - starts[i], n), at - offset);
-        at += n;
-      }
-      return out;
-    },
-    async close() {
-      await Promise.all(parts.map((p) => p.close()));
-    },
-  };
 }
 
 function splitCount(gguf: GGUFFile): number {

@@ -293,7 +293,6 @@ export class KVCache {
   private readonly warmFifo: Fifo;
   private readonly warm: PageStore | undefined;
   private cold: PageStore | undefined;
-  /** the cold tier's directory, opened by openColdTier() */
   /** a page on its way from warm to cold */
   private readonly moving: Uint8Array;
   private coldPagesStaged = 0;

@@ -149,11 +149,20 @@ export class Llama {
     // their own base and no linear scaling (ropeBaseLocal, ropeScaleLocal). They are vectors in instance 0's memory.
     const at = weights.ropeFreqs || (this.kv.ctx > config.ropeOriginalContext ? weights.ropeLong : weights.ropeShort);
     const factors = at ? this.heap.slice(at / 4, at / 4 + config.nRot / 2) : null;
-    for (const i of this.instances) {
-      const s = i.state;
-      this.fillRopeTable(i.heap, s.rope, config.ropeBase, config.ropeScale, factors);
-      if (s.ropeLocal !== s.rope) this.fillRopeTable(i.heap, s.ropeLocal, config.ropeBaseLocal, config.ropeScaleLocal, factors);
-      if (s.gelu) fillGeluTable(i.heap.subarray(s.gelu / 4, s.gelu / 4 + 65536));
+    const first = this.instances[0], s0 = first.state;
+    const tables: Array<[(s: RunState) => number, number]> = [[(s) => s.rope, this.kv.ctx * config.nRot]];
+    this.fillRopeTable(first.heap, s0.rope, config.ropeBase, config.ropeScale, factors);
+    if (s0.ropeLocal !== s0.rope) {
+      this.fillRopeTable(first.heap, s0.ropeLocal, config.ropeBaseLocal, config.ropeScaleLocal, factors);
+      tables.push([(s) => s.ropeLocal, this.kv.ctx * config.nRot]);
+    }
+    if (s0.gelu) {
+      fillGeluTable(first.heap.subarray(s0.gelu / 4, s0.gelu / 4 + 65536));
+      tables.push([(s) => s.gelu, 65536]);
+    }
+    // the other instances' run states get the same tables, copied rather than computed again
+    for (const i of this.instances.slice(1)) {
+      for (const [at, n] of tables) i.heap.set(first.heap.subarray(at(s0) / 4, at(s0) / 4 + n), at(i.state) / 4);
     }
   }
 

@@ -96,8 +96,9 @@ export interface WeightsPlan {
 /**
  * Reserves every weight region in the arenas, a layer's in its kernel instance's (instanceOf) and the rest in instance
  * 0's; the bytes are read later by loadWeights. A streamed layer's matrices are laid out in an image of their own
- * (offsets from 0, aligned as the arena aligns), and then pointed into its instance's one slot, sized for the largest
- * image there, so each layer keeps its own layout (a Q4_K_M mix differs per layer) in a shared region.
+ * (offsets from 0, aligned as the arena aligns), and then pointed into one of its instance's slots (one, or two taken
+ * in turn when staging ahead), sized for the largest image it takes, so each layer keeps its own layout (a Q4_K_M mix
+ * differs per layer) in a shared region.
  */
 export function planWeights(
   gguf: GGUFFile,

@@ -176,9 +176,7 @@ function openNodeDir(node: NodeModules, dirOption: string | undefined): SpillDir
 }
 
 /**
- * Removes the spill directories in `parent` whose owner process no longer lives: signal 0 to a pid that exists
- * succeeds (or is refused with EPERM, for another user's process), and throws ESRCH only where no such process is.
- * A directory whose owner file names another host (a temp dir shared between machines or containers, where pids
+ * Removes the spill directories in `parent` whose owner process no longer lives (processAlive). A directory whose owner file names another host (a temp dir shared between machines or containers, where pids
  * mean nothing) is left alone; so is every directory of this process, whose models may be alive.
  */
 function sweepDeadNodeDirs({ fs, path, os, process }: NodeModules, parent: string): void {
@@ -200,13 +198,20 @@ function sweepDeadNodeDirs({ fs, path, os, process }: NodeModules, parent: strin
     } catch {
       // no owner file yet (its owner may be between mkdtemp and writing it): the pid alone decides
     }
-    try {
-      process.kill(pid, 0);
-      continue;
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'ESRCH') continue;
-    }
-    rmQuietly(fs, dir);
+    if (!processAlive(process, pid)) rmQuietly(fs, dir);
+  }
+}
+
+/**
+ * Whether a process of this host lives: signal 0 to a pid that exists succeeds (or is refused with EPERM, for another
+ * user's process), and throws ESRCH only where no such process is.
+ */
+export function processAlive(proc: { kill(pid: number, signal: number): unknown }, pid: number): boolean {
+  try {
+    proc.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code !== 'ESRCH';
   }
 }
 
@@ -333,7 +338,8 @@ async function sweepDeadOpfsDirs(root: OpfsDirHandle, locks: LockManager): Promi
 
 // ---- shared ----
 
-function randomSuffix(): string {
+/** 16 random hex digits, for names no other process or tab picks. */
+export function randomSuffix(): string {
   const bytes = new Uint8Array(8);
   globalThis.crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
