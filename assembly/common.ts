@@ -36,6 +36,45 @@ export const PREFETCH: usize = 1024;
   return f32x4.add(acc, f32x4.mul(f32x4.mul(wd4, f32x4.splat(xd)), f32x4.convert_i32x4_s(sumi4)));
 }
 
+/**
+ * relaxed: the exact Σ w·x of one token's 32-block against 4 rows of signed int8 weights (ra0/ra1: row a's values
+ * 0..15 and 16..31, and so on), as an i32x4 [a, b, c, d]. x points at the block's activations (quantize_q8_0 codes,
+ * −127..127) and xs at its code sums, where Σ_{x<0} |x| is the second i16.
+ *
+ * |x| is the relaxed dot's 7-bit operand and the sign moves to the weights: w ⊕ m with m = −1 where x < 0 is −w − 1
+ * there, so (w ⊕ m)·|x| = w·x − |x| on those lanes and Σ_{x<0} |x| puts the difference back once per block. w ⊕ m is
+ * any int8 (−128 too) and a pair of products is at most 2·128·127 = 32512 in magnitude, so the i16 lanes are exact on
+ * every implementation: one xor and one relaxed dot per 16 products, where the SIMD128 path widens both operands and
+ * multiplies twice (Q8_0 prefill 18 → 23 GMAC/s, docs/kernels.md).
+ */
+// @ts-ignore: decorator
+@inline export function signed_block_sums4(
+  ra0: v128, ra1: v128, rb0: v128, rb1: v128, rc0: v128, rc1: v128, rd0: v128, rd1: v128, x: usize, xs: usize,
+): v128 {
+  const x0 = v128.load(x), x1 = v128.load(x, 16);
+  const z = i8x16.splat(0);
+  const m0 = i8x16.lt_s(x0, z), m1 = i8x16.lt_s(x1, z);
+  const a0 = i8x16.abs(x0), a1 = i8x16.abs(x1);
+  return i32x4.add(
+    hsum4_i32x4(
+      signed_dot32(ra0, ra1, m0, a0, m1, a1),
+      signed_dot32(rb0, rb1, m0, a0, m1, a1),
+      signed_dot32(rc0, rc1, m0, a0, m1, a1),
+      signed_dot32(rd0, rd1, m0, a0, m1, a1),
+    ),
+    i32x4.splat(<i32>load<i16>(xs, 2)),
+  );
+}
+
+/** One row's part of signed_block_sums4, in four i32 lanes (widened by pmaddwd with ones, which V8 keeps in a register). */
+// @ts-ignore: decorator
+@inline function signed_dot32(w0: v128, w1: v128, m0: v128, a0: v128, m1: v128, a1: v128): v128 {
+  const ones = i16x8.splat(1);
+  const p0 = i16x8.relaxed_dot_i8x16_i7x16_s(v128.xor(w0, m0), a0);
+  const p1 = i16x8.relaxed_dot_i8x16_i7x16_s(v128.xor(w1, m1), a1);
+  return i32x4.add(i32x4.dot_i16x8_s(p0, ones), i32x4.dot_i16x8_s(p1, ones));
+}
+
 /** Stores the four rows r..r+3 of one token's output, only those below `rows` (the last group may be padding). */
 // @ts-ignore: decorator
 @inline export function store_rows4(y: usize, acc: v128, r: i32, rows: i32): void {

@@ -5,13 +5,13 @@
 // ggml's in-block order; scales apart as f32 [groups][blocks][4]), so the host's common 32-block repack writes it.
 //
 // One swizzle maps 16 indices to their int8 table values. Those are signed and span 241 values, so they do not fit the
-// relaxed dot's 7-bit operand; the exact relaxed forms cost more than they save (an offset table split in two 7-bit
-// halves doubles the dots and cannot add them in i16; abs/sign on the activations is per row and token), so both builds
-// multiply in i16 with dot_i16x8_s, and the relaxed build only gets the cheaper relaxed_swizzle (indices are 0..15, where
-// it is exact). Every output is `acc += wd·xd·sumi` over blocks in order, so decode, prefill and both builds agree bit
-// for bit.
+// relaxed dot's 7-bit operand. The relaxed build takes Q8_0's way (common.ts, signed_block_sums4): the activations'
+// magnitudes as the 7-bit operand and their signs moved onto the looked-up values, with Σ_{x<0} |x| per block from
+// quantize_q8_0; it also gets the cheaper relaxed_swizzle (indices are 0..15, where it is exact). The SIMD128 build
+// multiplies in i16 with dot_i16x8_s. Every output is `acc += wd·xd·sumi` over blocks in order, so decode, prefill
+// and both builds agree bit for bit.
 
-import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
+import { hsum4_i32x4, PREFETCH, scale_add, signed_block_sums4, store_rows4 } from './common';
 
 /** kvalues_iq4nl as one v128 (bytes, little-endian lanes). */
 // @ts-ignore: decorator
@@ -49,7 +49,13 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
  * before its dots, so few vectors are live at once.
  */
 // @ts-ignore: decorator
-@inline function block_sums4_rows(w: usize, x: usize): v128 {
+@inline function block_sums4_rows(w: usize, x: usize, xs: usize): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const w0 = v128.load(w), w1 = v128.load(w, 16), w2 = v128.load(w, 32), w3 = v128.load(w, 48);
+    return signed_block_sums4(
+      values_lo(w0), values_hi(w0), values_lo(w1), values_hi(w1), values_lo(w2), values_hi(w2), values_lo(w3), values_hi(w3), x, xs,
+    );
+  }
   const x0 = v128.load(x);
   const x1 = v128.load(x, 16);
   const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
@@ -71,8 +77,9 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 // @ts-ignore: decorator
 @inline function token_block(
   acc: v128, l0: v128, h0: v128, l1: v128, h1: v128, l2: v128, h2: v128, l3: v128, h3: v128,
-  wd4: v128, x: usize, xd: usize,
+  wd4: v128, x: usize, xd: usize, xs: usize,
 ): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return scale_add(acc, wd4, load<f32>(xd), signed_block_sums4(l0, h0, l1, h1, l2, h2, l3, h3, x, xs));
   const x0 = v128.load(x);
   const x1 = v128.load(x, 16);
   const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
@@ -86,8 +93,11 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
   return scale_add(acc, wd4, load<f32>(xd), sumi);
 }
 
-/** y[t][r] = Σ_blocks wd·xd·(Σ table[code]·xq) for ntok activation vectors quantized by quantize_q8_0. */
-export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
+/**
+ * y[t][r] = Σ_blocks wd·xd·(Σ table[code]·xq) for ntok activation vectors quantized by quantize_q8_0 (codes xq, scales
+ * xd, code sums xs).
+ */
+export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, xs: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
   const nb = cols >> 5;
   const groups = (rows + 3) >> 2;
   const rowBytes = <usize>rows << 2;
@@ -103,6 +113,7 @@ export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, y: usi
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
       const x = xq + <usize>t * xStride;
       const d = xd + <usize>t * dStride;
+      const s = xs + <usize>t * dStride;
       for (let b = 0; b < nb; b++) {
         const w = wg + (<usize>b << 6);
         load<u8>(w, PREFETCH); // see PREFETCH
@@ -113,10 +124,11 @@ export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, y: usi
         const wd4 = v128.load(dg + (<usize>b << 4));
         const xb = x + (<usize>b << 5);
         const db = d + (<usize>b << 2);
-        a0 = token_block(a0, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb, db);
-        a1 = token_block(a1, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + xStride, db + dStride);
-        a2 = token_block(a2, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 2 * xStride, db + 2 * dStride);
-        a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride);
+        const sb = s + (<usize>b << 2);
+        a0 = token_block(a0, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb, db, sb);
+        a1 = token_block(a1, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + xStride, db + dStride, sb + dStride);
+        a2 = token_block(a2, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 2 * xStride, db + 2 * dStride, sb + 2 * dStride);
+        a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
       store_rows4(yt, a0, r, rows);
@@ -129,11 +141,13 @@ export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, y: usi
       let a = f32x4.splat(0);
       const x = xq + <usize>t * xStride;
       const d = xd + <usize>t * dStride;
+      const s = xs + <usize>t * dStride;
       for (let b = 0; b < nb; b++) {
         const w = wg + (<usize>b << 6);
         load<u8>(w, PREFETCH); // see PREFETCH
         load<u8>(dg + (<usize>b << 4), PREFETCH / 4);
-        a = scale_add(a, v128.load(dg + (<usize>b << 4)), load<f32>(d + (<usize>b << 2)), block_sums4_rows(w, x + (<usize>b << 5)));
+        const sumi = block_sums4_rows(w, x + (<usize>b << 5), s + (<usize>b << 2));
+        a = scale_add(a, v128.load(dg + (<usize>b << 4)), load<f32>(d + (<usize>b << 2)), sumi);
       }
       store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), a, r, rows);
     }

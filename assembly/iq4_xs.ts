@@ -4,24 +4,30 @@
 // 256·127·127·32 < 2^31), so one float step per super-block, as llama.cpp's AVX2 kernel.
 //
 // The table values v are signed, so they cannot be the relaxed dot's 7-bit operand as they are. The builds:
-// - relaxed: v = v⁺ − v⁻ with v⁺ = max(v, 0) (0..113) and v⁻ = max(−v, 0) (0..127), each looked up by its own
-//   16-byte table; two relaxed dots per 16 values and an i16 subtraction give the exact pair sums (each value sits in
-//   one of the two dots only, so |pair| ≤ 2·127·127 fits i16), which meet the sub-block's scale in one pmaddwd.
+// - relaxed: |v| (1..127) is the 7-bit operand and the sign moves to the activations: x ⊕ m with m = −1 where v < 0
+//   (both looked up by the index, once per row, from 16-byte tables). x ⊕ −1 = −x − 1, so (x ⊕ m)·|v| = v·x − |v| on
+//   those lanes: the dot is Σ v·x − Σ_{v<0} |v|, and that second sum, times the sub-block scales, is a constant of the
+//   weights (`corr`, computed at load). x ⊕ m is any int8 and |v| ≤ 127, so a pair is at most 2·128·127 = 32512 in
+//   magnitude: exact i16 lanes on every implementation, which meet the sub-block's scale in one pmaddwd. One relaxed
+//   dot and one xor per 16 values (the split into v⁺ − v⁻ before this took two dots and a subtraction).
 // - SIMD128: the i16 path: v widened to i16 times the scale (|v·sc| ≤ 127·32) once per row, then pmaddwd with the
 //   widened activations per token.
-// Measured (5632 × 2048, 1 thread): the relaxed form 18.7 GMAC/s decode and 23.6 prefill against 12.8 and 18.8 for
-// the i16 path in the relaxed build: the i16 path's widening and multiplies per row cost more than the second dot.
+// Measured (5632 × 2048, 1 thread, relaxed build): decode 18.7 and prefill 23.6 GMAC/s with the v⁺ − v⁻ split,
+// 12.8 and 18.8 with the i16 path; see docs/kernels.md for this form.
 //
 // Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows. For each
 // group and super-block, 512 bytes of indices: the 4 rows' 128 bytes back to back, in ggml's order (per 32 values,
-// 16 bytes: element j in the low nibble, element j+16 in the high). Apart, 48 bytes of scales: the 4 rows' 8 scales
-// as signed bytes (ls − 32), then d as f32 [4 rows]. 4.375 bits per weight (ggml: 4.25).
+// 16 bytes: element j in the low nibble, element j+16 in the high). Apart, 64 bytes of scales: the 4 rows' 8 scales
+// as signed bytes (ls − 32), then d as f32 [4 rows], then corr = Σ_ib (ls_ib − 32)·Σ_{v<0} |v| as i32 [4 rows].
+// 4.5 bits per weight (ggml: 4.25).
 //
 // Decode is 4 rows × 1 token per weight load (the rows' sums in the lanes of one i32x4); prefill is 1 row × 4 tokens
 // (the tokens in the lanes), row by row through the group. Every output is acc + d·xd·isum per super-block, in order,
 // so decode, prefill and both builds agree bit for bit.
 
 import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
+
+const SCALES: usize = 64; // scale bytes per group and super-block
 
 /** ggml's kvalues_iq4nl */
 // @ts-ignore: decorator
@@ -47,26 +53,22 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
   return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(w0, v128.load8x8_s(x)), i32x4.dot_i16x8_s(w1, v128.load8x8_s(x, 8))));
 }
 
-/** Table values v⁺ = max(v, 0) and v⁻ = max(−v, 0): both fit the relaxed dot's 7-bit operand, and v = v⁺ − v⁻. */
+/** |v| for each index: the relaxed dot's 7-bit operand. */
 // @ts-ignore: decorator
-@inline function kv_pos(): v128 {
-  return i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 13, 25, 38, 53, 69, 89, 113);
+@inline function kv_abs(): v128 {
+  return i8x16(127, 104, 83, 65, 49, 35, 22, 10, 1, 13, 25, 38, 53, 69, 89, 113);
 }
 
+/** −1 for the indices whose value is negative (0..7), 0 for the others. */
 // @ts-ignore: decorator
-@inline function kv_neg(): v128 {
-  return i8x16(127, 104, 83, 65, 49, 35, 22, 10, 0, 0, 0, 0, 0, 0, 0, 0);
+@inline function kv_sign(): v128 {
+  return i8x16(-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0);
 }
 
-/**
- * relaxed: acc + sc·Σ v·x over 16 values with v = v⁺ − v⁻. Each value is in one of the two dots only, so the i16
- * difference is the exact pair sum (|x·v| ≤ 127·127 per value, 32258 per pair).
- */
+/** relaxed: acc + sc·Σ (x ⊕ m)·|v| over 16 values (see the top of the file: Σ v·x less the weights' constant). */
 // @ts-ignore: decorator
-@inline function dot16_relaxed(acc: v128, vp: v128, vn: v128, sc: v128, x: usize): v128 {
-  const xv = v128.load(x);
-  const d = i16x8.sub(i16x8.relaxed_dot_i8x16_i7x16_s(xv, vp), i16x8.relaxed_dot_i8x16_i7x16_s(xv, vn));
-  return i32x4.add(acc, i32x4.dot_i16x8_s(d, sc));
+@inline function dot16_relaxed(acc: v128, k: v128, m: v128, sc: v128, x: usize): v128 {
+  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.xor(v128.load(x), m), k), sc));
 }
 
 /**
@@ -74,7 +76,7 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
  * the lanes.
  */
 // @ts-ignore: decorator
-@inline function row_tok4(w: usize, s: usize, x: usize, xs: usize): v128 {
+@inline function row_tok4(w: usize, s: usize, corr: usize, x: usize, xs: usize): v128 {
   let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
   for (let ib: usize = 0; ib < 8; ib++) {
     const q = v128.load(w + (ib << 4));
@@ -82,12 +84,12 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
     const il = v128.and(q, i8x16.splat(0x0f)), ih = v128.and(i16x8.shr_u(q, 4), i8x16.splat(0x0f));
     const xb = x + (ib << 5);
     if (ASC_FEATURE_RELAXED_SIMD) {
-      const pl = i8x16.relaxed_swizzle(kv_pos(), il), nl = i8x16.relaxed_swizzle(kv_neg(), il);
-      const ph = i8x16.relaxed_swizzle(kv_pos(), ih), nh = i8x16.relaxed_swizzle(kv_neg(), ih);
-      a0 = dot16_relaxed(dot16_relaxed(a0, pl, nl, sc, xb), ph, nh, sc, xb + 16);
-      a1 = dot16_relaxed(dot16_relaxed(a1, pl, nl, sc, xb + xs), ph, nh, sc, xb + xs + 16);
-      a2 = dot16_relaxed(dot16_relaxed(a2, pl, nl, sc, xb + 2 * xs), ph, nh, sc, xb + 2 * xs + 16);
-      a3 = dot16_relaxed(dot16_relaxed(a3, pl, nl, sc, xb + 3 * xs), ph, nh, sc, xb + 3 * xs + 16);
+      const kl = i8x16.relaxed_swizzle(kv_abs(), il), ml = i8x16.relaxed_swizzle(kv_sign(), il);
+      const kh = i8x16.relaxed_swizzle(kv_abs(), ih), mh = i8x16.relaxed_swizzle(kv_sign(), ih);
+      a0 = dot16_relaxed(dot16_relaxed(a0, kl, ml, sc, xb), kh, mh, sc, xb + 16);
+      a1 = dot16_relaxed(dot16_relaxed(a1, kl, ml, sc, xb + xs), kh, mh, sc, xb + xs + 16);
+      a2 = dot16_relaxed(dot16_relaxed(a2, kl, ml, sc, xb + 2 * xs), kh, mh, sc, xb + 2 * xs + 16);
+      a3 = dot16_relaxed(dot16_relaxed(a3, kl, ml, sc, xb + 3 * xs), kh, mh, sc, xb + 3 * xs + 16);
     } else {
       const vl = lookup(il), vh = lookup(ih);
       let w0 = i16x8.mul(i16x8.extend_low_i8x16_s(vl), sc), w1 = i16x8.mul(i16x8.extend_high_i8x16_s(vl), sc);
@@ -103,10 +105,11 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
       a3 = dot16(a3, w0, w1, xb + 3 * xs + 16);
     }
   }
-  return hsum4_i32x4(a0, a1, a2, a3);
+  const sums = hsum4_i32x4(a0, a1, a2, a3);
+  return ASC_FEATURE_RELAXED_SIMD ? i32x4.add(sums, i32x4.splat(load<i32>(corr))) : sums;
 }
 
-/** One row's integer sum over one super-block for one token, spread over the 4 lanes. */
+/** One row's integer sum over one super-block for one token, spread over the 4 lanes (less corr in the relaxed build). */
 // @ts-ignore: decorator
 @inline function row_tok1(w: usize, s: usize, x: usize): v128 {
   load<u8>(w, PREFETCH); // see PREFETCH: one touch per 64-byte line of codes
@@ -118,8 +121,8 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
     const il = v128.and(q, i8x16.splat(0x0f)), ih = v128.and(i16x8.shr_u(q, 4), i8x16.splat(0x0f));
     const xb = x + (ib << 5);
     if (ASC_FEATURE_RELAXED_SIMD) {
-      a = dot16_relaxed(a, i8x16.relaxed_swizzle(kv_pos(), il), i8x16.relaxed_swizzle(kv_neg(), il), sc, xb);
-      a = dot16_relaxed(a, i8x16.relaxed_swizzle(kv_pos(), ih), i8x16.relaxed_swizzle(kv_neg(), ih), sc, xb + 16);
+      a = dot16_relaxed(a, i8x16.relaxed_swizzle(kv_abs(), il), i8x16.relaxed_swizzle(kv_sign(), il), sc, xb);
+      a = dot16_relaxed(a, i8x16.relaxed_swizzle(kv_abs(), ih), i8x16.relaxed_swizzle(kv_sign(), ih), sc, xb + 16);
     } else {
       const vl = lookup(il), vh = lookup(ih);
       a = dot16(a, i16x8.mul(i16x8.extend_low_i8x16_s(vl), sc), i16x8.mul(i16x8.extend_high_i8x16_s(vl), sc), xb);
@@ -141,7 +144,7 @@ export function matmul_iq4_xs(wq: usize, ws: usize, kq: usize, kd: usize, y: usi
   const dss = nsb << 2;
   for (let g = 0; g < groups; g++) {
     const wg = wq + <usize>g * nsb * 512;
-    const sg = ws + <usize>g * nsb * 48;
+    const sg = ws + <usize>g * nsb * SCALES;
     const r = g << 2;
     let t = 0;
     for (; t + 4 <= ntok; t += 4) {
@@ -152,10 +155,10 @@ export function matmul_iq4_xs(wq: usize, ws: usize, kq: usize, kd: usize, y: usi
         const ri = <usize>i;
         for (let b: usize = 0; b < nsb; b++) {
           const w = wg + (b << 9) + (ri << 7);
-          const s = sg + b * 48;
+          const s = sg + b * SCALES;
           load<u8>(w, PREFETCH); // see PREFETCH
           load<u8>(w + 64, PREFETCH);
-          const isum = row_tok4(w, s + (ri << 3), x + (b << 8), xs);
+          const isum = row_tok4(w, s + (ri << 3), s + 48 + (ri << 2), x + (b << 8), xs);
           const db = d + (b << 2);
           let xd4 = f32x4.splat(load<f32>(db));
           xd4 = f32x4.replace_lane(xd4, 1, load<f32>(db + dss));
@@ -176,10 +179,11 @@ export function matmul_iq4_xs(wq: usize, ws: usize, kq: usize, kd: usize, y: usi
       const d = kd + <usize>t * dss;
       for (let b: usize = 0; b < nsb; b++) {
         const w = wg + (b << 9);
-        const s = sg + b * 48;
+        const s = sg + b * SCALES;
         load<u8>(s, PREFETCH / 8);
         const xb = x + (b << 8);
-        const isum = hsum4_i32x4(row_tok1(w, s, xb), row_tok1(w + 128, s + 8, xb), row_tok1(w + 256, s + 16, xb), row_tok1(w + 384, s + 24, xb));
+        let isum = hsum4_i32x4(row_tok1(w, s, xb), row_tok1(w + 128, s + 8, xb), row_tok1(w + 256, s + 16, xb), row_tok1(w + 384, s + 24, xb));
+        if (ASC_FEATURE_RELAXED_SIMD) isum = i32x4.add(isum, v128.load(s + 48));
         acc = scale_add(acc, v128.load(s + 32), load<f32>(d + (b << 2)), isum);
       }
       store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), acc, r, rows);
@@ -194,7 +198,7 @@ export function dequant_row_iq4_xs(wq: usize, ws: usize, row: i32, cols: i32, ou
   const g = <usize>(row >> 2);
   for (let b: usize = 0; b < nsb; b++) {
     const w = wq + (g * nsb + b) * 512 + (lane << 7);
-    const s = ws + (g * nsb + b) * 48;
+    const s = ws + (g * nsb + b) * SCALES;
     const d = load<f32>(s + 32 + (lane << 2));
     const o = out + (b << 10);
     for (let ib: usize = 0; ib < 8; ib++) {

@@ -8,7 +8,7 @@
 // One weight load serves 4 rows of one token (decode) or 4 rows × 4 tokens (prefill). Every output is the same
 // `acc += wd·xd·sumi` over blocks in order, with an exact integer sumi, so decode, prefill and both builds agree bit for bit.
 
-import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
+import { hsum4_i32x4, kscale_rows4_narrow, PREFETCH, scale_add, store_rows4 } from './common';
 
 /**
  * Codes of elements 0..15 (lo) and 16..31 (hi) of one row's block. The relaxed build keeps them unsigned (0..15): they
@@ -28,18 +28,22 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 }
 
 /**
- * Σ code·x over one row's block, spread over four i32 lanes. x0/x1 are the block's 32 int8 activations; the SIMD128
- * build also gets them widened to i16 (xl0..xh1).
+ * SIMD128: Σ code·x over one row's block, spread over four i32 lanes, with the activations widened to i16 (xl0..xh1).
  */
 // @ts-ignore: decorator
-@inline function dot_row(lo: v128, hi: v128, x0: v128, x1: v128, xl0: v128, xh0: v128, xl1: v128, xh1: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) {
-    // each i16 lane gets two code·x pairs from each half, at most 4·15·127, so the halves add in i16 before widening
-    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi)));
-  }
+@inline function dot_row(lo: v128, hi: v128, xl0: v128, xh0: v128, xl1: v128, xh1: v128): v128 {
   const a = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(lo), xl0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(lo), xh0));
   const b = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_s(hi), xl1), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_s(hi), xh1));
   return i32x4.add(a, b);
+}
+
+/**
+ * relaxed: Σ code·x over one row's block in i16 lanes, each two code·x pairs from each half (at most 4·15·127 = 7620),
+ * so four rows fold in i16 before one widening (kscale_rows4_narrow with unit scales).
+ */
+// @ts-ignore: decorator
+@inline function dot_row_i16(lo: v128, hi: v128, x0: v128, x1: v128): v128 {
+  return i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi));
 }
 
 /** One token's block against a group's 4 unpacked rows, added into that token's 4 row accumulators. */
@@ -50,16 +54,23 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 ): v128 {
   const x0 = v128.load(x);
   const x1 = v128.load(x, 16);
-  // unused (and dropped by the optimizer) in the relaxed build
-  const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
-  const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
-  let sumi = hsum4_i32x4(
-    dot_row(l0, h0, x0, x1, xl0, xh0, xl1, xh1),
-    dot_row(l1, h1, x0, x1, xl0, xh0, xl1, xh1),
-    dot_row(l2, h2, x0, x1, xl0, xh0, xl1, xh1),
-    dot_row(l3, h3, x0, x1, xl0, xh0, xl1, xh1),
-  );
-  if (ASC_FEATURE_RELAXED_SIMD) sumi = i32x4.sub(sumi, i32x4.splat(load<i32>(xs) << 3));
+  let sumi: v128;
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const rows4 = kscale_rows4_narrow(
+      dot_row_i16(l0, h0, x0, x1), dot_row_i16(l1, h1, x0, x1), dot_row_i16(l2, h2, x0, x1), dot_row_i16(l3, h3, x0, x1),
+      i16x8.splat(1),
+    );
+    sumi = i32x4.sub(rows4, i32x4.splat(<i32>load<i16>(xs) << 3));
+  } else {
+    const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
+    const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
+    sumi = hsum4_i32x4(
+      dot_row(l0, h0, xl0, xh0, xl1, xh1),
+      dot_row(l1, h1, xl0, xh0, xl1, xh1),
+      dot_row(l2, h2, xl0, xh0, xl1, xh1),
+      dot_row(l3, h3, xl0, xh0, xl1, xh1),
+    );
+  }
   return scale_add(acc, wd4, load<f32>(xd), sumi);
 }
 

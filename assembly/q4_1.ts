@@ -13,7 +13,7 @@
 // The unsigned-code helpers below are shared with Q5_0/Q5_1 (codes 0..31), whose kernels differ only in how codes are
 // unpacked and how a block's sum is scaled.
 
-import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
+import { hsum4_i32x4, kscale_rows4, PREFETCH, scale_add, store_rows4 } from './common';
 
 /** Codes of elements 0..15 (lo) and 16..31 (hi) of one row's block, 0..15 as they are in both builds. */
 // @ts-ignore: decorator
@@ -28,19 +28,27 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 }
 
 /**
- * Σ code·x over one row's block, spread over four i32 lanes, for unsigned codes 0..31. The relaxed build uses them
- * as they are as the 7-bit operand of relaxed_dot: each i16 lane gets two code·x pairs from each half, at most
- * 4·31·127 = 15748, so the halves add in i16 before one widening. The SIMD128 build widens the codes to i16 and uses
- * dot_i16x8_s with the activations it gets already widened (xl0..xh1, shared by the group's 4 rows).
+ * Σ code·x over one row's block for unsigned codes 0..31, in lanes that rows4_u adds up. The relaxed build uses the
+ * codes as they are as the 7-bit operand of relaxed_dot: each i16 lane gets two code·x pairs from each half, at most
+ * 4·31·127 = 15748, so the halves add in i16 and four rows fold in i16 before one widening. The SIMD128 build widens
+ * the codes to i16 and uses dot_i16x8_s with the activations it gets already widened (xl0..xh1, shared by the group's
+ * 4 rows), giving i32 lanes.
  */
 // @ts-ignore: decorator
 @inline export function dot_row_u(lo: v128, hi: v128, x0: v128, x1: v128, xl0: v128, xh0: v128, xl1: v128, xh1: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) {
-    return i32x4.extadd_pairwise_i16x8_s(i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi)));
+    return i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi));
   }
   const a = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), xl0), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), xh0));
   const b = i32x4.add(i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), xl1), i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(hi), xh1));
   return i32x4.add(a, b);
+}
+
+/** Four rows' dot_row_u results as one exact i32x4 of their totals [a, b, c, d]. */
+// @ts-ignore: decorator
+@inline export function rows4_u(a: v128, b: v128, c: v128, d: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return kscale_rows4(a, b, c, d, i16x8.splat(1));
+  return hsum4_i32x4(a, b, c, d);
 }
 
 /** The exact integer dots of one token's block (32 int8 activations at x) against a group's 4 unpacked rows. */
@@ -53,7 +61,7 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
   // unused (and dropped by the optimizer) in the relaxed build
   const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
   const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
-  return hsum4_i32x4(
+  return rows4_u(
     dot_row_u(l0, h0, x0, x1, xl0, xh0, xl1, xh1),
     dot_row_u(l1, h1, x0, x1, xl0, xh0, xl1, xh1),
     dot_row_u(l2, h2, x0, x1, xl0, xh0, xl1, xh1),
@@ -72,7 +80,7 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
   const x1 = v128.load(x, 16);
   const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
   const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
-  return hsum4_i32x4(
+  return rows4_u(
     dot_row_nibbles(v128.load(w), x0, x1, xl0, xh0, xl1, xh1),
     dot_row_nibbles(v128.load(w, 16), x0, x1, xl0, xh0, xl1, xh1),
     dot_row_nibbles(v128.load(w, 32), x0, x1, xl0, xh0, xl1, xh1),
@@ -95,7 +103,7 @@ import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
 // @ts-ignore: decorator
 @inline export function scale_add_min(acc: v128, wd4: v128, wm4: v128, xd: usize, xs: usize, sumi4: v128): v128 {
   const d = load<f32>(xd);
-  return f32x4.add(scale_add(acc, wd4, d, sumi4), f32x4.mul(wm4, f32x4.splat(d * <f32>load<i32>(xs))));
+  return f32x4.add(scale_add(acc, wd4, d, sumi4), f32x4.mul(wm4, f32x4.splat(d * <f32>load<i16>(xs))));
 }
 
 /**

@@ -14,8 +14,8 @@
 // integer sum. Every output is `acc += wd·xd·sumi` over blocks in order, so decode, prefill and both builds agree bit
 // for bit.
 
-import { hsum4_i32x4, PREFETCH, scale_add, store_rows4 } from './common';
-import { block_sums4_u, dot_row_u } from './q4_1';
+import { PREFETCH, scale_add, store_rows4 } from './common';
+import { block_sums4_u, dot_row_u, rows4_u } from './q4_1';
 
 /** A row's 5-bit codes of elements 0..15: the low 5 bits of its code bytes a. Shared with Q5_1. */
 // @ts-ignore: decorator
@@ -44,7 +44,7 @@ import { block_sums4_u, dot_row_u } from './q4_1';
   const x1 = v128.load(x, 16);
   const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
   const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
-  return hsum4_i32x4(
+  return rows4_u(
     q5_dot_row(v128.load(w), hb, 0, x0, x1, xl0, xh0, xl1, xh1),
     q5_dot_row(v128.load(w, 16), hb, 1, x0, x1, xl0, xh0, xl1, xh1),
     q5_dot_row(v128.load(w, 32), hb, 2, x0, x1, xl0, xh0, xl1, xh1),
@@ -63,7 +63,7 @@ import { block_sums4_u, dot_row_u } from './q4_1';
   acc: v128, l0: v128, h0: v128, l1: v128, h1: v128, l2: v128, h2: v128, l3: v128, h3: v128,
   wd4: v128, x: usize, xd: usize, xs: usize,
 ): v128 {
-  const sumi = i32x4.sub(block_sums4_u(l0, h0, l1, h1, l2, h2, l3, h3, x), i32x4.splat(load<i32>(xs) << 4));
+  const sumi = i32x4.sub(block_sums4_u(l0, h0, l1, h1, l2, h2, l3, h3, x), i32x4.splat(<i32>load<i16>(xs) << 4));
   return scale_add(acc, wd4, load<f32>(xd), sumi);
 }
 
@@ -123,7 +123,7 @@ export function matmul_q5_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         load<u8>(w, PREFETCH); // see PREFETCH
         load<u8>(w, PREFETCH + 64);
         load<u8>(dg + (<usize>b << 4), PREFETCH / 5);
-        const sumi = i32x4.sub(q5_block_sums4(w, v128.load(w, 64), x + (<usize>b << 5)), i32x4.splat(load<i32>(s + (<usize>b << 2)) << 4));
+        const sumi = i32x4.sub(q5_block_sums4(w, v128.load(w, 64), x + (<usize>b << 5)), i32x4.splat(<i32>load<i16>(s + (<usize>b << 2)) << 4));
         a = scale_add(a, v128.load(dg + (<usize>b << 4)), load<f32>(d + (<usize>b << 2)), sumi);
       }
       store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), a, r, rows);

@@ -3,12 +3,13 @@
 // and block, the 4 rows' 32 codes back to back (128 bytes); scales apart as f32 [groups][blocks][4]. See q4_0.ts for why.
 // Activations use the same block format (quantize_q8_0), so a dot product is integer within a block and f32 across blocks.
 
-import { hsum_i32x4, hsum4_i32x4, PREFETCH, round_to_f16, scale_add, store_rows4 } from './common';
+import { hsum_i32x4, hsum4_i32x4, PREFETCH, round_to_f16, scale_add, signed_block_sums4, store_rows4 } from './common';
 
 /**
  * Quantize ntok activation vectors of n floats (n a multiple of 32) to int8 codes xq [ntok][n] and f32 scales
- * xd [ntok][n/32], plus each block's code sum xs [ntok][n/32] as i32 (Q4_0's relaxed kernel needs it). Follows ggml's quantize_row_q8_0 on x86 (d = amax/127 stored as f16, codes = round-to-nearest-even
- * of x·127/amax), so a matmul sees the same integers as llama.cpp.
+ * xd [ntok][n/32], plus per block two i16 code sums xs [ntok][n/32][2]: Σx (Q4_0, Q4_1, Q5_0, Q5_1 need it) and
+ * Σ_{x<0} |x| (Q8_0's relaxed kernel). Follows ggml's quantize_row_q8_0 on x86 (d = amax/127 stored as f16, codes =
+ * round-to-nearest-even of x·127/amax, so in −127..127), so a matmul sees the same integers as llama.cpp.
  */
 export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize, xs: usize): void {
   const nb = n >> 5;
@@ -40,12 +41,18 @@ export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize,
     v128.store(dst, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.narrow_i32x4_s(q2, q3)));
     v128.store(dst, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q4, q5), i16x8.narrow_i32x4_s(q6, q7)), 16);
     const sum = i32x4.add(i32x4.add(i32x4.add(q0, q1), i32x4.add(q2, q3)), i32x4.add(i32x4.add(q4, q5), i32x4.add(q6, q7)));
-    store<i32>(xs + (<usize>b << 2), hsum_i32x4(sum));
+    const abs = i32x4.add(
+      i32x4.add(i32x4.add(i32x4.abs(q0), i32x4.abs(q1)), i32x4.add(i32x4.abs(q2), i32x4.abs(q3))),
+      i32x4.add(i32x4.add(i32x4.abs(q4), i32x4.abs(q5)), i32x4.add(i32x4.abs(q6), i32x4.abs(q7))),
+    );
+    const s = hsum_i32x4(sum);
+    store<i16>(xs + (<usize>b << 2), <i16>s);
+    store<i16>(xs + (<usize>b << 2), <i16>((hsum_i32x4(abs) - s) >> 1), 2);
   }
 }
 
 /**
- * Σ w·x over one row's block, spread over four i32 lanes: codes widened to i16, then i32x4.dot_i16x8_s (one
+ * SIMD128: Σ w·x over one row's block, spread over four i32 lanes: codes widened to i16, then i32x4.dot_i16x8_s (one
  * multiply-add instruction per 8 pairs on x86 and Arm). The activations arrive already widened (xl0..xh1).
  */
 // @ts-ignore: decorator
@@ -57,24 +64,38 @@ export function quantize_q8_0(x: usize, n: i32, ntok: i32, xq: usize, xd: usize,
   return i32x4.add(a, b);
 }
 
-/** One token's block against a group's 4 rows (w = their 128 code bytes), added into that token's 4 accumulators. */
+/**
+ * One token's block against a group's 4 rows (w = their 128 code bytes), added into that token's 4 accumulators;
+ * xs holds the block's two code sums (see quantize_q8_0).
+ */
 // @ts-ignore: decorator
-@inline function token_block(acc: v128, w: usize, wd4: v128, x: usize, xd: usize): v128 {
-  const x0 = v128.load(x);
-  const x1 = v128.load(x, 16);
-  const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
-  const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
-  const sumi = hsum4_i32x4(
-    dot_row(w, xl0, xh0, xl1, xh1),
-    dot_row(w + 32, xl0, xh0, xl1, xh1),
-    dot_row(w + 64, xl0, xh0, xl1, xh1),
-    dot_row(w + 96, xl0, xh0, xl1, xh1),
-  );
+@inline function token_block(acc: v128, w: usize, wd4: v128, x: usize, xd: usize, xs: usize): v128 {
+  let sumi: v128;
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    sumi = signed_block_sums4(
+      v128.load(w), v128.load(w, 16), v128.load(w, 32), v128.load(w, 48),
+      v128.load(w, 64), v128.load(w, 80), v128.load(w, 96), v128.load(w, 112), x, xs,
+    );
+  } else {
+    const x0 = v128.load(x);
+    const x1 = v128.load(x, 16);
+    const xl0 = i16x8.extend_low_i8x16_s(x0), xh0 = i16x8.extend_high_i8x16_s(x0);
+    const xl1 = i16x8.extend_low_i8x16_s(x1), xh1 = i16x8.extend_high_i8x16_s(x1);
+    sumi = hsum4_i32x4(
+      dot_row(w, xl0, xh0, xl1, xh1),
+      dot_row(w + 32, xl0, xh0, xl1, xh1),
+      dot_row(w + 64, xl0, xh0, xl1, xh1),
+      dot_row(w + 96, xl0, xh0, xl1, xh1),
+    );
+  }
   return scale_add(acc, wd4, load<f32>(xd), sumi);
 }
 
-/** y[t][r] = Σ_blocks wd·xd·(Σ wq·xq) over ntok activation vectors quantized by quantize_q8_0. */
-export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
+/**
+ * y[t][r] = Σ_blocks wd·xd·(Σ wq·xq) over ntok activation vectors quantized by quantize_q8_0 (codes xq, scales xd,
+ * code sums xs).
+ */
+export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
   const nb = cols >> 5;
   const groups = (rows + 3) >> 2;
   const rowBytes = <usize>rows << 2;
@@ -90,6 +111,7 @@ export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
       const x = xq + <usize>t * xStride;
       const d = xd + <usize>t * dStride;
+      const s = xs + <usize>t * dStride;
       for (let b = 0; b < nb; b++) {
         const w = wg + (<usize>b << 7);
         load<u8>(w, PREFETCH); // see PREFETCH
@@ -98,10 +120,11 @@ export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize
         const wd4 = v128.load(dg + (<usize>b << 4));
         const xb = x + (<usize>b << 5);
         const db = d + (<usize>b << 2);
-        a0 = token_block(a0, w, wd4, xb, db);
-        a1 = token_block(a1, w, wd4, xb + xStride, db + dStride);
-        a2 = token_block(a2, w, wd4, xb + 2 * xStride, db + 2 * dStride);
-        a3 = token_block(a3, w, wd4, xb + 3 * xStride, db + 3 * dStride);
+        const sb = s + (<usize>b << 2);
+        a0 = token_block(a0, w, wd4, xb, db, sb);
+        a1 = token_block(a1, w, wd4, xb + xStride, db + dStride, sb + dStride);
+        a2 = token_block(a2, w, wd4, xb + 2 * xStride, db + 2 * dStride, sb + 2 * dStride);
+        a3 = token_block(a3, w, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
       store_rows4(yt, a0, r, rows);
@@ -114,12 +137,13 @@ export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, y: usize
       let a = f32x4.splat(0);
       const x = xq + <usize>t * xStride;
       const d = xd + <usize>t * dStride;
+      const s = xs + <usize>t * dStride;
       for (let b = 0; b < nb; b++) {
         const w = wg + (<usize>b << 7);
         load<u8>(w, PREFETCH); // see PREFETCH
         load<u8>(w, PREFETCH + 64);
         load<u8>(dg + (<usize>b << 4), PREFETCH / 8);
-        a = token_block(a, w, v128.load(dg + (<usize>b << 4)), x + (<usize>b << 5), d + (<usize>b << 2));
+        a = token_block(a, w, v128.load(dg + (<usize>b << 4)), x + (<usize>b << 5), d + (<usize>b << 2), s + (<usize>b << 2));
       }
       store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), a, r, rows);
     }

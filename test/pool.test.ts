@@ -81,9 +81,8 @@ type Problem = ReturnType<typeof problem>;
 
 /** The argument lists of one matmul over all rows and tokens (no split), Q8_0 or Q4_0. */
 function wholeArgs(p: Problem, type: 'q8_0' | 'q4_0'): number[] {
-  return type === 'q8_0'
-    ? [p.q8.wq, p.q8.wd, p.xq, p.xd, p.y, p.rows, p.cols, p.ntok]
-    : [p.q4.wq, p.q4.wd, p.xq, p.xd, p.xs, p.y, p.rows, p.cols, p.ntok];
+  const w = type === 'q8_0' ? p.q8 : p.q4;
+  return [w.wq, w.wd, p.xq, p.xd, p.xs, p.y, p.rows, p.cols, p.ntok];
 }
 
 /**
@@ -98,9 +97,7 @@ function splitRows(p: Problem, type: 'q8_0' | 'q4_0', threads: number): (number[
     const r0 = 4 * g0, r1 = Math.min(p.rows, 4 * g1);
     if (r1 <= r0) return null;
     const wq = w.wq + g0 * p.nb * codeBytes, wd = w.wd + g0 * p.nb * 16, y = p.y + r0 * 4;
-    return type === 'q8_0'
-      ? [wq, wd, p.xq, p.xd, y, r1 - r0, p.cols, 1]
-      : [wq, wd, p.xq, p.xd, p.xs, y, r1 - r0, p.cols, 1];
+    return [wq, wd, p.xq, p.xd, p.xs, y, r1 - r0, p.cols, 1];
   });
 }
 
@@ -111,9 +108,7 @@ function splitTokens(p: Problem, type: 'q8_0' | 'q4_0', threads: number): (numbe
     const t0 = Math.floor((p.ntok * i) / threads), t1 = Math.floor((p.ntok * (i + 1)) / threads);
     if (t1 <= t0) return null;
     const xq = p.xq + t0 * p.cols, xd = p.xd + t0 * p.nb * 4, xs = p.xs + t0 * p.nb * 4, y = p.y + t0 * p.rows * 4;
-    return type === 'q8_0'
-      ? [w.wq, w.wd, xq, xd, y, p.rows, p.cols, t1 - t0]
-      : [w.wq, w.wd, xq, xd, xs, y, p.rows, p.cols, t1 - t0];
+    return [w.wq, w.wd, xq, xd, xs, y, p.rows, p.cols, t1 - t0];
   });
 }
 

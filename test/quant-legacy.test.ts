@@ -6,6 +6,7 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadModel } from '../src/index.js';
 import { GGMLType, typeName } from '../src/gguf/types.js';
+import { f16Table } from '../src/gguf/f16.js';
 import { dequantizeRow, quantizeRow, ROW_FORMATS } from '../src/gguf/quantize.js';
 import { makeSyntheticLlama, type SyntheticSpec } from './util/synthetic.js';
 import { referenceForward, roundActivationsQ8 } from './util/reference.js';
@@ -114,6 +115,62 @@ describe('kernels alone', () => {
         results.push(all);
       }
       expect(Array.from(results[1])).toEqual(Array.from(results[0]));
+    });
+  }
+});
+
+describe('Q8_0 and Q4_0 matmuls = the integer formula, bit for bit, both builds, decode and prefill', () => {
+  // Raw random blocks: every code occurs, Q8_0's −128 too (llama.cpp's quantizer never writes it, but a file may; the
+  // relaxed Q8_0 kernel's sign trick must stay exact there), against activations that include ±127.
+  for (const type of [Q8_0, Q4_0]) {
+    it(`${typeName(type)}, raw random blocks, 1..9 tokens`, () => {
+      const rows = 9, cols = 96, ntok = 9, nb = cols / 32;
+      const r = rng(41 + type);
+      const blockBytes = type === Q8_0 ? 34 : 18;
+      const bytes = Uint8Array.from({ length: rows * nb * blockBytes }, () => Math.floor((r() + 1) * 128));
+      for (let b = 0; b < rows * nb; b++) {
+        const h = 0x2000 + Math.floor((r() + 1) * 0x800) + (r() < -0.4 ? 0x8000 : 0); // modest f16 scales of either sign
+        bytes[b * blockBytes] = h & 0xff;
+        bytes[b * blockBytes + 1] = h >> 8;
+      }
+      const x = Float32Array.from({ length: ntok * cols }, (_, i) => (i % 29 === 0 ? -5 : i % 31 === 0 ? 5 : r()));
+      const results: number[][] = [];
+      for (const inst of builds) {
+        const m = inst.matrix(type, rows, cols, bytes, 3, 0xa5);
+        const xp = inst.alloc(x.byteLength);
+        new Float32Array(inst.memory.buffer, xp, x.length).set(x);
+        const q = { q: inst.alloc(ntok * cols), d: inst.alloc(ntok * nb * 4), s: inst.alloc(ntok * nb * 4) };
+        inst.k.quantize_q8_0(xp, cols, ntok, q.q, q.d, q.s);
+        const xq = new Int8Array(inst.memory.buffer, q.q, ntok * cols).slice();
+        const xd = new Float32Array(inst.memory.buffer, q.d, ntok * nb).slice();
+        expect(xq.includes(127) && xq.includes(-127)).toBe(true);
+        const y = inst.alloc(ntok * rows * 4);
+        m.kernel.matmul(inst.k, m, { x: xp, q8_0: q, q8_k: { q: 0, d: 0, s: 0 } }, y, ntok);
+        const got = Array.from(new Float32Array(inst.memory.buffer, y, ntok * rows));
+        // acc = acc + (wd·xd)·sumi per block, in f32, sumi the exact Σ w·x of the block's integer codes
+        const want: number[] = [];
+        for (let t = 0; t < ntok; t++) {
+          for (let row = 0; row < rows; row++) {
+            let acc = 0;
+            for (let b = 0; b < nb; b++) {
+              const o = (row * nb + b) * blockBytes;
+              const wd = f16Table()[bytes[o] | (bytes[o + 1] << 8)];
+              let sumi = 0;
+              for (let j = 0; j < 32; j++) {
+                const w = type === Q8_0 ? (bytes[o + 2 + j] << 24) >> 24 : (j < 16 ? bytes[o + 2 + j] & 15 : bytes[o + 2 + j - 16] >> 4) - 8;
+                sumi += w * xq[t * cols + b * 32 + j];
+              }
+              acc = Math.fround(acc + Math.fround(Math.fround(wd * xd[t * nb + b]) * sumi));
+            }
+            want.push(acc);
+          }
+        }
+        expect(bytes.some((v, i) => type === Q8_0 && i % blockBytes >= 2 && v === 0x80)).toBe(type === Q8_0);
+        const bad = got.findIndex((v, i) => !Object.is(v, want[i]));
+        expect(bad, `${inst.build}: y[${bad}] = ${got[bad]}, want ${want[bad]}`).toBe(-1);
+        results.push(got);
+      }
+      expect(results[1]).toEqual(results[0]);
     });
   }
 });

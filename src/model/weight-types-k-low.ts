@@ -7,6 +7,7 @@
 import { GGMLType } from '../gguf/types.js';
 import { f16Table } from '../gguf/f16.js';
 import { iq4xsScale, q3kScale } from '../gguf/quantize-k-low.js';
+import { KVALUES_IQ4NL } from '../gguf/quantize-legacy.js';
 import type { Matrix, WeightKernel } from './weight-types.js';
 import { ROW_GROUP, roundUp } from './repack.js';
 
@@ -29,6 +30,17 @@ function eachBlock(m: Matrix, src: Uint8Array, r0: number, nr: number, blockByte
 }
 
 const f16At = (b: Uint8Array, o: number) => f16Table()[b[o] | (b[o + 1] << 8)];
+
+let negativeMagnitudes: Uint16Array | undefined;
+/** For each byte of two IQ4 indices: Σ |v| over its negative table values v (the indices 0..7). */
+function iq4NegativeMagnitudes(): Uint16Array {
+  if (!negativeMagnitudes) {
+    const neg = (i: number) => (KVALUES_IQ4NL[i] < 0 ? -KVALUES_IQ4NL[i] : 0);
+    negativeMagnitudes = new Uint16Array(256);
+    for (let b = 0; b < 256; b++) negativeMagnitudes[b] = neg(b & 15) + neg(b >> 4);
+  }
+  return negativeMagnitudes;
+}
 
 export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
   {
@@ -67,16 +79,27 @@ export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
     dequantRow: (k, m, row, out) => k.dequant_row_q3_k(m.data, m.scales, row, m.cols, out),
   },
   {
-    // per group super-block: indices 4 × 128 bytes; scales 4 × 8 signed bytes, d f32 [4] (48 bytes)
+    // per group super-block: indices 4 × 128 bytes; scales 4 × 8 signed bytes, d f32 [4], corr i32 [4] (64 bytes).
+    // corr = Σ_ib (ls_ib − 32)·Σ_{v<0} |v| is the weights' constant of the relaxed kernel (assembly/iq4_xs.ts).
     type: GGMLType.IQ4_XS,
     input: 'q8_k',
-    layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 512, scales: superBlocks(rows, cols) * 48 }),
+    layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 512, scales: superBlocks(rows, cols) * 64 }),
     repack(m, heap, src, r0, nr) {
-      const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 12);
+      const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 16);
+      const corr = new Int32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 16);
+      const negOfByte = iq4NegativeMagnitudes();
       eachBlock(m, src, r0, nr, 136, (s, i, slot) => {
         heap.set(src.subarray(s + 8, s + 136), m.data + i * 512 + slot * 128);
-        for (let ib = 0; ib < 8; ib++) heap[m.scales + i * 48 + slot * 8 + ib] = iq4xsScale(src, s + 2, ib) & 0xff;
-        f[i * 12 + 8 + slot] = f16At(src, s);
+        let c = 0;
+        for (let ib = 0; ib < 8; ib++) {
+          const ls = iq4xsScale(src, s + 2, ib);
+          heap[m.scales + i * 64 + slot * 8 + ib] = ls & 0xff;
+          let neg = 0;
+          for (let j = s + 8 + ib * 16, end = j + 16; j < end; j++) neg += negOfByte[src[j]];
+          c += ls * neg;
+        }
+        f[i * 16 + 8 + slot] = f16At(src, s);
+        corr[i * 16 + 12 + slot] = c;
       });
     },
     matmul: (k, m, a, y, ntok) => k.matmul_iq4_xs(m.data, m.scales, a.q8_k.q, a.q8_k.d, y, m.rows, m.cols, ntok),

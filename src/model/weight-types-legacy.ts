@@ -86,7 +86,7 @@ export const LEGACY_WEIGHT_TYPES: WeightKernel[] = [
     // Q4_0's layout: the same block shape (f16 scale, 16 bytes of nibbles)
     layout: (rows, cols) => ({ data: groupBlocks(rows, cols) * 64, scales: groupBlocks(rows, cols) * 16 }),
     repack: (m, heap, src, r0, nr) => repackBlocks32(m, heap, src, r0, nr, 18),
-    matmul: (k, m, a, y, ntok) => k.matmul_iq4_nl(m.data, m.scales, a.q8_0.q, a.q8_0.d, y, m.rows, m.cols, ntok),
+    matmul: (k, m, a, y, ntok) => k.matmul_iq4_nl(m.data, m.scales, a.q8_0.q, a.q8_0.d, a.q8_0.s, y, m.rows, m.cols, ntok),
     dequantRow: (k, m, row, out) => k.dequant_row_iq4_nl(m.data, m.scales, row, m.cols, out),
   },
   {

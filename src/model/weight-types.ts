@@ -103,7 +103,7 @@ const BASIC_WEIGHT_TYPES: WeightKernel[] = [
     input: 'q8_0',
     layout: (rows, cols) => ({ data: roundUp(rows, ROW_GROUP) * cols, scales: (roundUp(rows, ROW_GROUP) * cols / 32) * 4 }),
     repack: (m, heap, src, r0, nr) => repackBlocks32(m, heap, src, r0, nr, 34),
-    matmul: (k, m, a, y, ntok) => k.matmul_q8_0(m.data, m.scales, a.q8_0.q, a.q8_0.d, y, m.rows, m.cols, ntok),
+    matmul: (k, m, a, y, ntok) => k.matmul_q8_0(m.data, m.scales, a.q8_0.q, a.q8_0.d, a.q8_0.s, y, m.rows, m.cols, ntok),
     dequantRow: (k, m, row, out) => k.dequant_row_q8_0(m.data, m.scales, row, m.cols, out),
   },
   {

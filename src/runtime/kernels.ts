@@ -4,12 +4,12 @@ import { EdgeLLMError } from '../errors.js';
 export interface Kernels {
   matmul_f32(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_f16(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
-  matmul_q8_0(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_q8_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q4_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q4_1(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q5_0(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_q5_1(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
-  matmul_iq4_nl(wq: number, wd: number, xq: number, xd: number, y: number, rows: number, cols: number, ntok: number): void;
+  matmul_iq4_nl(wq: number, wd: number, xq: number, xd: number, xs: number, y: number, rows: number, cols: number, ntok: number): void;
   matmul_bf16(w: number, x: number, y: number, rows: number, cols: number, ntok: number): void;
   quantize_q8_0(x: number, n: number, ntok: number, xq: number, xd: number, xs: number): void;
   /** Q8_K activations (assembly/q8_k.ts): int8 codes kq [ntok][n], f32 scales kd [ntok][n/256], i16 sums ks [ntok][n/16]. */
