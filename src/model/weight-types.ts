@@ -27,8 +27,8 @@ export interface Matrix {
 /**
  * The activation formats a matmul input is prepared in, once per input for every matrix that reads it:
  * - `f32`: the values as they are (float weight types);
- * - `q8_0`: int8 codes per 32-value block with an f32 (f16-rounded) scale and the block's code sum, as ggml's
- *   quantize_row_q8_0 (Q8_0, Q4_0 and the other 32-blocks);
+ * - `q8_0`: int8 codes per 32-value block with an f32 (f16-rounded) scale, as ggml's quantize_row_q8_0, and two
+ *   i16 sums per block, Σx and Σ_{x<0} |x| (Q8_0, Q4_0 and the other 32-blocks; assembly/q8_0.ts);
  * - `q8_k`: int8 codes per 256-value super-block with an f32 scale and i16 code sums per 16, as ggml's
  *   quantize_row_q8_K (the K-quants and IQ4_XS).
  */
