@@ -32,12 +32,17 @@ function eachBlock(m: Matrix, src: Uint8Array, r0: number, nr: number, blockByte
 const f16At = (b: Uint8Array, o: number) => f16Table()[b[o] | (b[o + 1] << 8)];
 
 let negativeMagnitudes: Uint16Array | undefined;
-/** For each byte of two IQ4 indices: Σ |v| over its negative table values v (the indices 0..7). */
+/**
+ * For each pair of bytes of IQ4 indices (four indices, read as one little-endian u16): Σ |v| over their negative table
+ * values v (the indices 0..7). A pair at a time halves the repack's lookups (a byte table made TinyLlama's IQ4_XS load
+ * 1.3 s slower; this one ~0.5 s).
+ */
 function iq4NegativeMagnitudes(): Uint16Array {
   if (!negativeMagnitudes) {
     const neg = (i: number) => (KVALUES_IQ4NL[i] < 0 ? -KVALUES_IQ4NL[i] : 0);
-    negativeMagnitudes = new Uint16Array(256);
-    for (let b = 0; b < 256; b++) negativeMagnitudes[b] = neg(b & 15) + neg(b >> 4);
+    const byte = Array.from({ length: 256 }, (_, b) => neg(b & 15) + neg(b >> 4));
+    negativeMagnitudes = new Uint16Array(65536);
+    for (let p = 0; p < 65536; p++) negativeMagnitudes[p] = byte[p & 255] + byte[p >> 8];
   }
   return negativeMagnitudes;
 }
@@ -87,7 +92,10 @@ export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
     repack(m, heap, src, r0, nr) {
       const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 16);
       const corr = new Int32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 16);
-      const negOfByte = iq4NegativeMagnitudes();
+      const negOfPair = iq4NegativeMagnitudes();
+      // the blocks' index bytes as u16 pairs (every block's indices start at an even offset: 136·k + 8)
+      const even = src.byteOffset % 2 === 0 ? src : src.slice();
+      const pairs = new Uint16Array(even.buffer, even.byteOffset, even.length >> 1);
       eachBlock(m, src, r0, nr, 136, (s, i, slot) => {
         heap.set(src.subarray(s + 8, s + 136), m.data + i * 512 + slot * 128);
         let c = 0;
@@ -95,7 +103,7 @@ export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
           const ls = iq4xsScale(src, s + 2, ib);
           heap[m.scales + i * 64 + slot * 8 + ib] = ls & 0xff;
           let neg = 0;
-          for (let j = s + 8 + ib * 16, end = j + 16; j < end; j++) neg += negOfByte[src[j]];
+          for (let j = (s + 8 + ib * 16) >> 1, end = j + 8; j < end; j++) neg += negOfPair[pairs[j]];
           c += ls * neg;
         }
         f[i * 16 + 8 + slot] = f16At(src, s);
