@@ -12,8 +12,8 @@
 //   dot and one xor per 16 values (the split into v⁺ − v⁻ before this took two dots and a subtraction).
 // - SIMD128: the i16 path: v widened to i16 times the scale (|v·sc| ≤ 127·32) once per row, then pmaddwd with the
 //   widened activations per token.
-// Measured (5632 × 2048, 1 thread, relaxed build): decode 18.7 and prefill 23.6 GMAC/s with the v⁺ − v⁻ split,
-// 12.8 and 18.8 with the i16 path; see docs/kernels.md for this form.
+// Measured (5632 × 2048, 1 thread, relaxed build, `npm run bench:kernels`): decode 19.6 and prefill 25.6 GMAC/s in
+// this form, 18.7 and 23.6 with the v⁺ − v⁻ split, 12.8 and 18.8 with the i16 path (docs/kernels.md).
 //
 // Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows. For each
 // group and super-block, 512 bytes of indices: the 4 rows' 128 bytes back to back, in ggml's order (per 32 values,
