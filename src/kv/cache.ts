@@ -22,7 +22,7 @@ export interface KVOptions {
   pageTokens?: number;
   /**
    * The hot tier: wasm bytes for the whole KV cache (page slots, staging slots, the full-precision tails, summaries
-   * and page tables), e.g. '8MB'. Default: every page hot. Pages that do not fit live in the warm tier.
+   * and page tables), e.g. '8MB'. Default: every page hot. Pages that do not fit live in the warm tier, then the cold tier.
    */
   hotBytes?: string | number;
   /** The warm tier: host bytes (ArrayBuffers outside wasm memory) for pages beyond the hot tier (default 0). */
@@ -167,16 +167,16 @@ function splitTiers(c: LlamaConfig, ctx: number, opts: KVOptions, pinnedTokens: 
   }
   const warmSlots = Math.min(below, Math.floor(warmBytes / bytes));
   const coldSlots = below - warmSlots;
-  if (coldSlots > 0 && coldSlots * bytes <= coldBytes) {
-    const support = spillSupport();
-    if (!support.ok) throw new EdgeLLMError('BAD_ARGUMENT', `kv.coldBytes: this plan puts ${coldSlots} KV pages on disk, but this runtime cannot spill to disk: ${support.reason}`);
-  }
   if (coldSlots * bytes > coldBytes) {
     return {
       fail:
         `a context of ${ctx} tokens needs ${pages} KV pages of ${formatBytes(bytes)}: ${hotSlots} fit kv.hotBytes ${formatBytes(hotBytes)}, ${warmSlots} fit ` +
         `kv.warmBytes ${formatBytes(warmBytes)}, and the other ${coldSlots} need ${formatBytes(coldSlots * bytes)} of kv.coldBytes, which is ${formatBytes(coldBytes)}`,
     };
+  }
+  if (coldSlots > 0) {
+    const support = spillSupport();
+    if (!support.ok) throw new EdgeLLMError('BAD_ARGUMENT', `kv.coldBytes: this plan puts ${coldSlots} KV pages on disk, but this runtime cannot spill to disk: ${support.reason}`);
   }
   return {
     ...plan, hotSlots, stagingSlots, warmSlots, coldSlots,
@@ -352,11 +352,6 @@ export class KVCache {
     if (this.plan.coldSlots === 0 || this.cold) return;
     const dir = await spill.get();
     this.cold = new FilePageStore(await dir.create(name), this.pageBytes, this.plan.coldSlots);
-  }
-
-  /** Lets the cold tier go (the model's dispose removes its file with the spill directory). */
-  release(): void {
-    this.cold = undefined;
   }
 
   /** Views of the memory, once it exists. */

@@ -195,9 +195,8 @@ export class Llama {
     return stats;
   }
 
-  /** Stops the thread pools and the staging worker, drops the warm images, and removes the spill directory. */
+  /** Stops the thread pools and the staging worker, and removes the spill directory. */
   async release(): Promise<void> {
-    this.kv.release();
     await Promise.all([...this.instances.map((i) => i.pool?.dispose()), this.stager?.dispose()]);
     await this.spill?.dispose();
   }
@@ -244,7 +243,8 @@ export class Llama {
         s = this.hop(this.instanceOf[l], B);
         k = this.at.ops;
       }
-      this.stageLayer(l);
+      // a streamed layer's matrices point into the slot: its image is copied there before the layer runs
+      this.stager?.stage(l);
       const local = l - this.at.first;
 
       // attention: rmsnorm → q, k, v (+ bias) → per-head q/k norm → rope → cache → attend → output projection
@@ -307,11 +307,6 @@ export class Llama {
     const from = this.at, n = B * this.config.dim;
     to.heap.set(from.heap.subarray(from.state.x / 4, from.state.x / 4 + n), to.state.x / 4);
     return this.enter(to);
-  }
-
-  /** A streamed layer's matrices point into the slot: its image is copied there before the layer runs. */
-  private stageLayer(l: number): void {
-    this.stager?.stage(l);
   }
 
   /** q, k, v of the normed input xb: three matrices, or one fused matrix split by rows (Phi-3); then the biases. */
@@ -474,9 +469,5 @@ export class ModelKV {
       }
     }
     return total;
-  }
-
-  release(): void {
-    for (const c of this.caches) c.release();
   }
 }

@@ -9,6 +9,7 @@ import type { Residency } from '../plan/weights-plan.js';
 import type { LlamaConfig } from './config.js';
 import { WEIGHT_TYPE_NAMES, WEIGHT_TYPES, type Matrix } from './weight-types.js';
 import { StageAhead } from '../runtime/stage-worker.js';
+import { WorkerStartError } from '../runtime/pool.js';
 
 export type { Matrix } from './weight-types.js';
 
@@ -104,20 +105,21 @@ export function planWeights(
   gguf: GGUFFile,
   c: LlamaConfig,
   arenas: readonly Arena[],
-  residency?: readonly Residency[],
+  residency: readonly Residency[],
   instanceOf: readonly number[] = new Array<number>(c.nLayers).fill(0),
   slotsPerInstance: 1 | 2 = 1,
 ): { weights: LlamaWeights; pending: PendingTensor[]; plan: WeightsPlan } {
   const pending: PendingTensor[] = [];
   const qDim = c.nHeads * c.headDim;
   const kvDim = c.nKvHeads * c.headDim;
-  if (residency && residency.length !== c.nLayers) throw new RangeError(`residency for ${residency.length} layers; the model has ${c.nLayers}`);
-  const where = (l: number): Residency => residency?.[l] ?? 'resident';
-  let residentBytes = 0;
+  if (residency.length !== c.nLayers) throw new RangeError(`residency for ${residency.length} layers; the model has ${c.nLayers}`);
+  const where = (l: number): Residency => residency[l];
   // a layer's tensors go to its instance's memory, everything else to instance 0's
+  const instance = (layer?: number) => (layer === undefined ? 0 : instanceOf[layer]);
+  let residentBytes = 0;
   const reserve = (name: string, bytes: number, layer?: number) => {
     residentBytes += bytes;
-    return arenas[layer === undefined ? 0 : instanceOf[layer]].reserve(name, bytes);
+    return arenas[instance(layer)].reserve(name, bytes);
   };
   // Every layer's matrices are also laid out in an image of the layer's own, from offset 0 as the arena aligns: a
   // streamed layer's matrices live there (then in the slot), and a resident layer's size is measured the same way.
@@ -136,7 +138,7 @@ export function planWeights(
     };
     const m: Matrix = { name, type: info.type, kernel, rows, cols, data: place(name, layout.data), scales: 0 };
     if (layout.scales > 0) m.scales = place(`${name}:scales`, layout.scales);
-    pending.push({ info, matrix: m, layer: streamed ? layer : undefined, instance: layer === undefined ? 0 : instanceOf[layer] });
+    pending.push({ info, matrix: m, layer: streamed ? layer : undefined, instance: instance(layer) });
     return m;
   };
   const vector = (name: string, n: number, layer?: number): number => {
@@ -146,7 +148,7 @@ export function planWeights(
       throw new EdgeLLMError('UNSUPPORTED_TYPE', `tensor ${name} has type ${info.typeName}; a norm weight may be ${[...ROW_FORMATS.keys()].map(typeName).join(', ')}`);
     }
     const ptr = reserve(name, n * 4, layer);
-    pending.push({ info, vector: ptr, instance: layer === undefined ? 0 : instanceOf[layer] });
+    pending.push({ info, vector: ptr, instance: instance(layer) });
     return ptr;
   };
 
@@ -283,10 +285,13 @@ export async function loadWeights(
   const ahead = plan.slotsPerInstance === 2;
   const images: Array<Uint8Array | undefined> = [];
   const coldAt: number[] = [];
+  // each slot holds the last layer repacked into it
+  const staged = new Map<number, number>();
   let spill: { dir: SpillDir; file: SpillFile } | undefined;
   let open = -1;
   const flush = () => {
     if (open < 0) return;
+    staged.set(slotKey(plan, open), open);
     const image = slotOf(open);
     if (residency[open] === 'warm') {
       try {
@@ -337,9 +342,6 @@ export async function loadWeights(
   }
   flush();
   if (!residency.some((r) => r !== 'resident')) return undefined;
-  // each slot holds the last layer repacked into it
-  const staged = new Map<number, number>();
-  residency.forEach((r, l) => r !== 'resident' && staged.set(slotKey(plan, l), l));
   return new LayerStager(plan, heaps, images, coldAt, spill, staged);
 }
 
@@ -380,7 +382,7 @@ export class LayerStager {
   constructor(
     readonly plan: WeightsPlan,
     private readonly heaps: Uint8Array[],
-    private images: Array<Uint8Array | undefined>,
+    private readonly images: Array<Uint8Array | undefined>,
     private readonly coldAt: number[],
     private readonly spill: { dir: SpillDir; file: SpillFile } | undefined,
     /** per slot (slotKey), the layer whose image it holds; absent or −1 for none */
@@ -392,17 +394,24 @@ export class LayerStager {
 
   /**
    * Starts the staging worker, where the plan has two slots per instance; `cold`: the worker reads cold layers from
-   * the spill file by path (a file system it can open: Node, Deno, Bun).
+   * the spill file by path (a file system it can open: Node, Deno, Bun). `required`: the options asked for it, so a
+   * worker that cannot start fails the load; else staging stays on the forward pass's thread (stage() copies each layer).
    */
-  async startAhead(cold: boolean): Promise<void> {
+  async startAhead(cold: boolean, required: boolean): Promise<void> {
     const p = this.plan;
     if (p.slotsPerInstance !== 2 || this.ahead) return;
-    const coldPath = cold && this.spill && !this.spill.dir.location.startsWith('opfs:') ? `${this.spill.dir.location}/${this.spill.file.name}` : undefined;
-    this.ahead = await StageAhead.start({
-      memories: this.heaps.map((h) => h.buffer as SharedArrayBuffer),
-      images: p.residency.map((_, l) => this.images[l]?.buffer as SharedArrayBuffer | undefined),
-      coldPath, coldAt: this.coldAt, slotAt: p.slotAt, instanceOf: p.instanceOf, layerBytes: p.layerBytes,
-    });
+    // `cold` only where workers are Node's (planStageAhead), whose runtimes spill to a path, never to OPFS
+    const coldPath = cold && this.spill ? `${this.spill.dir.location}/${this.spill.file.name}` : undefined;
+    try {
+      this.ahead = await StageAhead.start({
+        memories: this.heaps.map((h) => h.buffer as SharedArrayBuffer),
+        images: p.residency.map((_, l) => this.images[l]?.buffer as SharedArrayBuffer | undefined),
+        coldPath, coldAt: this.coldAt, slotAt: p.slotAt, instanceOf: p.instanceOf, layerBytes: p.layerBytes,
+      });
+    } catch (e) {
+      // a worker refused (a Content-Security-Policy without worker-src blob:) where staging ahead was only the default
+      if (required || !(e instanceof WorkerStartError)) throw e;
+    }
   }
 
   stage(layer: number): void {
@@ -444,13 +453,8 @@ export class LayerStager {
     return { stages: this.stages, stagedBytes: this.stagedBytes, stagedAhead: this.stagedAhead, stageMs: this.stageMs, spill: this.spill?.dir.location };
   }
 
-  /** Stops the staging worker and drops the warm images (the model's dispose removes the spill directory). */
+  /** Stops the staging worker (the model's dispose removes the spill directory). */
   async dispose(): Promise<void> {
-    const ahead = this.ahead;
-    this.ahead = undefined;
-    this.pending = -1;
-    this.images = [];
-    this.staged.clear();
-    await ahead?.dispose();
+    await this.ahead?.dispose();
   }
 }

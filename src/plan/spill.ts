@@ -24,6 +24,8 @@ export interface SpillDir {
 }
 
 const PREFIX = 'edgellm-';
+/** A Node spill directory's name: PREFIX, its owner's pid, mkdtemp's random part. */
+const NODE_DIR = new RegExp(`^${PREFIX}(\\d+)-[A-Za-z0-9]+$`);
 /** OPFS spill directories: a prefix of their own, so the sweep never takes the download cache's `edgellm-cache`. */
 const OPFS_PREFIX = 'edgellm-spill-';
 /** A file name inside the directory: no separators or dot names, so create() cannot leave it. */
@@ -91,7 +93,7 @@ interface NodeFs {
 }
 interface NodeModules {
   fs: NodeFs;
-  path: { join(...parts: string[]): string; resolve(p: string): string; basename(p: string): string };
+  path: { join(...parts: string[]): string; resolve(p: string): string };
   os: { tmpdir(): string; hostname(): string };
   process: NodeProcess;
 }
@@ -187,7 +189,7 @@ function sweepDeadNodeDirs({ fs, path, os, process }: NodeModules, parent: strin
     return;
   }
   for (const entry of entries) {
-    const m = /^edgellm-(\d+)-[A-Za-z0-9]+$/.exec(entry);
+    const m = NODE_DIR.exec(entry);
     if (!m) continue;
     const pid = Number(m[1]);
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid) continue;

@@ -90,11 +90,12 @@ interface NodeProcessLike {
 
 /**
  * A worker that could not start (a Content-Security-Policy without worker-src blob:, a runtime that refuses the
- * worker): the model then runs on one thread and says why, as it does without SharedArrayBuffer.
+ * worker): the model then runs on one thread and says why, as it does without SharedArrayBuffer (a staging worker
+ * the options did not ask for: the forward pass stages each layer on its own thread).
  */
 export class WorkerStartError extends EdgeLLMError {
-  constructor(reason: string) {
-    super('WASM', `kernel pool ${reason}`);
+  constructor(message: string) {
+    super('WASM', message);
   }
 }
 
@@ -141,7 +142,7 @@ export async function nodeWorkerClass(): Promise<NodeWorkerClass> {
 
 /**
  * Starts one worker and resolves once it has instantiated the module (its only message). After that, its death (an
- * error outside a kernel, an exit nobody asked for) is reported to onLost.
+ * error outside a kernel, an exit nobody asked for) is reported to onLost. `label` names it in either message.
  */
 export function startWorker<Init extends { index: number }>(
   platform: PoolPlatform,
@@ -149,10 +150,11 @@ export function startWorker<Init extends { index: number }>(
   NodeWorker: NodeWorkerClass | undefined,
   onLost: (why: string) => void,
   source: (platform: PoolPlatform) => string = workerSource,
+  label = `kernel pool worker ${init.index}`,
 ): Promise<PoolWorker> {
   return new Promise((resolve, reject) => {
     let ready = false;
-    const fail = (why: string) => (ready ? onLost(`kernel pool worker ${init.index} ${why}`) : reject(new WorkerStartError(`worker ${init.index} did not start: ${why}`)));
+    const fail = (why: string) => (ready ? onLost(`${label} ${why}`) : reject(new WorkerStartError(`${label} did not start: ${why}`)));
     const onMessage = (worker: PoolWorker, m: ReadyMessage) => {
       if (!('ready' in m)) return fail(m.error);
       ready = true;
@@ -335,12 +337,8 @@ export class KernelPool {
       const done = Atomics.load(w, CONTROL.DONE);
       if (done === n) break;
       if (--spins > 0 || !this.canWait) continue;
-      try {
-        Atomics.wait(w, CONTROL.DONE, done);
-      } catch {
-        // A browser page's main thread may not wait: it spins instead (it is blocked for the job either way).
-        this.canWait = false;
-      }
+      // A browser page's main thread may not wait: it spins instead (it is blocked for the job either way).
+      this.canWait = waitOn(w, CONTROL.DONE, done);
       spins = CONTROL.SPIN;
     }
     const bad = failed ? failedPart + 1 : Atomics.load(w, CONTROL.ERROR);
@@ -381,6 +379,19 @@ export class KernelPool {
     Atomics.add(this.words, CONTROL.GEN, 1);
     Atomics.notify(this.words, CONTROL.GEN);
     await Promise.all(this.workers.map(stopWorker));
+  }
+}
+
+/**
+ * Atomics.wait(words, index, value, timeoutMs), where this thread may wait; false where it may not (a browser page's
+ * main thread, where Atomics.wait throws), for the caller to spin instead from then on.
+ */
+export function waitOn(words: Int32Array, index: number, value: number, timeoutMs?: number): boolean {
+  try {
+    Atomics.wait(words, index, value, timeoutMs);
+    return true;
+  } catch {
+    return false;
   }
 }
 

@@ -7,11 +7,12 @@
  *
  * One request at a time, through three words of a small SharedArrayBuffer: REQUEST (layer + 1, or −1 to leave),
  * DONE (the layer + 1 last finished), FAILED (layer + 1 whose copy threw). The forward pass waits on DONE before the
- * layer runs; that Atomics load orders the worker's writes before the kernels' (and the pool's) reads.
+ * layer runs (spinning where it may not Atomics.wait: a browser page's main thread); that Atomics load orders the
+ * worker's writes before the kernels' (and the pool's) reads.
  */
 import { EdgeLLMError } from '../errors.js';
 import { workerScript } from './pool-worker.js';
-import { nodeWorkerClass, startWorker, stopWorker, threadSupport, type PoolWorker } from './pool.js';
+import { nodeWorkerClass, startWorker, stopWorker, threadSupport, waitOn, type PoolWorker } from './pool.js';
 
 const REQUEST = 0, DONE = 1, FAILED = 2;
 
@@ -74,14 +75,10 @@ export interface StageAheadInit {
   layerBytes: number[];
 }
 
-/** Whether staging ahead can run here (shared memory, workers, a thread that may wait), else why not. */
-export function stageAheadSupport(): { ok: true; node: boolean } | { ok: false; reason: string } {
-  const s = threadSupport();
-  if ('reason' in s) return { ok: false, reason: s.reason };
-  return { ok: true, node: s.platform === 'node' };
-}
-
 export class StageAhead {
+  /** false once Atomics.wait has refused this thread (a browser page's main thread): wait() spins from then on */
+  private canWait = true;
+
   private constructor(
     private readonly worker: PoolWorker,
     private readonly words: Int32Array,
@@ -97,7 +94,7 @@ export class StageAhead {
     const control = new SharedArrayBuffer(16);
     const NodeWorker = support.platform === 'node' ? await nodeWorkerClass() : undefined;
     const status: { lost?: string } = {};
-    const worker = await startWorker(support.platform, { ...init, control, index: 0 }, NodeWorker, (why) => (status.lost ??= why), (p) => workerScript(p, BODY, 'stageWorker'));
+    const worker = await startWorker(support.platform, { ...init, control, index: 0 }, NodeWorker, (why) => (status.lost ??= why), (p) => workerScript(p, BODY, 'stageWorker'), 'staging worker');
     // an idle stager must not keep a Node process alive
     (worker as { unref?: () => void }).unref?.();
     const canCopy = init.layerBytes.map((_, l) => init.images[l] !== undefined || (init.coldPath !== undefined && init.coldAt[l] !== undefined));
@@ -122,7 +119,7 @@ export class StageAhead {
       if (this.status.lost !== undefined || performance.now() - t0 > WAIT_LIMIT_MS) {
         throw new EdgeLLMError('WASM', `the staging worker did not copy layer ${layer}: ${this.status.lost ?? `no answer in ${WAIT_LIMIT_MS / 1000} s`} (load the model again)`);
       }
-      Atomics.wait(this.words, DONE, done, 1000);
+      if (this.canWait) this.canWait = waitOn(this.words, DONE, done, 1000);
     }
     if (Atomics.load(this.words, FAILED) === want) {
       Atomics.store(this.words, FAILED, 0);
