@@ -45,8 +45,9 @@ import { hsum4_i32x4, PREFETCH, scale_add, signed_block_sums4, store_rows4 } fro
 }
 
 /**
- * Decode: the exact integer dots of one token's block against a group's 4 rows of indices at w, each row looked up right
- * before its dots, so few vectors are live at once.
+ * Decode: the exact integer dots of one token's block against a group's 4 rows of indices at w. The SIMD128 path looks
+ * each row up right before its dots, so few of its widened vectors are live at once; the relaxed one needs no widening
+ * and takes the 4 rows together (signed_block_sums4).
  */
 // @ts-ignore: decorator
 @inline function block_sums4_rows(w: usize, x: usize, xs: usize): v128 {

@@ -19,7 +19,6 @@ import { availableCores, controlBytes, KernelPool, MAX_THREADS, threadSupport, W
 import { planWeights, loadWeights, type LayerStager, type StagingUsage, type WeightsPlan } from './model/weights.js';
 import { checkWeightsOption, chooseResidency, describeResidency, type Residency, type WeightsOption } from './plan/weights-plan.js';
 import { ModelSpill, spillSupport } from './plan/spill.js';
-import { stageAheadSupport } from './runtime/stage-worker.js';
 import { Llama, planRunState, type KernelInstance } from './model/llama.js';
 import { KVCache, planKV, type KVOptions, type KVType, type KVUsage } from './kv/cache.js';
 import { attentionPolicy, planAttention, sinkTokens, type AttentionOptions, type AttentionPolicy, type AttentionStats } from './attention/attend.js';
@@ -75,8 +74,10 @@ export interface LoadOptions {
    */
   threads?: number | 'auto';
   /**
-   * Upper bound on wasm memory, e.g. '512MB'; loading fails with BUDGET, before allocating, if the plan exceeds it.
-   * With kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV pages that do not fit under it go to those tiers instead.
+   * Upper bound on the memory the plan holds, e.g. '512MB': wasm memory, the warm weight images and KV pages in host
+   * memory, and the loader's read buffer; loading fails with BUDGET, before allocating, if the plan exceeds it. With
+   * weights 'auto' (default), the layers whose weights do not fit under it are streamed (see `weights`); with
+   * kv.warmBytes or kv.coldBytes (and no kv.hotBytes), the KV pages that do not fit under it go to those tiers instead.
    */
   memoryBudget?: string | number;
   /**
@@ -230,8 +231,11 @@ function cacheFor(platform: Platform, option: ModelCache | false | undefined, he
   return get && lazyCache(get, headerOnly);
 }
 
-/** loadModel on a given platform; each entry point exports it bound to its own. */
-export async function loadModelOn(platform: Platform, src: ModelSource, options: LoadOptions = {}): Promise<Model> {
+/**
+ * loadModel on a given platform; each entry point exports it bound to its own. `onHeader` gets the GGUF header of a
+ * model that loaded (the model worker sends it to the page, which builds its tokenizer from it: no second read).
+ */
+export async function loadModelOn(platform: Platform, src: ModelSource, options: LoadOptions = {}, onHeader?: (gguf: GGUFFile) => void): Promise<Model> {
   const { onProgress, signal } = options;
   // A split GGUF (its first part) opens as one source over all its parts, with one merged tensor table.
   const { source, gguf } = await openGGUF(src, {
@@ -250,7 +254,8 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
     if (!Number.isSafeInteger(context) || context < 1 || context > 1 << 24) throw new EdgeLLMError('BAD_ARGUMENT', `contextLength must be an integer in 1..${1 << 24}, got ${context}`);
     const batchSize = options.batchSize ?? 32;
     if (!Number.isSafeInteger(batchSize) || batchSize < 1 || batchSize > 512) throw new EdgeLLMError('BAD_ARGUMENT', `batchSize must be an integer in 1..512, got ${batchSize}`);
-    let threading = planThreads(options.threads ?? 1, options.wasm !== undefined);
+    const cores = availableCores();
+    let threading = planThreads(options.threads ?? 1, options.wasm !== undefined, cores);
 
     // The plan: every region of linear memory, sized from the header alone, checked before anything is allocated,
     // with each layer's weights resident or streamed (plan/weights-plan.ts) so that it fits.
@@ -263,7 +268,7 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
       weights: checkWeightsOption(options.weights ?? 'auto'),
       spill: spillSupport(),
       instanceLimit: options.memoryPerInstance === undefined ? WASM32_BYTES : parseInstanceLimit(options.memoryPerInstance),
-      stageAhead: planStageAhead(options.stageAhead, threading.threads, options.wasm !== undefined),
+      stageAhead: planStageAhead(options.stageAhead, threading.threads, options.wasm !== undefined, cores),
       ...measureWeights(gguf, config),
     };
     if (fit.weights === 'cold' && !fit.spill.ok) throw new EdgeLLMError('BAD_ARGUMENT', `weights: 'cold' needs a disk to spill to: ${fit.spill.reason}`);
@@ -306,18 +311,19 @@ export async function loadModelOn(platform: Platform, src: ModelSource, options:
         instances.push({ first, end, config: layers, kv, attention, state, kernels: profile ? profile.wrap(kernels) : kernels, memory: memories[n], pool });
       }
       stager = await loadWeights(source, memories, pending, plan.weightsPlan, spill, onProgress && ((loaded, total) => onProgress({ phase: 'weights', loaded, total })));
-      await stager?.startAhead(fit.stageAhead.includes('cold'));
+      await stager?.startAhead(fit.stageAhead.includes('cold'), options.stageAhead === true);
       checkAborted(signal);
       const llama = new Llama(config, weights, instances, batchSize, stager, spill);
       const regions = plan.instances.flatMap((i, n) => i.arena.regions.map((r) => (plan.instances.length > 1 ? { ...r, instance: n } : r)));
-      return new Model(llama, text, gguf, regions, plan.wasmBytes, threading, {
+      const model = new Model(llama, text, gguf, regions, plan.wasmBytes, threading, {
         budget: fit.budget, plannedBytes: plannedBytes(plan), weights: plan.weightsPlan,
         instances: plan.instances.map((i) => ({ layers: [i.first, i.end] as [number, number], bytes: i.arena.totalBytes })),
       }, profile);
+      onHeader?.(gguf);
+      return model;
     } catch (e) {
       for (const pool of pools) void pool?.dispose();
       await stager?.dispose();
-      for (const i of plan.instances) i.kv.release();
       await spill.dispose();
       throw e;
     }
@@ -353,7 +359,7 @@ export async function readHeaderOn(platform: Platform, src: ModelSource, options
  * layers (splitLayers) with their KV cache and run state, instance 0 the embeddings and output too. Cheap: it only adds
  * up sizes. The KV tiers' byte options are shared out by layers.
  */
-function planMemory(f: PlanFit, context: number, kvOptions: KVOptions, residency?: Residency[], count = 1, slots: 1 | 2 = 1) {
+function planMemory(f: PlanFit, context: number, kvOptions: KVOptions, residency: Residency[], count: number, slots: 1 | 2) {
   const { gguf, config, policy, threads } = f;
   const arenas = Array.from({ length: count }, () => new Arena(STATIC_RESERVE, f.instanceLimit));
   const instanceOf = splitLayers(f.layerBytes, f.headBytes, count);
@@ -499,25 +505,24 @@ function measureWeights(gguf: GGUFFile, config: LlamaConfig): { layerBytes: numb
  * matmuls (2 threads on 2 cores, cold layers: 15.0–17.0 tok/s without, 13.9–16.3 with; 1 thread: 12.3 → 20.6;
  * docs/memory.md). Cold layers only where the worker can open the spill file by path (Node, Deno, Bun; not OPFS).
  */
-function planStageAhead(option: boolean | undefined, threads: number, ownWasm: boolean): Residency[] {
+function planStageAhead(option: boolean | undefined, threads: number, ownWasm: boolean, cores: number): Residency[] {
   if (option !== undefined && typeof option !== 'boolean') throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead must be true or false, got ${JSON.stringify(option)}`);
   if (option === false) return [];
-  const support = stageAheadSupport();
+  const support = threadSupport();
   const why = ownWasm ? 'the wasm option gives one unshared kernel module' : 'reason' in support ? support.reason : undefined;
   if (option === true && why) throw new EdgeLLMError('BAD_ARGUMENT', `stageAhead: true cannot run here: ${why}`);
-  if (!support.ok || why !== undefined || (option === undefined && availableCores() <= threads)) return [];
-  return support.node ? ['warm', 'cold'] : ['warm'];
+  if (why !== undefined || (option === undefined && cores <= threads)) return [];
+  return 'platform' in support && support.platform === 'node' ? ['warm', 'cold'] : ['warm'];
 }
 
 /** Most threads 'auto' takes: past the physical cores, extra threads slow decoding down (as llama.cpp's do). */
 const AUTO_MAX_THREADS = 8;
 
 /** How many threads run the matmuls, and why (for info.threading). */
-function planThreads(option: number | 'auto', ownWasm: boolean): { threads: number; threading: string } {
+function planThreads(option: number | 'auto', ownWasm: boolean, cores: number): { threads: number; threading: string } {
   if (option !== 'auto' && (!Number.isSafeInteger(option) || option < 1 || option > MAX_THREADS)) {
     throw new EdgeLLMError('BAD_ARGUMENT', `threads must be 'auto' or an integer in 1..${MAX_THREADS}, got ${JSON.stringify(option)}`);
   }
-  const cores = availableCores();
   const asked = option === 'auto' ? Math.min(AUTO_MAX_THREADS, cores) : option;
   const label = option === 'auto' ? `'auto' (${asked} cores)` : String(option);
   if (asked === 1) return { threads: 1, threading: `1: threads ${label}` };

@@ -9,39 +9,29 @@
  * and the page stays responsive either way.
  */
 import type { GGUFFile } from './gguf/reader.js';
-import { loadModelOn, loadTokenizerOn, readHeaderOn, type HeaderOptions, type LoadOptions, type Model, type ModelCache, type ModelTokenizer, type Platform } from './api.js';
-import { fetchRelativePath, type ModelSource } from './gguf/source.js';
-import { compileOncePerBuild, fetchOk } from './runtime/kernels.js';
+import { loadModelOn, loadTokenizerOn, readHeaderOn, type HeaderOptions, type LoadOptions, type Model, type ModelTokenizer } from './api.js';
+import type { ModelSource } from './gguf/source.js';
+import { browserPlatform } from './runtime/browser-platform.js';
 import { EdgeLLMError } from './errors.js';
 import { WorkerModel } from './runtime/worker-model.js';
-import { openModelCache } from './gguf/cache-browser.js';
 
 export * from './api.js';
 export { WorkerModel } from './runtime/worker-model.js';
 export { openModelCache, type BrowserCacheOptions } from './gguf/cache-browser.js';
 
-/** URLs are cached in OPFS, else the Cache API; where neither works (a private window, say) they are read by ranges. */
-let browserCache: Promise<ModelCache | undefined> | undefined;
-const platform: Platform = {
-  openPath: fetchRelativePath,
-  fetchBytes: fetchOk,
-  packagedKernels: compileOncePerBuild(fetchOk),
-  defaultCache: () => (browserCache ??= openModelCache().catch(() => undefined)),
-};
-
 /** Reads a GGUF (an http(s) or page-relative URL, bytes or a Blob), plans memory, loads the weights and the kernels. */
 export function loadModel(src: ModelSource, options?: LoadOptions): Promise<Model> {
-  return loadModelOn(platform, src, options);
+  return loadModelOn(browserPlatform, src, options);
 }
 
 /** Reads only the header of a GGUF (any source loadModel takes): its tokenizer and chat template, no weights. */
 export function loadTokenizer(src: ModelSource, options?: HeaderOptions): Promise<ModelTokenizer> {
-  return loadTokenizerOn(platform, src, options);
+  return loadTokenizerOn(browserPlatform, src, options);
 }
 
-/** The GGUF header as loadTokenizer reads it (the model worker sends it to the page, which builds its tokenizer). */
+/** The GGUF header as loadTokenizer reads it: version, metadata, tensor table. */
 export function readHeader(src: ModelSource, options?: HeaderOptions): Promise<GGUFFile> {
-  return readHeaderOn(platform, src, options);
+  return readHeaderOn(browserPlatform, src, options);
 }
 
 export interface WorkerLoadOptions extends LoadOptions {

@@ -256,12 +256,10 @@ function stderr(line: string): void {
   process.stderr.write(line + '\n');
 }
 
-/** Download and weight repacking on stderr: a bar on a terminal, plain lines in a log (progress.ts). */
-const LOAD_PHASES = { download: { label: 'download', unit: 'bytes' }, weights: { label: 'weights', unit: 'bytes' } };
-
 async function load(source: string, opts: LoadOptions, verbose = false): Promise<Model> {
   const t0 = performance.now();
-  const model = await withProgress(process.stderr, LOAD_PHASES, (progress) => loadModel(source, { ...opts, onProgress: (p) => progress.update(p) }));
+  // download and weight repacking (both in bytes) on stderr: a bar on a terminal, plain lines in a log (progress.ts)
+  const model = await withProgress(process.stderr, {}, (progress) => loadModel(source, { ...opts, onProgress: (p) => progress.update(p) }));
   const ms = performance.now() - t0;
   const i = model.info;
   const types = Object.entries(i.tensorTypes).map(([t, n]) => `${n} ${t}`).join(', ');
@@ -608,7 +606,7 @@ async function perplexity(p: Parsed, controller: AbortController): Promise<void>
   let done = 0, nllSum = 0, scored = 0;
   let tWindow = performance.now();
   const t0 = tWindow;
-  const r = await withProgress(process.stderr, { perplexity: { label: 'perplexity', unit: 'tokens' } }, (progress) => {
+  const r = await withProgress(process.stderr, { perplexity: 'tokens' }, (progress) => {
     const onWindow = (w: PerplexityWindow, total: number) => {
       done++;
       nllSum += w.nll * w.tokensScored;

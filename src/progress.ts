@@ -22,7 +22,7 @@ const QUIET_MS = 2000;
 /** The widest bar; a narrow terminal gets a shorter one, or none. */
 const BAR = 30;
 
-export class Progress {
+class Progress {
   private readonly t0 = performance.now();
   /** the first amount reported: a resumed download's rate counts only what this run transferred */
   private first: number | undefined;
@@ -136,15 +136,17 @@ export class Progress {
   }
 }
 
-/** One Progress per phase of a task that reports `{ phase, loaded, total }`; a new phase ends the one before. */
-export function phasedProgress(out: ProgressStream, labels: Record<string, { label: string; unit: string }>) {
+/**
+ * One Progress per phase of a task that reports `{ phase, loaded, total }`, labelled with the phase's name and counted
+ * in its unit from `units` (default bytes); a new phase ends the one before.
+ */
+function phasedProgress(out: ProgressStream, units: Record<string, string>) {
   let current: { phase: string; progress: Progress } | undefined;
   return {
     update({ phase, loaded, total }: { phase: string; loaded: number; total: number | undefined }) {
       if (current?.phase !== phase) {
         current?.progress.end();
-        const l = labels[phase] ?? { label: phase, unit: 'bytes' };
-        current = { phase, progress: new Progress(l.label, l.unit, out) };
+        current = { phase, progress: new Progress(phase, units[phase] ?? 'bytes', out) };
       }
       current.progress.update(loaded, total);
     },
@@ -166,10 +168,10 @@ export function phasedProgress(out: ProgressStream, labels: Record<string, { lab
  */
 export async function withProgress<T>(
   out: ProgressStream,
-  labels: Record<string, { label: string; unit: string }>,
+  units: Record<string, string>,
   task: (progress: ReturnType<typeof phasedProgress>) => Promise<T>,
 ): Promise<T> {
-  const progress = phasedProgress(out, labels);
+  const progress = phasedProgress(out, units);
   try {
     const result = await task(progress);
     progress.end();

@@ -32,6 +32,7 @@ import { ISOLATION_HEADERS, startServer, type RunningServer } from '../examples/
 import { PLAIN_STOP, PLAIN_TEMPLATE } from '../examples/browser/chat-format.js';
 import { announceSkipIfNoModels, modelPath, MODELS } from './util/shared.js';
 import { checkDist } from './util/dist.js';
+import { greedyIds } from './util/models.js';
 
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const HAVE_CHROMIUM = existsSync(CHROMIUM);
@@ -245,6 +246,12 @@ class ExamplePage {
 
 /** loadModelInWorker called directly in a page: dist/browser.js imported as edgellmLib, the model kept as edgellmModel. */
 type ApiHooks = { edgellmLib?: typeof import('../src/browser.js'); edgellmModel?: WorkerModel };
+/** Imports dist/browser.js into `page` as window.edgellmLib, and waits for it. */
+async function exposeLib(page: Page): Promise<void> {
+  await page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
+  await page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+}
+
 const API = { prompt: 'The state of the Union is', maxTokens: 24, evalIds: [1, 450, 2106, 310] };
 
 interface WorkerRun {
@@ -266,8 +273,7 @@ interface WorkerRun {
  * page counts ticks (read at each token), the page-side tokenizer, memory() and evaluate().
  */
 async function runInWorker(page: Page, threads: number): Promise<WorkerRun> {
-  await page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
-  await page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+  await exposeLib(page);
   return page.evaluate(async ({ url, threads, context, prompt, maxTokens, evalIds }) => {
     const w = window as unknown as ApiHooks;
     const model = await w.edgellmLib!.loadModelInWorker(url, { threads, contextLength: context });
@@ -649,8 +655,7 @@ describe.skipIf(!HAVE)('threads in headless Chromium with COOP/COEP (cross-origi
 
   it('a load aborted once the pool has started ends every worker; a worker script that does not load is a WASM error', async () => {
     const p = await ExamplePage.open(desktop, server.url, true);
-    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
-    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    await exposeLib(p.page);
     const r = await p.page.evaluate(async ({ url, context }) => {
       const { loadModelInWorker, EdgeLLMError } = (window as unknown as ApiHooks).edgellmLib!;
       const failure = (e: unknown) => ({ code: (e as { code?: string }).code, edgellm: e instanceof EdgeLLMError, message: (e as Error).message });
@@ -677,8 +682,7 @@ describe.skipIf(!HAVE)('threads in headless Chromium with COOP/COEP (cross-origi
       await route.fulfill({ response, headers: { ...response.headers(), 'content-security-policy': "worker-src 'self'" } });
     });
     await page.goto(server.url);
-    await page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
-    await page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
+    await exposeLib(page);
     const r = await page.evaluate(async ({ url, context, prompt, maxTokens }) => {
       const model = await (window as unknown as ApiHooks).edgellmLib!.loadModel(url, { threads: 2, contextLength: context });
       const text = await model.complete(prompt, { maxTokens });
@@ -691,115 +695,96 @@ describe.skipIf(!HAVE)('threads in headless Chromium with COOP/COEP (cross-origi
     expect(r.text).toBe(await (await nodeModel(SOTU.file)).complete(API.prompt, { maxTokens: 8 }));
     await page.close();
   });
-});
 
-// Cross-origin isolated, so the worker runs 2 threads and cold pages are read into a SharedArrayBuffer's memory.
-describe.skipIf(!HAVE)('the cold KV tier in OPFS (headless Chromium, loadModelInWorker, 2 threads)', () => {
-  let server: RunningServer;
-  let browser: Browser;
-  let desktop: BrowserContext;
-  const context = 256;
-  const maxTokens = 64;
+  // Cross-origin isolated, so the worker runs 2 threads and cold pages are read into a SharedArrayBuffer's memory.
+  describe('the cold KV tier in OPFS (loadModelInWorker, 2 threads)', () => {
+    const context = 256;
+    const maxTokens = 64;
 
-  beforeAll(async () => {
-    checkDist();
-    server = await startServer({ port: 0, mounts: { '/models/': MODELS } });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
-    desktop = await browser.newContext(DESKTOP);
-  });
+    it("gives Node's tokens with pages written to OPFS and read back, sweeps a dead page's directory, leaves none after dispose, and is refused on the page's thread", async () => {
+      // Node, all hot: the reference tokens, and the plan's sizes for a cold run: wasm room for 24 pages (8 of them
+      // staging slots), 16 pages warm, the rest of the 8 pages per KV head cold.
+      const hot = await loadModel(modelPath(SOTU.file), { contextLength: context, kv: { pageTokens: 8 } });
+      const ids = await greedyIds(hot, API.prompt, maxTokens);
+      const u = hot.memory().kv;
+      void hot.dispose();
+      const kv = { pageTokens: 8, hotBytes: u.hotBytes - (u.hotPageSlots - 24) * u.pageBytes, warmBytes: 16 * u.pageBytes, coldBytes: '16MB' };
 
-  afterAll(async () => {
-    await browser?.close();
-    await server?.close();
-  });
+      const p = await ExamplePage.open(desktop, server.url, true);
+      await exposeLib(p.page);
+      const r = await p.page.evaluate(async ({ url, context, kv, prompt, maxTokens }) => {
+        const lib = (window as unknown as ApiHooks).edgellmLib!;
+        const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
+        const dirs = async () => {
+          const out: string[] = [];
+          for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
+          return out.sort();
+        };
+        // As a page that died with its model's directory would leave it: no Web Lock holds it.
+        await (await root.getDirectoryHandle('edgellm-spill-deadbeef', { create: true })).getFileHandle('kv-pages', { create: true });
+        const before = await dirs();
+        const onPage = await lib.loadModel(url, { contextLength: context, kv }).then(() => null, (e) => ({ code: e.code, message: e.message }));
+        const model = await lib.loadModelInWorker(url, { contextLength: context, kv, threads: 2 });
+        const during = await dirs();
+        const ids: number[] = [];
+        await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
+        const usage = (await model.memory()).kv;
+        await model.dispose();
+        return { before, onPage, during, ids, usage, threads: model.info.threads, after: await dirs() };
+      }, { url: `/models/${SOTU.file}`, context, kv, prompt: API.prompt, maxTokens });
 
-  it("gives Node's tokens with pages written to OPFS and read back, sweeps a dead page's directory, leaves none after dispose, and is refused on the page's thread", async () => {
-    // Node, all hot: the reference tokens, and the plan's sizes for a cold run: wasm room for 24 pages (8 of them
-    // staging slots), 16 pages warm, the rest of the 8 pages per KV head cold.
-    const hot = await loadModel(modelPath(SOTU.file), { contextLength: context, kv: { pageTokens: 8 } });
-    const ids: number[] = [];
-    await hot.complete(API.prompt, { maxTokens, onToken: (id) => ids.push(id) });
-    const u = hot.memory().kv;
-    void hot.dispose();
-    const kv = { pageTokens: 8, hotBytes: u.hotBytes - (u.hotPageSlots - 24) * u.pageBytes, warmBytes: 16 * u.pageBytes, coldBytes: '16MB' };
+      expect(r.before).toEqual(['edgellm-spill-deadbeef']);
+      expect(r.onPage?.code).toBe('BAD_ARGUMENT');
+      expect(r.onPage?.message).toMatch(/only in dedicated workers: load the model with loadModelInWorker/);
+      expect(r.during, "the model's own directory; the dead one swept").toHaveLength(1);
+      expect(r.during[0]).not.toBe('edgellm-spill-deadbeef');
+      expect(r.threads).toBe(2);
+      expect(r.ids).toEqual(ids);
+      expect(r.usage.coldPagesInUse, 'pages went cold').toBeGreaterThan(0);
+      expect(r.usage.coldPagesStaged, 'cold pages were read back').toBeGreaterThan(0);
+      expect(r.usage.coldBytesAllocated).toBeGreaterThanOrEqual(r.usage.coldPagesInUse * r.usage.pageBytes);
+      expect(r.after, 'dispose removed the directory').toEqual([]);
+      await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
+      p.check();
+      await p.page.close();
+    });
 
-    const p = await ExamplePage.open(desktop, server.url, true);
-    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
-    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
-    const r = await p.page.evaluate(async ({ url, context, kv, prompt, maxTokens }) => {
-      const lib = (window as unknown as ApiHooks).edgellmLib!;
-      const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
-      const dirs = async () => {
-        const out: string[] = [];
-        for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
-        return out.sort();
-      };
-      // As a page that died with its model's directory would leave it: no Web Lock holds it.
-      await (await root.getDirectoryHandle('edgellm-spill-deadbeef', { create: true })).getFileHandle('kv-pages', { create: true });
-      const before = await dirs();
-      const onPage = await lib.loadModel(url, { contextLength: context, kv }).then(() => null, (e) => ({ code: e.code, message: e.message }));
-      const model = await lib.loadModelInWorker(url, { contextLength: context, kv, threads: 2 });
-      const during = await dirs();
-      const ids: number[] = [];
-      await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
-      const usage = (await model.memory()).kv;
-      await model.dispose();
-      return { before, onPage, during, ids, usage, threads: model.info.threads, after: await dirs() };
-    }, { url: `/models/${SOTU.file}`, context, kv, prompt: API.prompt, maxTokens });
+    it("cold weights: every layer streamed from an OPFS spill file in the model's worker gives Node's tokens, and dispose removes it", async () => {
+      const ref = await loadModel(modelPath(SOTU.file), { contextLength: context });
+      const ids = await greedyIds(ref, API.prompt, maxTokens);
+      void ref.dispose();
 
-    expect(r.before).toEqual(['edgellm-spill-deadbeef']);
-    expect(r.onPage?.code).toBe('BAD_ARGUMENT');
-    expect(r.onPage?.message).toMatch(/only in dedicated workers: load the model with loadModelInWorker/);
-    expect(r.during, "the model's own directory; the dead one swept").toHaveLength(1);
-    expect(r.during[0]).not.toBe('edgellm-spill-deadbeef');
-    expect(r.threads).toBe(2);
-    expect(r.ids).toEqual(ids);
-    expect(r.usage.coldPagesInUse, 'pages went cold').toBeGreaterThan(0);
-    expect(r.usage.coldPagesStaged, 'cold pages were read back').toBeGreaterThan(0);
-    expect(r.usage.coldBytesAllocated).toBeGreaterThanOrEqual(r.usage.coldPagesInUse * r.usage.pageBytes);
-    expect(r.after, 'dispose removed the directory').toEqual([]);
-    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
-    p.check();
-    await p.page.close();
-  });
+      const p = await ExamplePage.open(desktop, server.url, true);
+      await exposeLib(p.page);
+      const r = await p.page.evaluate(async ({ url, context, prompt, maxTokens }) => {
+        const lib = (window as unknown as ApiHooks).edgellmLib!;
+        const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
+        const dirs = async () => {
+          const out: string[] = [];
+          for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
+          return out;
+        };
+        const model = await lib.loadModelInWorker(url, { contextLength: context, weights: 'cold', threads: 2 });
+        const ids: number[] = [];
+        await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
+        const { weights, regions } = await model.memory();
+        const during = await dirs();
+        await model.dispose();
+        return { ids, weights, slots: regions.filter((g) => g.name.startsWith('weights.slot')).length, during, after: await dirs() };
+      }, { url: `/models/${SOTU.file}`, context, prompt: API.prompt, maxTokens });
 
-  it("cold weights: every layer streamed from an OPFS spill file in the model's worker gives Node's tokens, and dispose removes it", async () => {
-    const ref = await loadModel(modelPath(SOTU.file), { contextLength: context });
-    const ids: number[] = [];
-    await ref.complete(API.prompt, { maxTokens, onToken: (id) => ids.push(id) });
-    void ref.dispose();
-
-    const p = await ExamplePage.open(desktop, server.url, true);
-    await p.page.addScriptTag({ type: 'module', content: "import * as lib from '/dist/browser.js'; window.edgellmLib = lib;" });
-    await p.page.waitForFunction(() => (window as unknown as ApiHooks).edgellmLib);
-    const r = await p.page.evaluate(async ({ url, context, prompt, maxTokens }) => {
-      const lib = (window as unknown as ApiHooks).edgellmLib!;
-      const root = (await navigator.storage.getDirectory()) as FileSystemDirectoryHandle & { keys(): AsyncIterable<string> };
-      const dirs = async () => {
-        const out: string[] = [];
-        for await (const name of root.keys()) if (name.startsWith('edgellm-spill-')) out.push(name);
-        return out;
-      };
-      const model = await lib.loadModelInWorker(url, { contextLength: context, weights: 'cold', threads: 2 });
-      const ids: number[] = [];
-      await model.complete(prompt, { maxTokens, onToken: (id) => ids.push(id) });
-      const { weights, regions } = await model.memory();
-      const during = await dirs();
-      await model.dispose();
-      return { ids, weights, slots: regions.filter((g) => g.name.startsWith('weights.slot')).length, during, after: await dirs() };
-    }, { url: `/models/${SOTU.file}`, context, prompt: API.prompt, maxTokens });
-
-    expect(r.ids).toEqual(ids);
-    expect(r.weights.layers.every((x) => x === 'cold')).toBe(true);
-    expect(r.weights.spill).toMatch(/^opfs:\/edgellm-spill-/);
-    expect(r.weights.stages, 'every layer read back from OPFS on every pass').toBeGreaterThan(r.weights.layers.length);
-    // a worker cannot read another's OPFS handle: cold layers are staged on the model worker's thread, one slot
-    expect(r.weights.stagedAhead).toBe(0);
-    expect(r.slots).toBe(1);
-    expect(r.during).toHaveLength(1);
-    expect(r.after, 'dispose removed the directory').toEqual([]);
-    await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
-    p.check();
-    await p.page.close();
+      expect(r.ids).toEqual(ids);
+      expect(r.weights.layers.every((x) => x === 'cold')).toBe(true);
+      expect(r.weights.spill).toMatch(/^opfs:\/edgellm-spill-/);
+      expect(r.weights.stages, 'every layer read back from OPFS on every pass').toBeGreaterThan(r.weights.layers.length);
+      // a worker cannot read another's OPFS handle: cold layers are staged on the model worker's thread, one slot
+      expect(r.weights.stagedAhead).toBe(0);
+      expect(r.slots).toBe(1);
+      expect(r.during).toHaveLength(1);
+      expect(r.after, 'dispose removed the directory').toEqual([]);
+      await expect.poll(() => p.page.workers().length, { timeout: STEP_MS }).toBe(0);
+      p.check();
+      await p.page.close();
+    });
   });
 });

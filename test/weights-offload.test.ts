@@ -4,7 +4,7 @@
 // layout in the slot), with tied embeddings and biases, in batches that re-stage every layer, and with 2 threads whose
 // workers read the slot. The planner's own accounting stays under the budget; a child process's peak RSS stays under
 // the budget plus a measured baseline; bad budgets are named errors; the spill directory goes with dispose().
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -13,9 +13,11 @@ import { pathToFileURL } from 'node:url';
 import { loadModel, EdgeLLMError, type LoadOptions } from '../src/index.js';
 import { GGMLType } from '../src/gguf/types.js';
 import { makeSyntheticLlama, q4kmLikeTypes, type SyntheticSpec } from './util/synthetic.js';
-import { seededIds } from './util/compare.js';
+import { bits, seededIds } from './util/compare.js';
+import { greedyIds } from './util/models.js';
 import { checkDist } from './util/dist.js';
 import { availableCores } from '../src/runtime/pool.js';
+import { StageAhead } from '../src/runtime/stage-worker.js';
 import { ROOT } from './util/shared.js';
 
 const { F32, F16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0 } = GGMLType;
@@ -33,16 +35,13 @@ const MODELS: Record<string, SyntheticSpec> = {
   'Q4_0, tied embeddings, q/k/v biases': { ...BASE, nLayers: 3, type: Q4_0, tied: true, qkvBias: true, seed: 4 },
 };
 
-const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-
 /** Logits of every position (batches of 8: each batch stages every layer again) and 12 greedy tokens. */
 async function run(bytes: Uint8Array, opts: LoadOptions) {
   const model = await loadModel(bytes, { batchSize: 8, ...opts });
   try {
     const ids = seededIds(21, model.info.vocab, 7);
     const logits = bits(await model.evaluate(ids));
-    const tokens: number[] = [];
-    await model.complete(ids.slice(0, 5), { maxTokens: 12, onToken: (id) => tokens.push(id) });
+    const tokens = await greedyIds(model, ids.slice(0, 5), 12);
     return { logits, tokens, memory: model.memory(), info: model.info };
   } finally {
     await model.dispose();
@@ -106,6 +105,29 @@ describe('streamed weights give the resident logits and tokens', () => {
       }
     });
   }
+});
+
+describe('staging ahead where the thread may not Atomics.wait', () => {
+  it("spins for the copy instead, as on a browser page's main thread", async () => {
+    // one large layer, so the pass reaches wait() long before the worker's copy is done
+    const n = 32 << 20;
+    const memory = new SharedArrayBuffer(n), image = new SharedArrayBuffer(n);
+    new Uint8Array(image).forEach((_, i, a) => (a[i] = (i * 7) & 255));
+    const ahead = await StageAhead.start({ memories: [memory], images: [image], coldAt: [], slotAt: [0], instanceOf: [0], layerBytes: [n] });
+    // a browser page's main thread throws on Atomics.wait (the staging worker, a thread of its own, may wait)
+    const wait = vi.spyOn(Atomics, 'wait').mockImplementation(() => {
+      throw new TypeError('Atomics.wait cannot be called in this context');
+    });
+    try {
+      ahead.request(0);
+      ahead.wait(0);
+      expect(wait).toHaveBeenCalled();
+    } finally {
+      wait.mockRestore();
+      await ahead.dispose();
+    }
+    expect(Buffer.from(memory).equals(Buffer.from(image))).toBe(true);
+  });
 });
 
 describe("'auto' and the budget", () => {

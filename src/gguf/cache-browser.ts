@@ -10,8 +10,8 @@
  * is what makes an entry usable: nothing is renamed.
  */
 import { EdgeLLMError } from '../errors.js';
-import { keyOfFile, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
-import { blobSource, concatSource, type ByteSource } from './source.js';
+import { keyOfFile, keysOf, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
+import { blobSource, concatSource, errorMessage, type ByteSource } from './source.js';
 
 export interface BrowserCacheOptions {
   /** 'opfs' or 'cache-api' (default: OPFS where it works, else the Cache API) */
@@ -43,13 +43,13 @@ export async function openModelCache(options: BrowserCacheOptions = {}): Promise
       return modelCache(segmentStore(await opfsDir(), segment));
     } catch (err) {
       if (options.storage === 'opfs') throw storageError('the origin private file system', err);
-      reasons.push(`OPFS: ${(err as Error)?.message ?? err}`);
+      reasons.push(`OPFS: ${errorMessage(err)}`);
     }
   }
   try {
     return modelCache(segmentStore(await cacheApiDir(), segment));
   } catch (err) {
-    reasons.push(`Cache API: ${(err as Error)?.message ?? err}`);
+    reasons.push(`Cache API: ${errorMessage(err)}`);
   }
   throw new EdgeLLMError('BAD_SOURCE', `no storage for a model cache here (${reasons.join('; ')}); load with cache: false`);
 }
@@ -57,7 +57,7 @@ export async function openModelCache(options: BrowserCacheOptions = {}): Promise
 function storageError(what: string, err: unknown): EdgeLLMError {
   if (err instanceof EdgeLLMError) return err;
   const full = (err as { name?: string })?.name === 'QuotaExceededError';
-  return new EdgeLLMError(full ? 'BUDGET' : 'BAD_SOURCE', `${what}: ${(err as Error)?.message ?? err}${full ? ' (the storage quota is used up)' : ''}`, { cause: err });
+  return new EdgeLLMError(full ? 'BUDGET' : 'BAD_SOURCE', `${what}: ${errorMessage(err)}${full ? ' (the storage quota is used up)' : ''}`, { cause: err });
 }
 
 const notFound = (err: unknown) => (err as { name?: string })?.name === 'NotFoundError';
@@ -186,12 +186,7 @@ function segmentStore(dir: BlobDir, segmentBytes: number): CacheStore {
   return {
     where: dir.where,
     async keys() {
-      const keys = new Set<string>();
-      for (const name of await dir.names()) {
-        const key = keyOfFile(name);
-        if (key) keys.add(key);
-      }
-      return [...keys];
+      return keysOf(await dir.names());
     },
     async readRecord(key) {
       const blob = await dir.get(record(key));

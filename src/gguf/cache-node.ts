@@ -9,10 +9,10 @@ import { homedir, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import process from 'node:process';
 import { EdgeLLMError } from '../errors.js';
-import { keyOfFile, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
+import { keyOfFile, keysOf, MAX_RECORD, modelCache, type CacheStore, type ModelCache, type PartialWriter } from './cache.js';
 import { openFile } from './file.js';
 import { processAlive, randomSuffix } from '../plan/spill.js';
-import { throwIfAborted, type ByteSource } from './source.js';
+import { errorMessage, throwIfAborted, type ByteSource } from './source.js';
 
 /** A lock whose file has not been touched for this long is abandoned (its holder refreshes it far more often). */
 const LOCK_STALE_MS = 60_000;
@@ -36,7 +36,7 @@ function ioError(what: string, err: unknown): EdgeLLMError {
   if (err instanceof EdgeLLMError) return err;
   const code = (err as { code?: string })?.code;
   const full = code === 'ENOSPC' || code === 'EDQUOT';
-  return new EdgeLLMError(full ? 'BUDGET' : 'BAD_SOURCE', `${what}: ${(err as Error)?.message ?? err}${full ? ' (the disk is full)' : ''}`, { cause: err });
+  return new EdgeLLMError(full ? 'BUDGET' : 'BAD_SOURCE', `${what}: ${errorMessage(err)}${full ? ' (the disk is full)' : ''}`, { cause: err });
 }
 
 const missing = (err: unknown) => (err as { code?: string })?.code === 'ENOENT';
@@ -92,12 +92,7 @@ function nodeStore(dir: string): CacheStore {
   return {
     where: dir,
     async keys() {
-      const keys = new Set<string>();
-      for (const f of await files()) {
-        const key = keyOfFile(f);
-        if (key) keys.add(key);
-      }
-      return [...keys];
+      return keysOf(await files());
     },
     async readRecord(key) {
       let h: FileHandle;

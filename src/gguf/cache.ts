@@ -13,8 +13,8 @@
  * (the failure to avoid is wllama #268: a broken cache entry that breaks every later run).
  */
 import { EdgeLLMError } from '../errors.js';
-import { readGGUF } from './reader.js';
-import { fetchOf, isAbortError, openUrl, parseContentLength, parseContentRange, throwIfAborted, type ByteSource, type OpenOptions, type UrlCache } from './source.js';
+import { GGUFFile, knownHeader, readGGUF } from './reader.js';
+import { errorMessage, fetchOf, isAbortError, openUrl, parseContentLength, parseContentRange, throwIfAborted, type ByteSource, type OpenOptions, type UrlCache } from './source.js';
 
 export interface CacheEntry {
   /** the URL it was downloaded from, without credentials ('' when the record is unreadable) */
@@ -104,7 +104,7 @@ interface EntryRecord {
 }
 
 /** The URL as the cache records it: no credentials, no fragment. */
-export function cacheUrl(url: string): string {
+function cacheUrl(url: string): string {
   let u: URL;
   try {
     u = new URL(url);
@@ -124,14 +124,7 @@ export function cacheKey(url: string): string {
   const clean = cacheUrl(url);
   let h = 0xcbf29ce484222325n;
   for (const b of new TextEncoder().encode(clean)) h = ((h ^ BigInt(b)) * 0x100000001b3n) & 0xffffffffffffffffn;
-  const base = new URL(clean).pathname.split('/').pop() ?? '';
-  let decoded: string;
-  try {
-    decoded = decodeURIComponent(base);
-  } catch {
-    decoded = base;
-  }
-  const stem = decoded.replace(/\.gguf$/i, '').replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[._-]+/, '').slice(0, 80) || 'model';
+  const stem = fileName(clean).replace(/\.gguf$/i, '').replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[._-]+/, '').slice(0, 80) || 'model';
   return `${stem}-${h.toString(16).padStart(16, '0')}`;
 }
 
@@ -139,6 +132,16 @@ export function cacheKey(url: string): string {
 export function keyOfFile(name: string): string | undefined {
   const m = /^([A-Za-z0-9][A-Za-z0-9._-]{0,79}-[0-9a-f]{16})(?:\..*)?$/.exec(name);
   return m?.[1];
+}
+
+/** The keys the stored files `names` belong to, each once. */
+export function keysOf(names: Iterable<string>): string[] {
+  const keys = new Set<string>();
+  for (const name of names) {
+    const key = keyOfFile(name);
+    if (key) keys.add(key);
+  }
+  return [...keys];
 }
 
 function parseRecord(text: string | undefined): EntryRecord | 'corrupt' | undefined {
@@ -192,7 +195,7 @@ function resumable(r: EntryRecord): boolean {
 
 function failure(err: unknown): string {
   const cause = (err as { cause?: { message?: string } })?.cause?.message;
-  const message = (err as Error)?.message ?? String(err);
+  const message = errorMessage(err);
   return cause && !message.includes(cause) ? `${message} (${cause})` : message;
 }
 
@@ -237,8 +240,9 @@ export function modelCache(store: CacheStore): ModelCache {
     try {
       source = await store.openData(key);
       if (source && source.size === record.size) {
-        await readGGUF(source);
-        return named(source, url);
+        const out = named(source, url);
+        await readGGUF(out); // remembered: the caller's readGGUF(out) does not parse it again
+        return out;
       }
     } catch {
       // unreadable or not a GGUF any more: removed below, and fetched again
@@ -321,6 +325,7 @@ export function lazyCache(get: () => Promise<ModelCache | undefined>, headerOnly
   };
 }
 
+/** The last segment of a URL's path, decoded where it decodes. */
 function fileName(url: string): string {
   const base = new URL(url).pathname.split('/').pop() ?? '';
   try {
@@ -466,9 +471,10 @@ async function download(store: CacheStore, key: string, url: string, clean: stri
   // Every byte is stored: the size is the server's total; now the header must parse before the entry is complete.
   const done = record!;
   const partial = await store.openPartial(key);
+  let header: GGUFFile;
   try {
     if (partial.size !== done.size) throw new EdgeLLMError('TRUNCATED', `${partial.size} bytes stored, the server's total is ${done.size}`);
-    await readGGUF(partial);
+    header = await readGGUF(partial);
   } catch (err) {
     await partial.close().catch(() => {});
     await store.remove(key);
@@ -480,5 +486,6 @@ async function download(store: CacheStore, key: string, url: string, clean: stri
   await store.writeRecord(key, recordText({ ...done, complete: true, storedAt: Date.now() }));
   const data = await store.openData(key);
   if (!data) throw new EdgeLLMError('BAD_SOURCE', `cache entry ${key}: its data vanished right after it was stored`);
-  return named(data, clean);
+  // the header checked above, under the name the caller's own parse would give it
+  return knownHeader(named(data, clean), new GGUFFile({ ...header, types: header.metadataTypes }, header.fileSize, clean));
 }

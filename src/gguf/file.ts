@@ -5,7 +5,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { EdgeLLMError } from '../errors.js';
-import { checkRange, openSource, throwIfAborted, type ByteSource, type ModelSource, type OpenOptions } from './source.js';
+import { checkRange, openSource, readTarget, throwIfAborted, type ByteSource, type ModelSource, type OpenOptions } from './source.js';
 
 /** A file read with positional reads, never loaded whole. */
 export async function openFile(location: string | URL, opts: OpenOptions = {}): Promise<ByteSource> {
@@ -34,7 +34,7 @@ export async function openFile(location: string | URL, opts: OpenOptions = {}): 
     async read(offset, length, into) {
       if (closed) throw new EdgeLLMError('DISPOSED', `read from ${path}: the source is closed`);
       checkRange(path, size, offset, length);
-      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+      const out = readTarget(into, length);
       let done = 0;
       // Positional reads may return fewer bytes than asked, so loop; 0 bytes means the file shrank under us.
       while (done < length) {

@@ -8,7 +8,7 @@
  * the rest). The token goes only to the hub's own requests, never to other URLs.
  */
 import { EdgeLLMError } from '../errors.js';
-import { fetchOf, throwIfAborted, type OpenOptions } from './source.js';
+import { errorMessage, fetchOf, throwIfAborted, type OpenOptions } from './source.js';
 
 export interface HubOptions {
   /** sent as `Authorization: Bearer …` (gated and private repos); default HF_TOKEN from the environment */
@@ -17,7 +17,7 @@ export interface HubOptions {
   endpoint?: string;
 }
 
-export const DEFAULT_HUB_ENDPOINT = 'https://huggingface.co';
+const DEFAULT_HUB_ENDPOINT = 'https://huggingface.co';
 
 const FORMS = 'expected hf:OWNER/REPO/FILE.gguf or hf:OWNER/REPO:QUANT (e.g. hf:bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M)';
 /** The hub's repo names: letters, digits, '-', '_', '.', not starting or ending with '.' or '-'. */
@@ -74,7 +74,7 @@ function fromEnvironment(key: string): string | undefined {
   }
 }
 
-export function hubSettings(opts: HubOptions = {}): { endpoint: string; token: string | undefined } {
+function hubSettings(opts: HubOptions = {}): { endpoint: string; token: string | undefined } {
   const raw = opts.endpoint ?? fromEnvironment('HF_ENDPOINT') ?? DEFAULT_HUB_ENDPOINT;
   let url: URL;
   try {
@@ -135,7 +135,7 @@ async function listFiles(endpoint: string, owner: string, repo: string, headers:
     res = await doFetch(url, { headers, signal: opts.signal });
   } catch (err) {
     if (opts.signal?.aborted) throw new EdgeLLMError('ABORTED', `listing ${owner}/${repo}: aborted`, { cause: err });
-    throw new EdgeLLMError('BAD_SOURCE', `${url}: fetch failed: ${(err as Error)?.message ?? err}`, { cause: err });
+    throw new EdgeLLMError('BAD_SOURCE', `${url}: fetch failed: ${errorMessage(err)}`, { cause: err });
   }
   if (!res.ok) {
     await res.body?.cancel().catch(() => {});
@@ -180,7 +180,7 @@ async function boundedText(res: Response, url: string, opts: OpenOptions): Promi
   } catch (err) {
     if (err instanceof EdgeLLMError) throw err;
     if (opts.signal?.aborted) throw new EdgeLLMError('ABORTED', `${url}: aborted`, { cause: err });
-    throw new EdgeLLMError('BAD_SOURCE', `${url}: reading the answer failed: ${(err as Error)?.message ?? err}`, { cause: err });
+    throw new EdgeLLMError('BAD_SOURCE', `${url}: reading the answer failed: ${errorMessage(err)}`, { cause: err });
   }
   const all = new Uint8Array(bytes);
   let at = 0;

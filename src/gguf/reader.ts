@@ -600,18 +600,37 @@ export class GGUFFile {
   }
 }
 
-/** Reads and validates the header; reads more of the file only as far as the header goes. */
+/** The headers already read from each open source (see knownHeader). */
+const headers = new WeakMap<ByteSource, GGUFFile>();
+
+/**
+ * Reads and validates the header; reads more of the file only as far as the header goes. A source whose header was
+ * read before (or vouched for by knownHeader) is not read again.
+ */
 export async function readGGUF(source: ByteSource): Promise<GGUFFile> {
+  const known = headers.get(source);
+  if (known) return known;
   const fileSize = source.size;
   let want = Math.min(fileSize, FIRST_READ);
   for (;;) {
     const buf = await source.read(0, want);
     try {
-      return new GGUFFile(parseHeader(buf, fileSize, source.name), fileSize, source.name);
+      const gguf = new GGUFFile(parseHeader(buf, fileSize, source.name), fileSize, source.name);
+      headers.set(source, gguf);
+      return gguf;
     } catch (err) {
       if (!(err instanceof NeedMore)) throw err;
       // Re-parse from the start with a larger prefix: simpler than resuming, and doubling bounds the extra work to ~2x.
       want = Math.min(fileSize, Math.max(want * 2, err.end + (1 << 16)));
     }
   }
+}
+
+/**
+ * Records that `source` holds the header `gguf`, read from the same bytes under another source (the download cache
+ * checks a file's header before it hands the file out), so that readGGUF(source) does not parse it again.
+ */
+export function knownHeader<S extends ByteSource>(source: S, gguf: GGUFFile): S {
+  headers.set(source, gguf);
+  return source;
 }

@@ -9,10 +9,10 @@ import { isHubName, resolveHubName, type HubOptions } from './hub.js';
 export interface ByteSource {
   readonly name: string;
   readonly size: number;
-  /** Exactly `length` bytes at `offset`. Views of memory sources are zero-copy: do not write to them. */
   /**
-   * The bytes [offset, offset + length). With `into` (at least `length` long), a source may read into it and return a
-   * view of it, so a loader reusing one buffer holds no new one per read; a memory-backed source returns its own view.
+   * Exactly the bytes [offset, offset + length). With `into` (at least `length` long), a source may read into it and
+   * return a view of it, so a loader reusing one buffer holds no new one per read; a memory-backed source returns its
+   * own view, zero-copy: do not write to it.
    */
   read(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   close(): Promise<void>;
@@ -43,6 +43,11 @@ export interface OpenOptions {
 /** A content-length larger than this is not trusted for preallocation: the buffer grows as bytes arrive instead. */
 const MAX_PREALLOCATE = 64 << 20;
 
+/** Where a read of `length` bytes goes: the start of the caller's `into` when it is long enough, else a new buffer. */
+export function readTarget(into: Uint8Array | undefined, length: number): Uint8Array {
+  return into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+}
+
 export function checkRange(name: string, size: number, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
     throw new EdgeLLMError('BAD_ARGUMENT', `read from ${name}: offset ${offset} and length ${length} must be non-negative integers`);
@@ -65,7 +70,7 @@ export function fetchOf(opts: { fetch?: typeof fetch; stallMs?: number }, what: 
 const STALL_MS = 30_000;
 
 /** A request given up because nothing arrived for a while: a broken connection to resume, not the caller's abort. */
-export class Stalled extends Error {
+class Stalled extends Error {
   override name = 'Stalled';
 }
 
@@ -183,7 +188,7 @@ export function concatSource(parts: ByteSource[], name: string): ByteSource {
       const end = offset + length;
       // A tensor lies in one part, so this is the loader's case: a read straight from that part.
       if (end <= starts[i] + parts[i].size) return parts[i].read(offset - starts[i], length, into);
-      const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+      const out = readTarget(into, length);
       for (let at = offset; at < end; i++) {
         const n = Math.min(end, starts[i] + parts[i].size) - at;
         if (n > 0) out.set(await parts[i].read(at - starts[i], n), at - offset);
@@ -230,7 +235,8 @@ const MAX_REWINDS = 4;
 /** A broken connection or failed fetch: worth another try, from where the bytes stopped. */
 class Retryable extends Error {}
 
-const message = (err: unknown) => (err as Error)?.message ?? String(err);
+/** An error's message, or the thrown value as text when it is not an Error. */
+export const errorMessage = (err: unknown) => (err as Error)?.message ?? String(err);
 
 /** `bytes START-END/TOTAL`, TOTAL `*` when the server does not know it. */
 export function parseContentRange(header: string | null): { start: number; end: number; total: number | undefined } | undefined {
@@ -242,28 +248,20 @@ export function parseContentRange(header: string | null): { start: number; end: 
   return { start, end, total };
 }
 
-/** An http(s) source: what the server said about the file, for a cache that stores it. */
-export interface HttpByteSource extends ByteSource {
-  readonly url: string;
-  /** whether the server answers Range requests (206); without, the file is read as one forward stream */
-  readonly ranges: boolean;
-  /** the ETag and Last-Modified of the first answer; every later answer must carry the same, or the read fails */
-  readonly etag?: string;
-  readonly lastModified?: string;
-}
-
 /**
  * Reads a URL with Range requests: the header in a few growing ranges, then each read as one range straight into the
  * caller's buffer, so the file is never held whole. A server without Range support is read as one streamed GET,
  * consumed forward. Every answer must carry the first one's ETag (or Last-Modified): a file replaced on the server
  * mid-load is an error, never a mix of two files' bytes.
  */
-class HttpSource implements HttpByteSource {
+class HttpSource implements ByteSource {
   readonly name: string;
   size = 0;
+  /** whether the server answers Range requests (206); without, the file is read as one forward stream */
   ranges = false;
-  etag?: string;
-  lastModified?: string;
+  /** the ETag and Last-Modified of the first answer; every later answer must carry the same, or the read fails */
+  private etag?: string;
+  private lastModified?: string;
   /** bytes [0, prefix.length) of the file, from the header reads */
   private prefix: Uint8Array = new Uint8Array(0);
   /** without ranges: the GET being consumed, at file offset `pos`, with the unread rest of its last chunk */
@@ -274,7 +272,7 @@ class HttpSource implements HttpByteSource {
   private closed = false;
 
   constructor(
-    readonly url: string,
+    private readonly url: string,
     private readonly opts: OpenOptions,
     private readonly doFetch: typeof fetch,
   ) {
@@ -303,7 +301,7 @@ class HttpSource implements HttpByteSource {
       return await this.doFetch(this.url, { headers, signal: this.opts.signal });
     } catch (err) {
       if (this.aborted(err)) throw new EdgeLLMError('ABORTED', `download of ${this.url}: aborted`, { cause: err });
-      throw new Retryable(`fetch failed: ${message(err)}`, { cause: err });
+      throw new Retryable(`fetch failed: ${errorMessage(err)}`, { cause: err });
     }
   }
 
@@ -425,7 +423,7 @@ class HttpSource implements HttpByteSource {
         if (!(err instanceof Retryable)) throw err;
         cut = err;
       }
-      if (tries >= MAX_TRIES) throw this.error(`reading bytes ${start + done}-${to} failed ${tries} times: ${message(cut)}`, cut);
+      if (tries >= MAX_TRIES) throw this.error(`reading bytes ${start + done}-${to} failed ${tries} times: ${errorMessage(cut)}`, cut);
       if (got === 0) await this.backoff(tries);
     }
   }
@@ -465,7 +463,7 @@ class HttpSource implements HttpByteSource {
       }
       void this.stream?.reader.cancel().catch(() => {});
       this.stream = undefined;
-      if (tries >= MAX_TRIES) throw this.error(`reading at offset ${start + done} failed ${tries} times: ${message(cut)}`, cut);
+      if (tries >= MAX_TRIES) throw this.error(`reading at offset ${start + done} failed ${tries} times: ${errorMessage(cut)}`, cut);
     }
   }
 
@@ -540,7 +538,7 @@ class HttpSource implements HttpByteSource {
     }
     const end = offset + length;
     if (end <= this.prefix.length && !into) return this.prefix.subarray(offset, end);
-    const out = into && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
+    const out = readTarget(into, length);
     const kept = Math.max(0, Math.min(this.prefix.length, end) - offset);
     if (kept > 0) out.set(this.prefix.subarray(offset, offset + kept));
     if (kept < length) await this.fill(offset + kept, out.subarray(kept));
@@ -560,7 +558,7 @@ class HttpSource implements HttpByteSource {
  * The one case where a URL is held whole: a server that neither takes ranges nor says the length (a chunked or
  * compressed body). A compressed body decodes to more bytes than content-length says, so the length is only a guess.
  */
-async function downloadWhole(url: string, response: Response, opts: OpenOptions): Promise<HttpByteSource> {
+async function downloadWhole(url: string, response: Response, opts: OpenOptions): Promise<ByteSource & { readonly ranges: boolean }> {
   const { signal, onProgress } = opts;
   const declared = parseContentLength(response.headers.get('content-length'));
   let buf = allocate(url, declared !== undefined && declared <= MAX_PREALLOCATE ? declared : 1 << 20);
@@ -586,9 +584,9 @@ async function downloadWhole(url: string, response: Response, opts: OpenOptions)
   } catch (err) {
     if (err instanceof EdgeLLMError) throw err;
     if (isAbortError(err, signal)) throw new EdgeLLMError('ABORTED', `download of ${url}: aborted after ${loaded} bytes`, { cause: err });
-    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: download failed after ${loaded} bytes: ${message(err)}`, { cause: err });
+    throw new EdgeLLMError('BAD_SOURCE', `model URL ${url}: download failed after ${loaded} bytes: ${errorMessage(err)}`, { cause: err });
   }
-  return { ...memorySource(buf.subarray(0, loaded), url), url, ranges: false, etag: response.headers.get('etag') ?? undefined };
+  return { ...memorySource(buf.subarray(0, loaded), url), ranges: false };
 }
 
 /**
@@ -596,7 +594,7 @@ async function downloadWhole(url: string, response: Response, opts: OpenOptions)
  * BAD_SOURCE for an error status, a broken connection that retries did not mend, or answers that contradict each
  * other (a Content-Range other than the one asked, a changed ETag); ABORTED for the signal.
  */
-export async function openHttp(url: string, opts: OpenOptions = {}): Promise<HttpByteSource> {
+export async function openHttp(url: string, opts: OpenOptions = {}): Promise<ByteSource & { readonly ranges: boolean }> {
   const doFetch = fetchOf(opts, `model URL ${url}`);
   throwIfAborted(opts.signal, `download of ${url}`);
   const source = new HttpSource(url, opts, doFetch);

@@ -13,9 +13,9 @@ import { GGUFFile, readGGUF, type TensorInfo } from './reader.js';
 import { concatSource, fetchRelativePath, openSource, withHeaders, type ByteSource, type ModelSource, type OpenOptions, type PathOpener } from './source.js';
 import { isHubName, resolveHubName, SPLIT_PART } from './hub.js';
 
-export const SPLIT_NO = 'split.no';
-export const SPLIT_COUNT = 'split.count';
-export const SPLIT_TENSORS_COUNT = 'split.tensors.count';
+const SPLIT_NO = 'split.no';
+const SPLIT_COUNT = 'split.count';
+const SPLIT_TENSORS_COUNT = 'split.tensors.count';
 
 /** llama.cpp's llama_split_path: PREFIX-%05d-of-%05d.gguf, numbered from 1. */
 export function splitPartName(prefix: string, index: number, count: number): string {

@@ -17,7 +17,7 @@
  * events, and the signal becomes abort messages. Nothing else of a call needs a protocol of its own.
  */
 import { EdgeLLMError, type ErrorCode } from '../errors.js';
-import type { HeaderOptions, LoadOptions, Model, ModelInfo } from '../api.js';
+import type { LoadOptions, Model, ModelInfo } from '../api.js';
 import { ModelTokenizer, type ChatFormatOptions, type DetokenizeOptions, type TokenizeOptions } from '../chat/model-tokenizer.js';
 import { ChatSession, type SessionOptions } from '../chat/session.js';
 import type { ChatMessage } from '../chat/template.js';
@@ -341,11 +341,10 @@ interface WorkerScope {
 
 /**
  * Serves one model in this worker (browser-worker.ts): the first call is 'load', then FORWARDED's methods. `load` is
- * the platform's loadModel; `openPath` its opener of relative paths (for reading the header the page gets).
+ * the platform's loadModelOn, which hands over the header it read (the page builds its tokenizer from it).
  */
 export function serveModel(
-  load: (src: ModelSource, options: LoadOptions) => Promise<Model>,
-  readHeader: (src: ModelSource, options: HeaderOptions) => Promise<GGUFFile>,
+  load: (src: ModelSource, options: LoadOptions, onHeader: (gguf: GGUFFile) => void) => Promise<Model>,
   scope = globalThis as unknown as WorkerScope,
 ): void {
   let model: Model | undefined;
@@ -353,17 +352,10 @@ export function serveModel(
 
   async function loadHere(src: ModelSource, options: LoadOptions): Promise<Loaded> {
     if (model) throw new EdgeLLMError('BAD_ARGUMENT', 'this worker has a model already');
-    const loaded = await load(src, options);
-    // The page builds its tokenizer from the header, read again here (loadModel keeps no GGUF): from the download cache
-    // the load filled, or by a range request for about the header's bytes.
-    const { signal, hf, cache } = options;
-    const gguf = await readHeader(src, { signal, hf, cache }).catch(async (err: unknown) => {
-      await loaded.dispose();
-      throw err;
-    });
-    model = loaded;
-    const { version, metadata, metadataTypes: types, alignment, dataOffset } = gguf;
-    return { info: model.info, header: { version, metadata, types, alignment, dataOffset }, fileSize: gguf.fileSize, name: gguf.sourceName };
+    let gguf: GGUFFile | undefined;
+    model = await load(src, options, (header) => (gguf = header));
+    const { version, metadata, metadataTypes: types, alignment, dataOffset, fileSize, sourceName } = gguf!;
+    return { info: model.info, header: { version, metadata, types, alignment, dataOffset }, fileSize, name: sourceName };
   }
 
   async function run({ id, method, args, callbacks }: CallRequest): Promise<void> {

@@ -1,5 +1,8 @@
 /** Comparing runtime logits with the f64 reference forward pass (test/util/reference.ts), shared by the synthetic-model tests. */
 
+/** A Float32Array's bytes, to compare logits bit for bit (`.equals`). */
+export const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
 /** Seeded token ids (mulberry32), so a failure reproduces exactly. */
 export function seededIds(n: number, vocab: number, seed: number): number[] {
   let a = seed >>> 0;

@@ -109,8 +109,13 @@ function parseRange(header: string | undefined, size: number): { start: number; 
 
 export async function startServer(files: ServedFile[], opts: ServerOptions = {}): Promise<TestServer> {
   const entries = new Map<string, Entry>();
-  let options: ServerOptions = { ...opts };
-  if (options.cutAfterBytes !== undefined && options.cutRequests === undefined) options.cutRequests = 1;
+  let options: ServerOptions = {};
+  /** Merges `next` into the options; a cutAfterBytes given without cutRequests cuts one request. */
+  const set = (next: Partial<ServerOptions>) => {
+    options = { ...options, ...next };
+    if (next.cutAfterBytes !== undefined && next.cutRequests === undefined) options.cutRequests = 1;
+  };
+  set(opts);
   const log: LogEntry[] = [];
   const sockets = new Set<Socket>();
 
@@ -136,8 +141,8 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
     const text = (status: number, body: string, headers: Record<string, string> = {}) => {
       record.status = status;
       res.writeHead(status, { 'content-type': 'text/plain', ...headers });
-      if (method !== 'HEAD') record.bodyBytes = Buffer.byteLength(body);
-      res.end(method === 'HEAD' ? undefined : body);
+      record.bodyBytes = Buffer.byteLength(body);
+      res.end(body);
     };
 
     if (options.requireToken !== undefined && req.headers.authorization !== `Bearer ${options.requireToken}`) {
@@ -155,7 +160,7 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
 
     const entry = entries.get(path);
     if (!entry) return text(404, 'not found');
-    if (method !== 'GET' && method !== 'HEAD') return text(405, 'method not allowed');
+    if (method !== 'GET') return text(405, 'method not allowed');
 
     const ranges = options.ranges ?? true;
     const etag = options.etag ?? true;
@@ -183,7 +188,6 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
     options.alter?.(out, { method, path, range });
     record.status = out.status;
     res.writeHead(out.status, out.headers);
-    if (method === 'HEAD') return void res.end();
 
     let cut = Infinity;
     const stall = options.stallCuts === true;
@@ -224,10 +228,7 @@ export async function startServer(files: ServedFile[], opts: ServerOptions = {})
     url: `http://127.0.0.1:${port}`,
     log,
     serve,
-    set(next) {
-      options = { ...options, ...next };
-      if (next.cutAfterBytes !== undefined && next.cutRequests === undefined) options.cutRequests = 1;
-    },
+    set,
     bodyBytes: (path) => log.filter((e) => path === undefined || e.path === path).reduce((n, e) => n + e.bodyBytes, 0),
     async close() {
       for (const s of sockets) s.destroy();
