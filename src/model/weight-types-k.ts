@@ -92,25 +92,37 @@ function repackQ6_K(m: Matrix, heap: Uint8Array, src: Uint8Array, r0: number, nr
   const nsb = m.cols / QK_K;
   const f32 = new Float32Array(heap.buffer, heap.byteOffset);
   const t = f16Table();
-  const code = (s: number, e: number) => {
-    // ggml: per 128 values n, element 32k + l takes ql[64n + l + 32·(k&1)] (low nibble for k < 2) and bits 2k of qh[32n + l]
-    const n = e >> 7, k = (e >> 5) & 3, l = e & 31;
-    const nib = (src[s + 64 * n + l + 32 * (k & 1)] >> (k < 2 ? 0 : 4)) & 0xf;
-    return nib | (((src[s + 128 + 32 * n + l] >> (2 * k)) & 3) << 4);
-  };
+  const u32 = new Uint32Array(heap.buffer, heap.byteOffset, heap.byteLength >> 2);
+  const q = new Uint8Array(QK_K); // one super-block's codes, 0..63
   for (let r = r0, s = 0; r < r0 + nr; r++) {
     for (let b = 0; b < nsb; b++, s += Q6_K_BLOCK_BYTES) {
       const at = place(m, GGMLType.Q6_K, r, b);
       f32[(at.scales >> 2) + at.slot] = t[src[s + 208] | (src[s + 209] << 8)];
       for (let j = 0; j < 16; j++) heap[at.scales + 16 + 4 * j + at.slot] = src[s + 192 + j];
-      for (let p = 0; p < 8; p++) {
-        const o = at.codes + 96 * p;
-        const w = o + 64 + 16 * (at.slot >> 1), wShift = (at.slot & 1) * 4;
-        for (let l = 0; l < 16; l++) {
-          const lo = code(s, 32 * p + l), hi = code(s, 32 * p + 16 + l);
-          heap[o + 16 * at.slot + l] = lo | ((hi & 3) << 6);
-          heap[w + l] |= (hi >> 2) << wShift;
+      // ggml: per 128 values n, element 128n + 32k + l takes ql[64n + l + 32·(k&1)] (low nibble for k < 2) and bits
+      // 2k of qh[32n + l]
+      for (let n = 0; n < 2; n++) {
+        for (let l = 0; l < 32; l++) {
+          const ql0 = src[s + 64 * n + l], ql1 = src[s + 64 * n + 32 + l], qh = src[s + 128 + 32 * n + l];
+          const e = 128 * n + l;
+          q[e] = (ql0 & 0xf) | ((qh & 3) << 4);
+          q[e + 32] = (ql1 & 0xf) | (((qh >> 2) & 3) << 4);
+          q[e + 64] = (ql0 >> 4) | (((qh >> 4) & 3) << 4);
+          q[e + 96] = (ql1 >> 4) | (((qh >> 6) & 3) << 4);
         }
+      }
+      // per sub-block V0, V1, W, this row's 4 bytes of each (one u32, little-endian) at 4·slot (see assembly/q6_k.ts)
+      for (let j = 0, o = (at.codes >> 2) + at.slot, e = 0; j < 16; j++, o += 12, e += 16) {
+        let v0 = 0, v1 = 0, w = 0;
+        for (let i = 3; i >= 0; i--) {
+          const c0 = q[e + i], c1 = q[e + 4 + i], c2 = q[e + 8 + i], c3 = q[e + 12 + i];
+          v0 = (v0 << 8) | c0 | ((c2 & 3) << 6);
+          v1 = (v1 << 8) | c1 | ((c3 & 3) << 6);
+          w = (w << 8) | (c2 >> 2) | ((c3 >> 2) << 4);
+        }
+        u32[o] = v0;
+        u32[o + 4] = v1;
+        u32[o + 8] = w;
       }
     }
   }
