@@ -290,3 +290,37 @@ export const EXP_MIN: f32 = -87.33654475;
   r = i32x4.add(r, i32x4.dot_i16x8_s(v128.load8x8_u(mins, 16), i32x4.shuffle(bs, bs, 2, 2, 2, 2)));
   return i32x4.add(r, i32x4.dot_i16x8_s(v128.load8x8_u(mins, 24), i32x4.shuffle(bs, bs, 3, 3, 3, 3)));
 }
+
+// ---- the rows in the lanes (q6_k.ts, q3_k.ts): code vectors of 4 rows × 4 consecutive values, [a0..a3 b0..b3 c0..c3 d0..d3] ----
+
+/**
+ * Σ c·x for one code vector c (unsigned codes ≤ 63) and 4 activations xb (broadcast to every row), as i16 lanes
+ * [a0+a1, a2+a3, b0+b1, ...] (each at most 2·63·127 = 16002). relaxed: one dot with the codes as the 7-bit operand.
+ * SIMD128: the same pair sums by pmaddwd on the widened values, narrowed back (exact: they fit).
+ */
+// @ts-ignore: decorator
+@inline export function kdot4_rows(c: v128, xb: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return i16x8.relaxed_dot_i8x16_i7x16_s(xb, c);
+  const xw = i16x8.extend_low_i8x16_s(xb);
+  return i16x8.narrow_i32x4_s(
+    i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(c), xw),
+    i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(c), xw),
+  );
+}
+
+/**
+ * (Σ_j sc_j·bsum_j) << shift for the 4 rows of one super-block, its 16 sub-block scales at sc + 16 as
+ * [16 sub-blocks][4 rows] int8, and one token's 16 code sums at ks: per pair of sub-blocks the scales reordered to
+ * [a_j,a_j+1,b_j,b_j+1,...] meet (bsum_j, bsum_j+1) in one pmaddwd. The K-quants' offset for codes kept unsigned
+ * (Q6_K: q − 32, shift 5; Q3_K: q − 4, shift 2), once per super-block and token.
+ */
+// @ts-ignore: decorator
+@inline export function koffset_rows4(sc: usize, ks: usize, shift: i32): v128 {
+  let off = i32x4.splat(0);
+  for (let p: usize = 0; p < 8; p++) {
+    const v = v128.load8x8_s(sc + 16 + (p << 3));
+    const pairs = i8x16.shuffle(v, i32x4.shuffle(v, v, 2, 3, 2, 3), 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+    off = i32x4.add(off, i32x4.dot_i16x8_s(pairs, v128.load32_splat(ks + (p << 2))));
+  }
+  return i32x4.shl(off, shift);
+}

@@ -20,7 +20,7 @@
 // per 64 products): 5632 × 2048, relaxed, decode 20.3 → 25.7 GMAC/s, prefill 31.8 → 37.0; SIMD128 11.7 → 15.4 and
 // 17.2 → 20.1 (docs/kernels.md).
 
-import { k_pair_lo, PREFETCH, scale_add, store_rows4 } from './common';
+import { k_pair_lo, kdot4_rows, koffset_rows4, PREFETCH, scale_add, store_rows4 } from './common';
 
 const CODES: usize = 768;
 const SCALES: usize = 80;
@@ -50,21 +50,6 @@ const SCALES: usize = 80;
 }
 
 /**
- * Σ c·x for one code vector c ([a0..a3 b0..b3 c0..c3 d0..d3]) and 4 activations xb (broadcast), as i16 lanes
- * [a0+a1, a2+a3, b0+b1, ...] (each at most 2·63·127 = 16002). relaxed: one dot with the codes as the 7-bit operand.
- * SIMD128: the same pair sums by pmaddwd on the widened values, narrowed back (exact: they fit).
- */
-// @ts-ignore: decorator
-@inline function dot4(c: v128, xb: v128): v128 {
-  if (ASC_FEATURE_RELAXED_SIMD) return i16x8.relaxed_dot_i8x16_i7x16_s(xb, c);
-  const xw = i16x8.extend_low_i8x16_s(xb);
-  return i16x8.narrow_i32x4_s(
-    i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(c), xw),
-    i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(c), xw),
-  );
-}
-
-/**
  * One token's sub-block (16 activations, broadcast 4 at a time in x0..x3) against a group's 4 unpacked rows (c0..c3),
  * times the rows' scales s4 ([a,a,b,b,c,c,d,d]), added to the token's i32 accumulator [a,b,c,d]. Two dots' lanes add in
  * i16 (≤ 32004) before each pmaddwd.
@@ -72,8 +57,8 @@ const SCALES: usize = 80;
 // @ts-ignore: decorator
 @inline function token_sub(acc: v128, c0: v128, c1: v128, c2: v128, c3: v128, s4: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
   return i32x4.add(acc, i32x4.add(
-    i32x4.dot_i16x8_s(i16x8.add(dot4(c0, x0), dot4(c1, x1)), s4),
-    i32x4.dot_i16x8_s(i16x8.add(dot4(c2, x2), dot4(c3, x3)), s4),
+    i32x4.dot_i16x8_s(i16x8.add(kdot4_rows(c0, x0), kdot4_rows(c1, x1)), s4),
+    i32x4.dot_i16x8_s(i16x8.add(kdot4_rows(c2, x2), kdot4_rows(c3, x3)), s4),
   ));
 }
 
@@ -94,21 +79,6 @@ const SCALES: usize = 80;
     acc, c0, c1, c2, c3, s4,
     i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3),
   );
-}
-
-/**
- * 32·Σ_j sc_j·bsum_j for the 4 rows of one super-block (scales at sc + 16, [16 sub-blocks][4 rows]) and one token's
- * 16 code sums at ks: per pair of sub-blocks the scales reordered to [a_j,a_j+1,b_j,b_j+1,...] meet (bsum_j, bsum_j+1).
- */
-// @ts-ignore: decorator
-@inline function offset_rows4(sc: usize, ks: usize): v128 {
-  let off = i32x4.splat(0);
-  for (let p: usize = 0; p < 8; p++) {
-    const v = v128.load8x8_s(sc + 16 + (p << 3));
-    const pairs = i8x16.shuffle(v, i32x4.shuffle(v, v, 2, 3, 2, 3), 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-    off = i32x4.add(off, i32x4.dot_i16x8_s(pairs, v128.load32_splat(ks + (p << 2))));
-  }
-  return i32x4.shl(off, 5);
 }
 
 /**
@@ -150,10 +120,10 @@ export function matmul_q6_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
           sp += 4;
         }
         const d4 = v128.load(sc);
-        f0 = scale_add(f0, d4, load<f32>(d), i32x4.sub(i0, offset_rows4(sc, s)));
-        f1 = scale_add(f1, d4, load<f32>(d + dStride), i32x4.sub(i1, offset_rows4(sc, s + sStride)));
-        f2 = scale_add(f2, d4, load<f32>(d + 2 * dStride), i32x4.sub(i2, offset_rows4(sc, s + 2 * sStride)));
-        f3 = scale_add(f3, d4, load<f32>(d + 3 * dStride), i32x4.sub(i3, offset_rows4(sc, s + 3 * sStride)));
+        f0 = scale_add(f0, d4, load<f32>(d), i32x4.sub(i0, koffset_rows4(sc, s, 5)));
+        f1 = scale_add(f1, d4, load<f32>(d + dStride), i32x4.sub(i1, koffset_rows4(sc, s + sStride, 5)));
+        f2 = scale_add(f2, d4, load<f32>(d + 2 * dStride), i32x4.sub(i2, koffset_rows4(sc, s + 2 * sStride, 5)));
+        f3 = scale_add(f3, d4, load<f32>(d + 3 * dStride), i32x4.sub(i3, koffset_rows4(sc, s + 3 * sStride, 5)));
         sc += SCALES;
         d += 4;
         s += 32;
@@ -180,7 +150,7 @@ export function matmul_q6_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
           x += 16;
           sp += 4;
         }
-        f = scale_add(f, v128.load(sc), load<f32>(d), i32x4.sub(acc, offset_rows4(sc, s)));
+        f = scale_add(f, v128.load(sc), load<f32>(d), i32x4.sub(acc, koffset_rows4(sc, s, 5)));
         sc += SCALES;
         d += 4;
         s += 32;

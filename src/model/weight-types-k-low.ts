@@ -66,18 +66,34 @@ export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
     dequantRow: (k, m, row, out) => k.dequant_row_q2_k(m.data, m.scales, row, m.cols, out),
   },
   {
-    // per group super-block: codes 4 × (64 qs + 32 hmask) bytes; scales 4 × 16 signed bytes, d f32 [4] (80 bytes)
+    // per group super-block: codes 8 pairs of sub-blocks × 48 bytes (A, B, C: 4 rows × 4 values per vector, see
+    // assembly/q3_k.ts); scales d f32 [4], then 16 × 4 signed bytes [sub-block][row] (80 bytes)
     type: GGMLType.Q3_K,
     input: 'q8_k',
     layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 384, scales: superBlocks(rows, cols) * 80 }),
     repack(m, heap, src, r0, nr) {
       const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 20);
+      const u32 = new Uint32Array(heap.buffer, m.data, superBlocks(m.rows, m.cols) * 96);
+      const hm = new Int32Array(8), qs = new Int32Array(16), c = new Int32Array(8);
       eachBlock(m, src, r0, nr, 110, (s, i, slot) => {
-        const at = m.data + i * 384 + slot * 96;
-        heap.set(src.subarray(s + 32, s + 96), at);
-        heap.set(src.subarray(s, s + 32), at + 64);
-        for (let j = 0; j < 16; j++) heap[m.scales + i * 80 + slot * 16 + j] = q3kScale(src, s + 96, j) & 0xff;
-        f[i * 20 + 16 + slot] = f16At(src, s + 108);
+        // ggml: element 128·half + 32k + l takes bits 2k of qs[32·half + l] and bit 4·half + k of hmask[l], so a pair
+        // of sub-blocks (p = 4·half + k) reads one shift of each. Four bytes at a time (SWAR on u32 words): code vector
+        // j of the pair is this row's 4 codes of values 4j..4j+3.
+        const word = (o: number) => src[o] | (src[o + 1] << 8) | (src[o + 2] << 16) | (src[o + 3] << 24);
+        for (let j = 0; j < 8; j++) {
+          hm[j] = word(s + 4 * j);
+          qs[j] = word(s + 32 + 4 * j);
+          qs[8 + j] = word(s + 64 + 4 * j);
+        }
+        for (let p = 0, o = i * 96 + slot; p < 8; p++, o += 12) {
+          const half = p >> 2, k = p & 3;
+          for (let j = 0; j < 8; j++) c[j] = ((qs[8 * half + j] >>> (2 * k)) & 0x03030303) | (((hm[j] >>> (p)) & 0x01010101) << 2);
+          u32[o] = c[0] | (c[1] << 3) | ((c[6] & 0x03030303) << 6);
+          u32[o + 4] = c[2] | (c[3] << 3) | ((c[7] & 0x03030303) << 6);
+          u32[o + 8] = c[4] | (c[5] << 3) | (((c[6] >>> 2) & 0x01010101) << 6) | (((c[7] >>> 2) & 0x01010101) << 7);
+        }
+        for (let j = 0; j < 16; j++) heap[m.scales + i * 80 + 16 + 4 * j + slot] = q3kScale(src, s + 96, j) & 0xff;
+        f[i * 20 + slot] = f16At(src, s + 108);
       });
     },
     matmul: (k, m, a, y, ntok) => k.matmul_q3_k(m.data, m.scales, a.q8_k.q, a.q8_k.d, a.q8_k.s, y, m.rows, m.cols, ntok),
