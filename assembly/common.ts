@@ -309,18 +309,23 @@ export const EXP_MIN: f32 = -87.33654475;
 }
 
 /**
+ * Σ_j v_j·bsum_j over a pair of sub-blocks (j, j+1) for 4 rows: v holds the rows' values as i16 [a_j,b_j,c_j,d_j,
+ * a_j+1,...] and ks the token's (bsum_j, bsum_j+1); reordered to [a_j,a_j+1,b_j,b_j+1,...] they meet in one pmaddwd.
+ */
+// @ts-ignore: decorator
+@inline export function kpair_bsums_rows4(v: v128, ks: usize): v128 {
+  const pairs = i8x16.shuffle(v, i32x4.shuffle(v, v, 2, 3, 2, 3), 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
+  return i32x4.dot_i16x8_s(pairs, v128.load32_splat(ks));
+}
+
+/**
  * (Σ_j sc_j·bsum_j) << shift for the 4 rows of one super-block, its 16 sub-block scales at sc + 16 as
- * [16 sub-blocks][4 rows] int8, and one token's 16 code sums at ks: per pair of sub-blocks the scales reordered to
- * [a_j,a_j+1,b_j,b_j+1,...] meet (bsum_j, bsum_j+1) in one pmaddwd. The K-quants' offset for codes kept unsigned
+ * [16 sub-blocks][4 rows] int8, and one token's 16 code sums at ks. The K-quants' offset for codes kept unsigned
  * (Q6_K: q − 32, shift 5; Q3_K: q − 4, shift 2), once per super-block and token.
  */
 // @ts-ignore: decorator
 @inline export function koffset_rows4(sc: usize, ks: usize, shift: i32): v128 {
   let off = i32x4.splat(0);
-  for (let p: usize = 0; p < 8; p++) {
-    const v = v128.load8x8_s(sc + 16 + (p << 3));
-    const pairs = i8x16.shuffle(v, i32x4.shuffle(v, v, 2, 3, 2, 3), 0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23);
-    off = i32x4.add(off, i32x4.dot_i16x8_s(pairs, v128.load32_splat(ks + (p << 2))));
-  }
+  for (let p: usize = 0; p < 8; p++) off = i32x4.add(off, kpair_bsums_rows4(v128.load8x8_s(sc + 16 + (p << 3)), ks + (p << 2)));
   return i32x4.shl(off, shift);
 }

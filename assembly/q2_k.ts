@@ -4,238 +4,153 @@
 //   xd·d·Σ_j sc_j·(q·x)_j − xd·dmin·Σ_j m_j·bsum_j
 // with both sums exact in i32 (at most 16·15·16·3·127 and 16·15·16·127), so one float step per super-block.
 //
-// Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows. For each
-// group and super-block, 256 bytes of codes: the 4 rows' 64 code bytes back to back, in ggml's order (byte 32h + l holds
-// elements 128h + 32p + l at bits 2p, 2p+1, so one 16-byte load and a shift by 2p give 16 values of sub-block
-// 8h + 2p + (l ≥ 16)). Apart, 96 bytes of scales: the 4 rows' 16 scale/min bytes as ggml stores them (scale in the low
-// nibble, min in the high), then d as f32 [4 rows], then dmin as f32 [4 rows]. 2.75 bits per weight (ggml: 2.625).
+// Repacked layout (the host writes it at load): rows in groups of 4, the last group padded with zero rows, the rows in
+// the lanes as in Q6_K (q6_k.ts says why): per group and sub-block 16 bytes, byte 4·row + e holding the row's values
+// 4k + e (k = 0..3) at bits 2k, so one load and a shift by 2k give code vector k, [a0..a3 b0..b3 c0..c3 d0..d3] of
+// values 4k..4k+3. Apart, 96 bytes of scales per group and super-block: d and dmin as f32 [4 rows] each, then the
+// scale/min bytes as ggml stores them (scale in the low nibble, min in the high) as [16 sub-blocks][4 rows]. 2.75 bits
+// per weight (ggml: 2.625).
 //
-// The two builds:
-// - relaxed: the codes (0..3) are the relaxed dot's 7-bit operand as they are; the sub-block's i16 pair sums (at most
-//   2·3·127) meet its scale in one pmaddwd. (Scaling the codes first, sc·q ≤ 45 as bytes, then adding two sub-blocks
-//   in i16 before widening, measured 4% slower: the multiply is per row, the pmaddwd it saves per token.)
-// - SIMD128: each sub-block's codes are multiplied by its scale once, as bytes (one i16 multiply scales 16 codes:
-//   every byte's product stays below 256, so none carries into its neighbour), widened to i16 and multiplied with the
-//   widened activations by pmaddwd.
-//
-// Decode is 4 rows × 1 token per weight load, with the 4 rows' sums in the lanes of one i32x4; prefill is 1 row ×
-// 4 tokens (the tokens in the lanes), row by row through the group. Every output is the same sequence of f32
-// operations either way (acc + (d·xd·isum − dmin·xd·msum) per super-block, in order), so decode, prefill and both
-// builds agree bit for bit.
+// A relaxed dot against 4 broadcast activations gives i16 lanes [a,a,b,b,c,c,d,d] of at most 2·3·127, so a
+// sub-block's 4 dots add in i16 and meet its scales in one pmaddwd, where the row-at-a-time layout before it took a
+// pmaddwd, an add and a horizontal sum per row and 16 values (5632 × 2048, relaxed: decode 21.6 → 30.7 GMAC/s,
+// prefill 28.0 → 39.3; SIMD128 13.3 / 18.6 → 17.1 / 21.7). The SIMD128 build widens the codes and multiplies as i16, lane for lane the same sums. Every output is
+// the same sequence of f32 operations (acc + (d·xd·isum − dmin·xd·msum) per super-block, in order), so decode,
+// prefill and both builds agree bit for bit.
 
-import { hsum4_i32x4, PREFETCH, store_rows4 } from './common';
+import { k_pair_lo, kdot4_rows, kpair_bsums_rows4, PREFETCH, store_rows4 } from './common';
 
-/** The i16 lanes of one scale byte's low nibble (load8_splat repeats the byte; the mask keeps the low lane byte's nibble). */
+const CODES: usize = 256;
+const SCALES: usize = 96;
+
+/** Code vector k (constant) of a sub-block's 16 bytes. */
 // @ts-ignore: decorator
-@inline function scale16(p: usize): v128 {
-  return v128.and(v128.load8_splat(p), i16x8.splat(0x0f));
+@inline function codes(q: v128, k: i32): v128 {
+  return k == 0 ? v128.and(q, i8x16.splat(3)) : v128.and(i16x8.shr_u(q, 2 * k), i8x16.splat(3)); // i16 shift: see q4_0.ts
 }
 
-/** The codes at bits 2p, 2p+1 of each byte of q (p constant). */
+/** A sub-block's scales [a,a,b,b,c,c,d,d] from its scale/min bytes at sp (the low nibbles). */
 // @ts-ignore: decorator
-@inline function codes2(q: v128, p: i32): v128 {
-  return p == 0 ? v128.and(q, i8x16.splat(3)) : v128.and(i16x8.shr_u(q, 2 * p), i8x16.splat(3));
+@inline function scales4(sp: usize): v128 {
+  return k_pair_lo(v128.and(v128.load8x8_u(sp), i16x8.splat(0x0f)));
 }
 
-/** SIMD128: codes at bits 2p.. of q times the scale at sp, as bytes (at most 45). */
+/** One token's sub-block (4 code vectors; activations broadcast in x0..x3) times its scales, added into acc [a,b,c,d]. */
 // @ts-ignore: decorator
-@inline function scaled(q: v128, p: i32, sp: usize): v128 {
-  return i16x8.mul(codes2(q, p), scale16(sp));
+@inline function token_sub(acc: v128, q: v128, s4: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
+  const sum = i16x8.add(i16x8.add(kdot4_rows(codes(q, 0), x0), kdot4_rows(codes(q, 1), x1)), i16x8.add(kdot4_rows(codes(q, 2), x2), kdot4_rows(codes(q, 3), x3)));
+  return i32x4.add(acc, i32x4.dot_i16x8_s(sum, s4));
 }
 
-/** relaxed: acc + sc·Σ q·x over one sub-block (sc as i16 lanes). */
+/** Σ_j m_j·bsum_j for the 4 rows of one super-block (scale/min bytes at sc + 32) and one token's code sums at ks. */
 // @ts-ignore: decorator
-@inline function sub_r1(acc: v128, q: v128, sc: v128, x: usize): v128 {
-  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(x), q), sc));
+@inline function mins_rows4(sc: usize, ks: usize): v128 {
+  let m = i32x4.splat(0);
+  for (let p: usize = 0; p < 8; p++) m = i32x4.add(m, kpair_bsums_rows4(i16x8.shr_u(v128.load8x8_u(sc + 32 + (p << 3)), 4), ks + (p << 2)));
+  return m;
 }
 
-/** SIMD128: Σ w·x over one sub-block, its scaled codes widened to i16 (lo: values 0..7, hi: 8..15). */
+/** acc + (d·xd·isum − dmin·xd·msum) for 4 rows (d at sc, dmin at sc + 16). */
 // @ts-ignore: decorator
-@inline function sub_simd(acc: v128, lo: v128, hi: v128, x: usize): v128 {
-  return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(lo, v128.load8x8_s(x)), i32x4.dot_i16x8_s(hi, v128.load8x8_s(x, 8))));
-}
-
-/**
- * One row's code sums over one super-block for 4 tokens (activations at x + t·xs), as an i32x4 with the tokens in
- * the lanes. Code load c (bytes 16c..16c+15) holds sub-blocks jb, jb+2, jb+4, jb+6 with jb = 8·(c/2) + c%2.
- */
-// @ts-ignore: decorator
-@inline function row_tok4(w: usize, s: usize, x: usize, xs: usize): v128 {
-  let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-  for (let c: usize = 0; c < 4; c++) {
-    const q = v128.load(w + (c << 4));
-    const jb = ((c >> 1) << 3) | (c & 1);
-    const sj = s + jb;
-    const xj = x + (jb << 4);
-    if (ASC_FEATURE_RELAXED_SIMD) {
-      let k = codes2(q, 0), sc = scale16(sj);
-      a0 = sub_r1(a0, k, sc, xj); a1 = sub_r1(a1, k, sc, xj + xs); a2 = sub_r1(a2, k, sc, xj + 2 * xs); a3 = sub_r1(a3, k, sc, xj + 3 * xs);
-      k = codes2(q, 1); sc = scale16(sj + 2);
-      a0 = sub_r1(a0, k, sc, xj + 32); a1 = sub_r1(a1, k, sc, xj + xs + 32);
-      a2 = sub_r1(a2, k, sc, xj + 2 * xs + 32); a3 = sub_r1(a3, k, sc, xj + 3 * xs + 32);
-      k = codes2(q, 2); sc = scale16(sj + 4);
-      a0 = sub_r1(a0, k, sc, xj + 64); a1 = sub_r1(a1, k, sc, xj + xs + 64);
-      a2 = sub_r1(a2, k, sc, xj + 2 * xs + 64); a3 = sub_r1(a3, k, sc, xj + 3 * xs + 64);
-      k = codes2(q, 3); sc = scale16(sj + 6);
-      a0 = sub_r1(a0, k, sc, xj + 96); a1 = sub_r1(a1, k, sc, xj + xs + 96);
-      a2 = sub_r1(a2, k, sc, xj + 2 * xs + 96); a3 = sub_r1(a3, k, sc, xj + 3 * xs + 96);
-    } else {
-      const w0 = scaled(q, 0, sj), w1 = scaled(q, 1, sj + 2), w2 = scaled(q, 2, sj + 4), w3 = scaled(q, 3, sj + 6);
-      // two sub-blocks at a time keep the widened codes in registers
-      let l0 = i16x8.extend_low_i8x16_u(w0), h0 = i16x8.extend_high_i8x16_u(w0);
-      let l1 = i16x8.extend_low_i8x16_u(w1), h1 = i16x8.extend_high_i8x16_u(w1);
-      a0 = sub_simd(sub_simd(a0, l0, h0, xj), l1, h1, xj + 32);
-      a1 = sub_simd(sub_simd(a1, l0, h0, xj + xs), l1, h1, xj + xs + 32);
-      a2 = sub_simd(sub_simd(a2, l0, h0, xj + 2 * xs), l1, h1, xj + 2 * xs + 32);
-      a3 = sub_simd(sub_simd(a3, l0, h0, xj + 3 * xs), l1, h1, xj + 3 * xs + 32);
-      l0 = i16x8.extend_low_i8x16_u(w2); h0 = i16x8.extend_high_i8x16_u(w2);
-      l1 = i16x8.extend_low_i8x16_u(w3); h1 = i16x8.extend_high_i8x16_u(w3);
-      a0 = sub_simd(sub_simd(a0, l0, h0, xj + 64), l1, h1, xj + 96);
-      a1 = sub_simd(sub_simd(a1, l0, h0, xj + xs + 64), l1, h1, xj + xs + 96);
-      a2 = sub_simd(sub_simd(a2, l0, h0, xj + 2 * xs + 64), l1, h1, xj + 2 * xs + 96);
-      a3 = sub_simd(sub_simd(a3, l0, h0, xj + 3 * xs + 64), l1, h1, xj + 3 * xs + 96);
-    }
-  }
-  return hsum4_i32x4(a0, a1, a2, a3);
-}
-
-/** One row's code sums over one super-block for one token, spread over the 4 lanes. */
-// @ts-ignore: decorator
-@inline function row_tok1(w: usize, s: usize, x: usize): v128 {
-  load<u8>(w, PREFETCH); // see PREFETCH: one touch per 64-byte line of codes
-  let a = i32x4.splat(0);
-  for (let c: usize = 0; c < 4; c++) {
-    const q = v128.load(w + (c << 4));
-    const jb = ((c >> 1) << 3) | (c & 1);
-    const sj = s + jb;
-    const xj = x + (jb << 4);
-    if (ASC_FEATURE_RELAXED_SIMD) {
-      a = sub_r1(a, codes2(q, 0), scale16(sj), xj);
-      a = sub_r1(a, codes2(q, 1), scale16(sj + 2), xj + 32);
-      a = sub_r1(a, codes2(q, 2), scale16(sj + 4), xj + 64);
-      a = sub_r1(a, codes2(q, 3), scale16(sj + 6), xj + 96);
-    } else {
-      const w0 = scaled(q, 0, sj), w1 = scaled(q, 1, sj + 2), w2 = scaled(q, 2, sj + 4), w3 = scaled(q, 3, sj + 6);
-      a = sub_simd(a, i16x8.extend_low_i8x16_u(w0), i16x8.extend_high_i8x16_u(w0), xj);
-      a = sub_simd(a, i16x8.extend_low_i8x16_u(w1), i16x8.extend_high_i8x16_u(w1), xj + 32);
-      a = sub_simd(a, i16x8.extend_low_i8x16_u(w2), i16x8.extend_high_i8x16_u(w2), xj + 64);
-      a = sub_simd(a, i16x8.extend_low_i8x16_u(w3), i16x8.extend_high_i8x16_u(w3), xj + 96);
-    }
-  }
-  return a;
-}
-
-/** A row's 16 mins (high nibbles of its scale bytes at s) as two i16x8: sub-blocks 0..7 and 8..15. */
-// @ts-ignore: decorator
-@inline function mins_lo(s: usize): v128 {
-  return i16x8.extend_low_i8x16_u(v128.and(i16x8.shr_u(v128.load(s), 4), i8x16.splat(0x0f)));
-}
-
-// @ts-ignore: decorator
-@inline function mins_hi(s: usize): v128 {
-  return i16x8.extend_high_i8x16_u(v128.and(i16x8.shr_u(v128.load(s), 4), i8x16.splat(0x0f)));
-}
-
-/** Σ_j m_j·bsum_j for one token's 16 bsums at bs, spread over the 4 lanes. */
-// @ts-ignore: decorator
-@inline function msum(lo: v128, hi: v128, bs: usize): v128 {
-  return i32x4.add(i32x4.dot_i16x8_s(lo, v128.load(bs)), i32x4.dot_i16x8_s(hi, v128.load(bs, 16)));
+@inline function step(acc: v128, sc: usize, xd: f32, isum: v128, msum: v128): v128 {
+  const x = f32x4.splat(xd);
+  const dd = f32x4.mul(v128.load(sc), x), dm = f32x4.mul(v128.load(sc, 16), x);
+  return f32x4.add(acc, f32x4.sub(f32x4.mul(dd, f32x4.convert_i32x4_s(isum)), f32x4.mul(dm, f32x4.convert_i32x4_s(msum))));
 }
 
 /**
  * y[t][r] for ntok activation vectors quantized by quantize_q8_k (codes kq, scales kd, sums ks); rows × cols weights
- * in the layout above (codes wq, scales ws), cols a multiple of 256.
+ * in the layout above (codes wq, scales ws), cols a multiple of 256. One sub-block per iteration.
  */
 export function matmul_q2_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usize, y: usize, rows: i32, cols: i32, ntok: i32): void {
-  const nsb = <usize>(cols >> 8);
+  const nsb = cols >> 8;
   const groups = (rows + 3) >> 2;
   const rowBytes = <usize>rows << 2;
-  const xs = <usize>cols; // activation bytes per token
-  const bss = <usize>cols >> 3; // bsum bytes per token
-  const dss = nsb << 2; // scale bytes per token
+  const xStride = <usize>cols;
+  const dStride = <usize>nsb << 2;
+  const sStride = <usize>nsb << 5;
   for (let g = 0; g < groups; g++) {
-    const wg = wq + <usize>g * nsb * 256;
-    const sg = ws + <usize>g * nsb * 96;
+    const wg = wq + <usize>g * nsb * CODES;
+    const sg = ws + <usize>g * nsb * SCALES;
     const r = g << 2;
     let t = 0;
-    // prefill: a row's super-block, unpacked once, against 4 tokens
+    // prefill: 4 tokens per unpacked sub-block, each token's 16 activations loaded once and broadcast by shuffles
     for (; t + 4 <= ntok; t += 4) {
-      const x = kq + <usize>t * xs;
-      const d = kd + <usize>t * dss;
-      const bs = ks + <usize>t * bss;
-      for (let i = 0; i < 4 && r + i < rows; i++) {
-        let acc = f32x4.splat(0);
-        const ri = <usize>i;
-        for (let b: usize = 0; b < nsb; b++) {
-          const w = wg + (b << 8) + (ri << 6);
-          const s = sg + b * 96;
-          load<u8>(w, PREFETCH); // see PREFETCH
-          const isum = row_tok4(w, s + (ri << 4), x + (b << 8), xs);
-          const lo = mins_lo(s + (ri << 4)), hi = mins_hi(s + (ri << 4));
-          const bsb = bs + (b << 5);
-          const mn = hsum4_i32x4(msum(lo, hi, bsb), msum(lo, hi, bsb + bss), msum(lo, hi, bsb + 2 * bss), msum(lo, hi, bsb + 3 * bss));
-          const db = d + (b << 2);
-          let xd4 = f32x4.splat(load<f32>(db));
-          xd4 = f32x4.replace_lane(xd4, 1, load<f32>(db + dss));
-          xd4 = f32x4.replace_lane(xd4, 2, load<f32>(db + 2 * dss));
-          xd4 = f32x4.replace_lane(xd4, 3, load<f32>(db + 3 * dss));
-          const dd = f32x4.mul(f32x4.splat(load<f32>(s + 64 + (ri << 2))), xd4);
-          const dm = f32x4.mul(f32x4.splat(load<f32>(s + 80 + (ri << 2))), xd4);
-          acc = f32x4.add(acc, f32x4.sub(f32x4.mul(dd, f32x4.convert_i32x4_s(isum)), f32x4.mul(dm, f32x4.convert_i32x4_s(mn))));
+      let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+      let w = wg, sc = sg, x = kq + <usize>t * xStride, d = kd + <usize>t * dStride, s = ks + <usize>t * sStride;
+      for (let sb = 0; sb < nsb; sb++) {
+        load<u8>(sc, PREFETCH / 4); // see PREFETCH
+        let i0 = i32x4.splat(0), i1 = i32x4.splat(0), i2 = i32x4.splat(0), i3 = i32x4.splat(0);
+        for (let sp = sc + 32, end = sc + 96; sp < end; sp += 4) {
+          load<u8>(w, PREFETCH);
+          const q = v128.load(w), s4 = scales4(sp);
+          let v = v128.load(x);
+          i0 = token_sub(i0, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
+          v = v128.load(x + xStride);
+          i1 = token_sub(i1, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
+          v = v128.load(x + 2 * xStride);
+          i2 = token_sub(i2, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
+          v = v128.load(x + 3 * xStride);
+          i3 = token_sub(i3, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
+          w += 16;
+          x += 16;
         }
-        const yr = y + <usize>t * rowBytes + (<usize>(r + i) << 2);
-        store<f32>(yr, f32x4.extract_lane(acc, 0));
-        store<f32>(yr + rowBytes, f32x4.extract_lane(acc, 1));
-        store<f32>(yr + 2 * rowBytes, f32x4.extract_lane(acc, 2));
-        store<f32>(yr + 3 * rowBytes, f32x4.extract_lane(acc, 3));
+        f0 = step(f0, sc, load<f32>(d), i0, mins_rows4(sc, s));
+        f1 = step(f1, sc, load<f32>(d + dStride), i1, mins_rows4(sc, s + sStride));
+        f2 = step(f2, sc, load<f32>(d + 2 * dStride), i2, mins_rows4(sc, s + 2 * sStride));
+        f3 = step(f3, sc, load<f32>(d + 3 * dStride), i3, mins_rows4(sc, s + 3 * sStride));
+        sc += SCALES;
+        d += 4;
+        s += 32;
       }
+      const yt = y + <usize>t * rowBytes + (<usize>r << 2);
+      store_rows4(yt, f0, r, rows);
+      store_rows4(yt + rowBytes, f1, r, rows);
+      store_rows4(yt + 2 * rowBytes, f2, r, rows);
+      store_rows4(yt + 3 * rowBytes, f3, r, rows);
     }
-    // decode, and the prefill remainder: 4 rows, one token
+    // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {
-      let acc = f32x4.splat(0);
-      const x = kq + <usize>t * xs;
-      const d = kd + <usize>t * dss;
-      const bs = ks + <usize>t * bss;
-      for (let b: usize = 0; b < nsb; b++) {
-        const w = wg + (b << 8);
-        const s = sg + b * 96;
-        load<u8>(s, PREFETCH / 2);
-        const xb = x + (b << 8);
-        const isum = hsum4_i32x4(row_tok1(w, s, xb), row_tok1(w + 64, s + 16, xb), row_tok1(w + 128, s + 32, xb), row_tok1(w + 192, s + 48, xb));
-        const bsb = bs + (b << 5);
-        const mn = hsum4_i32x4(
-          msum(mins_lo(s), mins_hi(s), bsb), msum(mins_lo(s + 16), mins_hi(s + 16), bsb),
-          msum(mins_lo(s + 32), mins_hi(s + 32), bsb), msum(mins_lo(s + 48), mins_hi(s + 48), bsb),
-        );
-        const xd = f32x4.splat(load<f32>(d + (b << 2)));
-        const dd = f32x4.mul(v128.load(s + 64), xd);
-        const dm = f32x4.mul(v128.load(s + 80), xd);
-        acc = f32x4.add(acc, f32x4.sub(f32x4.mul(dd, f32x4.convert_i32x4_s(isum)), f32x4.mul(dm, f32x4.convert_i32x4_s(mn))));
+      let f = f32x4.splat(0);
+      let w = wg, sc = sg, x = kq + <usize>t * xStride, d = kd + <usize>t * dStride, s = ks + <usize>t * sStride;
+      for (let sb = 0; sb < nsb; sb++) {
+        load<u8>(sc, PREFETCH / 4); // see PREFETCH
+        let acc = i32x4.splat(0);
+        for (let sp = sc + 32, end = sc + 96; sp < end; sp += 4) {
+          load<u8>(w, PREFETCH);
+          acc = token_sub(acc, v128.load(w), scales4(sp), v128.load32_splat(x), v128.load32_splat(x, 4), v128.load32_splat(x, 8), v128.load32_splat(x, 12));
+          w += 16;
+          x += 16;
+        }
+        f = step(f, sc, load<f32>(d), acc, mins_rows4(sc, s));
+        sc += SCALES;
+        d += 4;
+        s += 32;
       }
-      store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), acc, r, rows);
+      store_rows4(y + <usize>t * rowBytes + (<usize>r << 2), f, r, rows);
     }
   }
 }
 
 /** Row `row` as f32 (token embeddings): d·sc·q − dmin·m, in ggml's dequantize_row_q2_K's float operations. */
 export function dequant_row_q2_k(wq: usize, ws: usize, row: i32, cols: i32, out: usize): void {
-  const nsb = <usize>(cols >> 8);
+  const nsb = cols >> 8;
   const lane = <usize>(row & 3);
-  const g = <usize>(row >> 2);
-  for (let b: usize = 0; b < nsb; b++) {
-    const w = wq + (g * nsb + b) * 256 + (lane << 6);
-    const s = ws + (g * nsb + b) * 96;
-    const d = load<f32>(s + 64 + (lane << 2));
-    const dmin = load<f32>(s + 80 + (lane << 2));
-    const o = out + (b << 10);
-    for (let j: usize = 0; j < 16; j++) {
-      const sc = <u32>load<u8>(s + (lane << 4) + j);
-      const dl = d * <f32>(sc & 0xf);
-      const ml = dmin * <f32>(sc >> 4);
-      for (let l: usize = 0; l < 16; l++) {
-        const e = (j << 4) + l;
-        const q = (<u32>load<u8>(w + ((e >> 7) << 5) + (e & 31)) >> <u32>(((e >> 5) & 3) << 1)) & 3;
-        store<f32>(o + (e << 2), dl * <f32>q - ml);
+  const q = wq + <usize>(row >> 2) * nsb * CODES + (lane << 2);
+  const sg = ws + <usize>(row >> 2) * nsb * SCALES;
+  for (let sb = 0; sb < nsb; sb++) {
+    const sc = sg + <usize>sb * SCALES;
+    const d = load<f32>(sc + (lane << 2));
+    const dmin = load<f32>(sc + 16 + (lane << 2));
+    for (let j = 0; j < 16; j++) {
+      const b = <u32>load<u8>(sc + 32 + (<usize>j << 2) + lane);
+      const dl = d * <f32>(b & 0xf);
+      const ml = dmin * <f32>(b >> 4);
+      const src = q + <usize>(sb * 16 + j) * 16;
+      const o = out + (<usize>(sb * 256 + j * 16) << 2);
+      for (let e: usize = 0; e < 4; e++) {
+        const byte = <u32>load<u8>(src + e);
+        for (let k: usize = 0; k < 4; k++) store<f32>(o + ((4 * k + e) << 2), dl * <f32>((byte >> <u32>(2 * k)) & 3) - ml);
       }
     }
   }

@@ -49,17 +49,28 @@ function iq4NegativeMagnitudes(): Uint16Array {
 
 export const K_LOW_WEIGHT_TYPES: WeightKernel[] = [
   {
-    // per group super-block: codes 4 × 64 bytes; scales 4 × 16 scale/min bytes, d f32 [4], dmin f32 [4] (96 bytes)
+    // per group super-block: codes 16 sub-blocks × 16 bytes (4 rows × 4 values per byte group, see assembly/q2_k.ts);
+    // scales d f32 [4], dmin f32 [4], then 16 × 4 scale/min bytes [sub-block][row] (96 bytes)
     type: GGMLType.Q2_K,
     input: 'q8_k',
     layout: (rows, cols) => ({ data: superBlocks(rows, cols) * 256, scales: superBlocks(rows, cols) * 96 }),
     repack(m, heap, src, r0, nr) {
       const f = new Float32Array(heap.buffer, m.scales, superBlocks(m.rows, m.cols) * 24);
+      const u32 = new Uint32Array(heap.buffer, m.data, superBlocks(m.rows, m.cols) * 64);
+      const qs = new Int32Array(16);
       eachBlock(m, src, r0, nr, 84, (s, i, slot) => {
-        heap.set(src.subarray(s + 16, s + 80), m.data + i * 256 + slot * 64);
-        heap.set(src.subarray(s, s + 16), m.scales + i * 96 + slot * 16);
-        f[i * 24 + 16 + slot] = f16At(src, s + 80);
-        f[i * 24 + 20 + slot] = f16At(src, s + 82);
+        // ggml: element 128·half + 32p + l sits at bits 2p of qs[32·half + l], so sub-block j (16 values) reads bytes
+        // 16·(j % 2).. of half j / 8 at shift 2·((j / 2) % 4). Four bytes at a time (SWAR on u32 words).
+        for (let k = 0; k < 16; k++) qs[k] = src[s + 16 + 4 * k] | (src[s + 17 + 4 * k] << 8) | (src[s + 18 + 4 * k] << 16) | (src[s + 19 + 4 * k] << 24);
+        for (let j = 0; j < 16; j++) {
+          const base = 8 * (j >> 3) + 4 * (j & 1), shift = 2 * ((j >> 1) & 3);
+          let v = 0;
+          for (let k = 0; k < 4; k++) v |= ((qs[base + k] >>> shift) & 0x03030303) << (2 * k);
+          u32[i * 64 + 4 * j + slot] = v;
+          heap[m.scales + i * 96 + 32 + 4 * j + slot] = src[s + j];
+        }
+        f[i * 24 + slot] = f16At(src, s + 80);
+        f[i * 24 + 4 + slot] = f16At(src, s + 82);
       });
     },
     matmul: (k, m, a, y, ntok) => k.matmul_q2_k(m.data, m.scales, a.q8_k.q, a.q8_k.d, a.q8_k.s, y, m.rows, m.cols, ntok),
