@@ -87,6 +87,15 @@ export const PREFETCH: usize = 1024;
   }
 }
 
+/** The 4-token prefill tile's outputs: token i's 4 rows (acc fi) at yt + i·rowBytes, each through store_rows4. */
+// @ts-ignore: decorator
+@inline export function store_tile4(yt: usize, rowBytes: usize, f0: v128, f1: v128, f2: v128, f3: v128, r: i32, rows: i32): void {
+  store_rows4(yt, f0, r, rows);
+  store_rows4(yt + rowBytes, f1, r, rows);
+  store_rows4(yt + 2 * rowBytes, f2, r, rows);
+  store_rows4(yt + 3 * rowBytes, f3, r, rows);
+}
+
 /** Horizontal sum of an f32x4 in a fixed order ((0+2)+(1+3)), the same in every build. */
 // @ts-ignore: decorator
 @inline export function hsum_f32x4(v: v128): f32 {

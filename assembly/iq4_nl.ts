@@ -11,7 +11,7 @@
 // multiplies in i16 with dot_i16x8_s. Every output is `acc += wd·xd·sumi` over blocks in order, so decode, prefill
 // and both builds agree bit for bit.
 
-import { hsum4_i32x4, PREFETCH, scale_add, signed_block_sums4, store_rows4 } from './common';
+import { hsum4_i32x4, PREFETCH, scale_add, signed_block_sums4, store_rows4, store_tile4 } from './common';
 
 /** kvalues_iq4nl as one v128 (bytes, little-endian lanes). */
 // @ts-ignore: decorator
@@ -132,10 +132,7 @@ export function matmul_iq4_nl(wq: usize, wd: usize, xq: usize, xd: usize, xs: us
         a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

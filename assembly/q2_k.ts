@@ -18,7 +18,7 @@
 // the same sequence of f32 operations (acc + (d·xd·isum − dmin·xd·msum) per super-block, in order), so decode,
 // prefill and both builds agree bit for bit.
 
-import { k_pair_lo, kdot4_rows, kpair_bsums_rows4, PREFETCH, store_rows4 } from './common';
+import { k_pair_lo, kdot4_rows, kpair_bsums_rows4, PREFETCH, store_rows4, store_tile4 } from './common';
 
 const CODES: usize = 256;
 const SCALES: usize = 96;
@@ -40,6 +40,13 @@ const SCALES: usize = 96;
 @inline function token_sub(acc: v128, q: v128, s4: v128, x0: v128, x1: v128, x2: v128, x3: v128): v128 {
   const sum = i16x8.add(i16x8.add(kdot4_rows(codes(q, 0), x0), kdot4_rows(codes(q, 1), x1)), i16x8.add(kdot4_rows(codes(q, 2), x2), kdot4_rows(codes(q, 3), x3)));
   return i32x4.add(acc, i32x4.dot_i16x8_s(sum, s4));
+}
+
+/** token_sub with the token's 16 activations at x loaded once and broadcast by shuffles (prefill: see q6_k.ts). */
+// @ts-ignore: decorator
+@inline function token_sub_shuffles(acc: v128, q: v128, s4: v128, x: usize): v128 {
+  const v = v128.load(x);
+  return token_sub(acc, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
 }
 
 /** Σ_j m_j·bsum_j for the 4 rows of one super-block (scale/min bytes at sc + 32) and one token's code sums at ks. */
@@ -74,7 +81,7 @@ export function matmul_q2_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
     const sg = ws + <usize>g * nsb * SCALES;
     const r = g << 2;
     let t = 0;
-    // prefill: 4 tokens per unpacked sub-block, each token's 16 activations loaded once and broadcast by shuffles
+    // prefill: 4 tokens per unpacked sub-block
     for (; t + 4 <= ntok; t += 4) {
       let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
       let w = wg, sc = sg, x = kq + <usize>t * xStride, d = kd + <usize>t * dStride, s = ks + <usize>t * sStride;
@@ -84,14 +91,10 @@ export function matmul_q2_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         for (let sp = sc + 32, end = sc + 96; sp < end; sp += 4) {
           load<u8>(w, PREFETCH);
           const q = v128.load(w), s4 = scales4(sp);
-          let v = v128.load(x);
-          i0 = token_sub(i0, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
-          v = v128.load(x + xStride);
-          i1 = token_sub(i1, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
-          v = v128.load(x + 2 * xStride);
-          i2 = token_sub(i2, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
-          v = v128.load(x + 3 * xStride);
-          i3 = token_sub(i3, q, s4, i32x4.shuffle(v, v, 0, 0, 0, 0), i32x4.shuffle(v, v, 1, 1, 1, 1), i32x4.shuffle(v, v, 2, 2, 2, 2), i32x4.shuffle(v, v, 3, 3, 3, 3));
+          i0 = token_sub_shuffles(i0, q, s4, x);
+          i1 = token_sub_shuffles(i1, q, s4, x + xStride);
+          i2 = token_sub_shuffles(i2, q, s4, x + 2 * xStride);
+          i3 = token_sub_shuffles(i3, q, s4, x + 3 * xStride);
           w += 16;
           x += 16;
         }
@@ -104,10 +107,7 @@ export function matmul_q2_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         s += 32;
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, f0, r, rows);
-      store_rows4(yt + rowBytes, f1, r, rows);
-      store_rows4(yt + 2 * rowBytes, f2, r, rows);
-      store_rows4(yt + 3 * rowBytes, f3, r, rows);
+      store_tile4(yt, rowBytes, f0, f1, f2, f3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

@@ -20,7 +20,7 @@
 // prefill 23.2 → 36.3; SIMD128 10.2 / 17.4 → 12.5 / 17.5). Every output is acc + d·xd·isum per super-block, in order, so decode, prefill and both builds agree bit
 // for bit.
 
-import { k_pair_hi, k_pair_lo, kdot4_rows, koffset_rows4, PREFETCH, scale_add, store_rows4 } from './common';
+import { k_pair_hi, k_pair_lo, kdot4_rows, koffset_rows4, PREFETCH, scale_add, store_rows4, store_tile4 } from './common';
 
 const CODES: usize = 384;
 const SCALES: usize = 80;
@@ -117,10 +117,7 @@ export function matmul_q3_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         s += 32;
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, f0, r, rows);
-      store_rows4(yt + rowBytes, f1, r, rows);
-      store_rows4(yt + 2 * rowBytes, f2, r, rows);
-      store_rows4(yt + 3 * rowBytes, f3, r, rows);
+      store_tile4(yt, rowBytes, f0, f1, f2, f3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

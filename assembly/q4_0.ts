@@ -8,7 +8,7 @@
 // One weight load serves 4 rows of one token (decode) or 4 rows × 4 tokens (prefill). Every output is the same
 // `acc += wd·xd·sumi` over blocks in order, with an exact integer sumi, so decode, prefill and both builds agree bit for bit.
 
-import { hsum4_i32x4, kscale_rows4_narrow, PREFETCH, scale_add, store_rows4 } from './common';
+import { hsum4_i32x4, kscale_rows4_narrow, PREFETCH, scale_add, store_rows4, store_tile4 } from './common';
 
 /**
  * Codes of elements 0..15 (lo) and 16..31 (hi) of one row's block. The relaxed build keeps them unsigned (0..15): they
@@ -112,10 +112,7 @@ export function matmul_q4_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

@@ -13,7 +13,7 @@
 // The unsigned-code helpers below are shared with Q5_0/Q5_1 (codes 0..31), whose kernels differ only in how codes are
 // unpacked and how a block's sum is scaled.
 
-import { hsum4_i32x4, kscale_rows4, PREFETCH, scale_add, store_rows4 } from './common';
+import { hsum4_i32x4, kscale_rows4, PREFETCH, scale_add, store_rows4, store_tile4 } from './common';
 
 /** Codes of elements 0..15 (lo) and 16..31 (hi) of one row's block, 0..15 as they are in both builds. */
 // @ts-ignore: decorator
@@ -145,10 +145,7 @@ export function matmul_q4_1(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         a3 = scale_add_min(a3, wd4, wm4, db + 3 * dStride, sb + 3 * dStride, block_sums4_u(l0, h0, l1, h1, l2, h2, l3, h3, xb + 3 * xStride));
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

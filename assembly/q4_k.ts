@@ -13,7 +13,7 @@
 // rows and multiplied by the scales with i32x4.dot_i16x8_s), the mins term Σ_j m_j·bsum_j another; then one float step
 // acc + (d·kd)·sumi − (dmin·kd)·summ. Decode, prefill and both builds compute the same integers, so the same bits.
 
-import { k_pair_lo, kdot16, kmins_rows4, kscale_add_min, kscale_rows4_narrow, PREFETCH, store_rows4 } from './common';
+import { k_pair_lo, kdot16, kmins_rows4, kscale_add_min, kscale_rows4_narrow, PREFETCH, store_rows4, store_tile4 } from './common';
 
 const CODES: usize = 512; // code bytes per group and super-block
 const SCALES: usize = 96; // scale bytes per group and super-block
@@ -103,10 +103,7 @@ export function matmul_q4_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         s += 32;
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, f0, r, rows);
-      store_rows4(yt + rowBytes, f1, r, rows);
-      store_rows4(yt + 2 * rowBytes, f2, r, rows);
-      store_rows4(yt + 3 * rowBytes, f3, r, rows);
+      store_tile4(yt, rowBytes, f0, f1, f2, f3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

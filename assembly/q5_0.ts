@@ -14,7 +14,7 @@
 // integer sum. Every output is `acc += wd·xd·sumi` over blocks in order, so decode, prefill and both builds agree bit
 // for bit.
 
-import { PREFETCH, scale_add, store_rows4 } from './common';
+import { PREFETCH, scale_add, store_rows4, store_tile4 } from './common';
 import { block_sums4_u, dot_row_u, rows4_u } from './q4_1';
 
 /** A row's 5-bit codes of elements 0..15: the low 5 bits of its code bytes a. Shared with Q5_1. */
@@ -107,10 +107,7 @@ export function matmul_q5_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         a3 = token_block(a3, l0, h0, l1, h1, l2, h2, l3, h3, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

@@ -6,7 +6,7 @@
 // Codes 0..31 are the relaxed dot's 7-bit operand as they are. Every output is `acc = (acc + (wd·xd)·sumi) + wm·(xd·xs)`
 // over blocks in order, so decode, prefill and both builds agree bit for bit.
 
-import { PREFETCH, store_rows4 } from './common';
+import { PREFETCH, store_rows4, store_tile4 } from './common';
 import { block_sums4_u, scale_add_min } from './q4_1';
 import { q5_block_sums4, q5_code, q5_hi, q5_lo } from './q5_0';
 
@@ -51,10 +51,7 @@ export function matmul_q5_1(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         a3 = scale_add_min(a3, wd4, wm4, db + 3 * dStride, sb + 3 * dStride, block_sums4_u(l0, h0, l1, h1, l2, h2, l3, h3, xb + 3 * xStride));
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

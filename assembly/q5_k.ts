@@ -11,7 +11,7 @@
 // The arithmetic is Q4_K's: per super-block an exact i32 Σ_j sc_j·Σ q·x per row (the i16 lanes now hold up to
 // 4·31·127 = 15748, so the rows are folded once, not twice, before the scale multiply), the mins term, one float step.
 
-import { k_pair_lo, kdot16, kmins_rows4, kscale_add_min, kscale_rows4, PREFETCH, store_rows4 } from './common';
+import { k_pair_lo, kdot16, kmins_rows4, kscale_add_min, kscale_rows4, PREFETCH, store_rows4, store_tile4 } from './common';
 
 const CODES: usize = 640;
 const SCALES: usize = 96;
@@ -95,10 +95,7 @@ export function matmul_q5_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         s += 32;
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, f0, r, rows);
-      store_rows4(yt + rowBytes, f1, r, rows);
-      store_rows4(yt + 2 * rowBytes, f2, r, rows);
-      store_rows4(yt + 3 * rowBytes, f3, r, rows);
+      store_tile4(yt, rowBytes, f0, f1, f2, f3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

@@ -20,7 +20,7 @@
 // per 64 products): 5632 × 2048, relaxed, decode 20.3 → 25.7 GMAC/s, prefill 31.8 → 37.0; SIMD128 11.7 → 15.4 and
 // 17.2 → 20.1 (docs/kernels.md).
 
-import { k_pair_lo, kdot4_rows, koffset_rows4, PREFETCH, scale_add, store_rows4 } from './common';
+import { k_pair_lo, kdot4_rows, koffset_rows4, PREFETCH, scale_add, store_rows4, store_tile4 } from './common';
 
 const CODES: usize = 768;
 const SCALES: usize = 80;
@@ -129,10 +129,7 @@ export function matmul_q6_k(wq: usize, ws: usize, kq: usize, kd: usize, ks: usiz
         s += 32;
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, f0, r, rows);
-      store_rows4(yt + rowBytes, f1, r, rows);
-      store_rows4(yt + 2 * rowBytes, f2, r, rows);
-      store_rows4(yt + 3 * rowBytes, f3, r, rows);
+      store_tile4(yt, rowBytes, f0, f1, f2, f3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {

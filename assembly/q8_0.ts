@@ -3,7 +3,7 @@
 // and block, the 4 rows' 32 codes back to back (128 bytes); scales apart as f32 [groups][blocks][4]. See q4_0.ts for why.
 // Activations use the same block format (quantize_q8_0), so a dot product is integer within a block and f32 across blocks.
 
-import { hsum_i32x4, hsum4_i32x4, PREFETCH, round_to_f16, scale_add, signed_block_sums4, store_rows4 } from './common';
+import { hsum4_i32x4, hsum_i32x4, PREFETCH, round_to_f16, scale_add, signed_block_sums4, store_rows4, store_tile4 } from './common';
 
 /**
  * Quantize ntok activation vectors of n floats (n a multiple of 32) to int8 codes xq [ntok][n] and f32 scales
@@ -127,10 +127,7 @@ export function matmul_q8_0(wq: usize, wd: usize, xq: usize, xd: usize, xs: usiz
         a3 = token_block(a3, w, wd4, xb + 3 * xStride, db + 3 * dStride, sb + 3 * dStride);
       }
       const yt = y + <usize>t * rowBytes + (<usize>r << 2);
-      store_rows4(yt, a0, r, rows);
-      store_rows4(yt + rowBytes, a1, r, rows);
-      store_rows4(yt + 2 * rowBytes, a2, r, rows);
-      store_rows4(yt + 3 * rowBytes, a3, r, rows);
+      store_tile4(yt, rowBytes, a0, a1, a2, a3, r, rows);
     }
     // decode, and the prefill remainder: one token at a time
     for (; t < ntok; t++) {
