@@ -420,6 +420,37 @@ describe('a pool in a child process', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  // More threads than cores, so the OS preempts them anywhere, including between the caller's stores that publish a
+  // job: a worker late from the last job must take no part of the next one before it starts. Before the ticket was
+  // closed first (pool.ts run()), such a worker read the new part count beside the spent ticket, ran a part twice and
+  // counted DONE past the part count, and the caller waited forever: this hung within 80k to 330k jobs here (2 cores,
+  // 4 threads), every time. A child process, since a stalled Atomics.wait would stop this test's own thread.
+  it('node: 400k jobs of changing part counts on more threads than cores run every part once, and none stalls', () => {
+    writeFileSync(path.join(dir, 'stress.mjs'), `
+      import { readFileSync } from 'node:fs';
+      import { KernelPool } from './pool.js';
+      const module = new WebAssembly.Module(readFileSync(process.argv[2]));
+      const memory = new WebAssembly.Memory({ initial: 4, maximum: 8, shared: true });
+      const pool = await KernelPool.start({ module, memory, control: 65536, threads: 4 });
+      const DATA = 131072, ONES = DATA + 64 * 64, counts = new Array(32).fill(0);
+      new Float32Array(memory.buffer, ONES, 16).fill(1);
+      const jobs = Array.from({ length: 30 }, (_, j) => Array.from({ length: j & 1 ? 2 : 2 + (j % 15) }, (_, i) => [DATA + 64 * i, ONES, 16]));
+      for (let j = 0; j < 400_000; j++) {
+        const parts = jobs[j % jobs.length];
+        pool.run('add', parts);  // part i adds 1 to its own 16 floats
+        counts.forEach((_, i) => i < parts.length && counts[i]++);
+      }
+      const sums = new Float32Array(memory.buffer, DATA, 64 * 32);
+      const wrong = counts.flatMap((c, i) => sums[16 * i] === c ? [] : [i + ': ' + sums[16 * i] + ' not ' + c]);
+      await pool.dispose();
+      console.log(wrong.length ? 'parts run a wrong number of times: ' + wrong.join(', ') : 'ok');
+    `);
+    const r = spawnSync(process.execPath, [path.join(dir, 'stress.mjs'), path.join(ROOT, 'build/edgellm-simd-shared.wasm')], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.error, 'a job stalled (its caller waits forever)').toBeUndefined();
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe('ok');
+  });
+
   const cases: [string, string, string][] = [];
   for (const [rt] of RUNTIMES) for (const dispose of ['dispose', 'forget']) cases.push([rt, dispose, 'auto']);
   // Deno keeps a process alive while a Web Worker lives (it cannot be unref'd), so the Web platform is checked disposed.

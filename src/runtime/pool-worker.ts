@@ -17,7 +17,9 @@
  * - PARTS: the job's part count;
  * - TICKET (its own 64-byte line): the job's generation (high bits) and its next untaken part (low PART_BITS bits).
  *   A part is taken by a compare-exchange that keeps the generation, so a worker that wakes late, still holding an
- *   older generation, can never take a part of a newer job;
+ *   older generation, can never take a part of a newer job. The caller closes it first (the new generation, part
+ *   MASK, past any job's parts) before it writes the new job's FN, PARTS and slots, so a worker reading those new
+ *   words reads a ticket it cannot take after them;
  * - DONE (its own line): parts finished in this job (the caller waits on it);
  * - ERROR: 0, or 1 + the index of the first part whose kernel threw;
  * - from HEADER_BYTES, one SLOT_BYTES slot per part: f64 argc, then up to MAX_ARGS arguments as f64 (exact for every

@@ -40,7 +40,10 @@ export interface PoolOptions {
 /** Most threads a pool takes: far past any phone or desktop, and it bounds the control block. */
 export const MAX_THREADS = 256;
 
-/** Most parts one job may have with `threads` threads: enough for several per thread, so they balance out. */
+/**
+ * Most parts one job may have with `threads` threads: enough for several per thread, so they balance out. Always below
+ * the ticket's part mask (2048 at MAX_THREADS against 4095), which run() uses as the closed ticket.
+ */
 export function maxParts(threads: number): number {
   return Math.max(16, 8 * threads);
 }
@@ -295,6 +298,15 @@ export class KernelPool {
       return;
     }
     const { words: w, args } = this;
+    const n = parts.length, MASK = (1 << CONTROL.PART_BITS) - 1;
+    const gen = (Atomics.load(w, CONTROL.GEN) + 1) | 0;
+    const ticket = (gen << CONTROL.PART_BITS) | 0;
+    // Close the ticket under the new generation before anything of the new job is written. A worker that woke for the
+    // last job, late, may read this job's FN or PARTS; it reads TICKET after them, so it then sees a generation that is
+    // not its own and takes nothing. Without this, it could read the new PARTS (larger than the last job's) beside the
+    // last job's spent ticket and take a part of a job that has not started: a part run twice and DONE counted past n,
+    // which the caller then waits for forever (the stall of docs/threads.md).
+    Atomics.store(w, CONTROL.TICKET, ticket | MASK);
     const slot = CONTROL.SLOT_BYTES >> 3;
     for (let i = 0; i < parts.length; i++) {
       const a = parts[i];
@@ -303,9 +315,6 @@ export class KernelPool {
       args[at] = a.length;
       for (let j = 0; j < a.length; j++) args[at + 1 + j] = a[j];
     }
-    const n = parts.length, MASK = (1 << CONTROL.PART_BITS) - 1;
-    const gen = (Atomics.load(w, CONTROL.GEN) + 1) | 0;
-    const ticket = (gen << CONTROL.PART_BITS) | 0;
     Atomics.store(w, CONTROL.DONE, 0);
     Atomics.store(w, CONTROL.ERROR, 0);
     Atomics.store(w, CONTROL.FN, fn);

@@ -373,11 +373,8 @@ export function serveModel(
         model = undefined;
         await disposing;
         scope.postMessage({ id, result: undefined });
-        // The worker ends itself (the page's terminate() stays the backstop): after a threaded model's dispose, a
-        // model worker that the page terminated was often still listed by Chromium a minute later, its thread not
-        // answering (in 3 of 4 runs of test/browser.test.ts on 2026-12-05; with this close, in 1 of 5 runs of the
-        // file, but still in a full-suite run: not the cure, see docs/threads.md). The pool's workers close themselves
-        // for the same reason (pool.ts). Node's worker scope has no close.
+        // The worker ends itself, as the pool's workers do (pool.ts); the page's terminate() stays the backstop.
+        // Node's worker scope has no close.
         scope.close?.();
         return;
       }
