@@ -150,7 +150,7 @@ export function dequant_row_q2_k(wq: usize, ws: usize, row: i32, cols: i32, out:
       const o = out + (<usize>(sb * 256 + j * 16) << 2);
       for (let e: usize = 0; e < 4; e++) {
         const byte = <u32>load<u8>(src + e);
-        for (let k: usize = 0; k < 4; k++) store<f32>(o + ((4 * k + e) << 2), dl * <f32>((byte >> <u32>(2 * k)) & 3) - ml);
+        for (let k: u32 = 0; k < 4; k++) store<f32>(o + ((<usize>(4 * k) + e) << 2), dl * <f32>((byte >> (2 * k)) & 3) - ml);
       }
     }
   }
