@@ -126,13 +126,22 @@ interface WorkerInit {
 type ReadyMessage = { ready: true } | { error: string };
 
 /**
- * A Web worker's word that it left its loop (it then closes itself). dispose() waits for it before terminating: a
- * worker terminated from inside another worker that is itself terminated next was, now and then, never reported closed
- * by Chromium (Playwright kept counting it), where one that closed itself is.
+ * A Web worker's word that it left its loop; it then closes itself. stopWorker() waits for it, and for the close to
+ * settle, and terminates only a worker that did not answer.
+ *
+ * Chromium, when a worker's nested worker is still closing while the outer one closes (a model worker ends right after
+ * disposing its pool), now and then leaves both threads waiting forever: the outer worker stays listed, its thread
+ * answers nothing, and its memory is never freed. Seen with `repro`-style loops (load in a worker with 2 threads,
+ * generate, dispose, 40 times, 2 other processes busy on the 2 cores, 2026-12-06): the outer worker stuck after 14 of
+ * 40 disposes when the nested one was terminated after it left its loop, 7 of 40 when it closed itself and was not
+ * terminated, 0 of 40 when it closed itself and the outer one waited EXIT_SETTLE_MS more. The Web has no event for a
+ * worker's end, hence the fixed wait (docs/threads.md).
  */
 const webExits = new WeakMap<object, { done: Promise<void>; resolve: () => void }>();
-/** How long dispose() waits for a Web worker to leave its loop before terminating it anyway. */
+/** How long stopWorker() waits for a Web worker to leave its loop before terminating it. */
 const EXIT_GRACE_MS = 1000;
+/** How long stopWorker() then lets a Web worker's own close finish (see webExits). */
+const EXIT_SETTLE_MS = 250;
 
 export async function nodeWorkerClass(): Promise<NodeWorkerClass> {
   const p = (globalThis as { process?: NodeProcessLike }).process;
@@ -404,13 +413,20 @@ export function waitOn(words: Int32Array, index: number, value: number, timeoutM
   }
 }
 
-/** Ends a worker that was told to leave its loop: a Web one is given a moment to close itself (webExits), then terminated. */
+/**
+ * Ends a worker that was told to leave its loop: a Node one is terminated; a Web one closes itself (webExits), and is
+ * terminated only if it does not say it left in EXIT_GRACE_MS.
+ */
 export async function stopWorker(w: PoolWorker): Promise<void> {
   const exit = webExits.get(w);
   if (exit) {
     let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([exit.done, new Promise((resolve) => (timer = setTimeout(resolve, EXIT_GRACE_MS)))]);
+    const exited = await Promise.race([exit.done.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), EXIT_GRACE_MS)))]);
     clearTimeout(timer);
+    if (exited) {
+      await new Promise((resolve) => setTimeout(resolve, EXIT_SETTLE_MS));
+      return;
+    }
   }
   await w.terminate();
 }
