@@ -131,11 +131,11 @@ type ReadyMessage = { ready: true } | { error: string };
  *
  * Chromium, when a worker's nested worker is still closing while the outer one closes (a model worker ends right after
  * disposing its pool), now and then leaves both threads waiting forever: the outer worker stays listed, its thread
- * answers nothing, and its memory is never freed. Seen with `repro`-style loops (load in a worker with 2 threads,
- * generate, dispose, 40 times, 2 other processes busy on the 2 cores, 2026-12-06): the outer worker stuck after 14 of
- * 40 disposes when the nested one was terminated after it left its loop, 7 of 40 when it closed itself and was not
- * terminated, 0 of 40 when it closed itself and the outer one waited EXIT_SETTLE_MS more. The Web has no event for a
- * worker's end, hence the fixed wait (docs/threads.md).
+ * answers nothing, and its memory is never freed. Seen with scripts/dispose-loop.mjs (load in a worker with 2 threads,
+ * generate, dispose, 40 times, 2 other processes busy on the 2 cores, 2026-12-06): the outer worker stuck after 4 of
+ * 40 disposes when the nested one closed itself and was terminated too (the code before), 7 of 40 when it closed itself
+ * alone, 14 of 40 when it was only terminated, and 0 of 120 when it closed itself and the outer one waited
+ * EXIT_SETTLE_MS more. The Web has no event for a worker's end, hence the fixed wait (docs/threads.md).
  */
 const webExits = new WeakMap<object, { done: Promise<void>; resolve: () => void }>();
 /** How long stopWorker() waits for a Web worker to leave its loop before terminating it. */
