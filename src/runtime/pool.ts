@@ -130,12 +130,9 @@ type ReadyMessage = { ready: true } | { error: string };
  * settle, and terminates only a worker that did not answer.
  *
  * Chromium, when a worker's nested worker is still closing while the outer one closes (a model worker ends right after
- * disposing its pool), now and then leaves both threads waiting forever: the outer worker stays listed, its thread
- * answers nothing, and its memory is never freed. Seen with scripts/dispose-loop.mjs (load in a worker with 2 threads,
- * generate, dispose, 40 times, 2 other processes busy on the 2 cores, 2026-12-06): the outer worker stuck after 4 of
- * 40 disposes when the nested one closed itself and was terminated too (the code before), 7 of 40 when it closed itself
- * alone, 14 of 40 when it was only terminated, and 0 of 120 when it closed itself and the outer one waited
- * EXIT_SETTLE_MS more. The Web has no event for a worker's end, hence the fixed wait (docs/threads.md).
+ * disposing its pool), now and then leaves both threads waiting forever, the outer one never freed. Terminating the
+ * nested worker makes that more frequent; waiting EXIT_SETTLE_MS after its word made it vanish in
+ * scripts/dispose-loop.mjs (figures in docs/threads.md). The Web has no event for a worker's end, hence the fixed wait.
  */
 const webExits = new WeakMap<object, { done: Promise<void>; resolve: () => void }>();
 /** How long stopWorker() waits for a Web worker to leave its loop before terminating it. */
